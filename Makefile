@@ -1,0 +1,48 @@
+# One command per job. Every target sets up what it needs on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+USERS ?= 1000000
+DEMO := demo-data
+
+.PHONY: setup proto test lint typecheck pytest rust-test demo bench clean system-deps
+
+# redis-server for the tests that compare against Redis; iproute2 for the netem hop in bench/.
+system-deps:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server iproute2 protobuf-compiler >/dev/null; \
+	  else echo "redis-server missing: install the Debian package redis-server" >&2; exit 1; fi; }
+
+$(STAMP): pyproject.toml setup.py $(wildcard proto/quiver/v1/*.proto)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip "setuptools>=68" wheel "grpcio-tools==1.85.1"
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP) system-deps
+
+proto: $(STAMP)
+	$(PY) setup.py -q egg_info >/dev/null
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy quiver snapshot loader service
+
+pytest: setup
+	$(VENV)/bin/pytest -q
+
+rust-test: setup
+	cd clients/rust && QUIVER_BIN=$(CURDIR)/$(VENV)/bin/quiver cargo test --release
+
+test: lint pytest rust-test
+
+demo: setup
+	$(PY) -m quiver.demo --users $(USERS) --dir $(DEMO)
+
+bench: setup
+	bash bench/run.sh
+
+clean:
+	rm -rf $(VENV) quiver/v1 *.egg-info $(DEMO) bench/work

@@ -1,0 +1,1 @@
+"""quiver: one versioned snapshot per data version, served online over gRPC and read offline for training."""

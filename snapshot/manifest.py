@@ -1,0 +1,159 @@
+"""manifest.json: what a version holds, and the checksums that prove it."""
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quiver.snapshot.layout import FORMAT_VERSION
+from quiver.snapshot.schema import FeatureSet
+
+_CHUNK = 4 << 20
+# Files RocksDB or rocksdict may rewrite when a version is merely opened: never checksummed.
+VOLATILE_PREFIXES = ("LOG", "LOCK", "rocksdict-config.json")
+
+
+class ManifestError(ValueError):
+    """A manifest that is missing, unreadable, or does not match the files beside it."""
+
+
+def file_checksum(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def is_volatile(name: str) -> bool:
+    return name.startswith(VOLATILE_PREFIXES)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str   # relative to the version directory, '/'-separated
+    size: int
+    checksum: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "size": self.size, "checksum": self.checksum}
+
+
+@dataclass
+class ViewStats:
+    rows: int
+    sources: list[FileEntry]
+    definition: str          # sha256 of the view's definition JSON: equal means same encoding
+    dropped_duplicates: int = 0
+    reused_from: str = ""    # the version whose files this view reuses, if any
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "dropped_duplicates": self.dropped_duplicates,
+            "definition": self.definition,
+            "reused_from": self.reused_from,
+            "sources": [s.to_json() for s in self.sources],
+        }
+
+
+@dataclass
+class Manifest:
+    version: str
+    created: str
+    as_of: str
+    schema: FeatureSet
+    views: dict[str, ViewStats]
+    files: list[FileEntry] = field(default_factory=list)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def content_checksum(self) -> str:
+        h = hashlib.sha256()
+        for f in sorted(self.files, key=lambda f: f.path):
+            h.update(f"{f.path}\0{f.size}\0{f.checksum}\n".encode())
+        return "sha256:" + h.hexdigest()
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def rows(self) -> dict[str, int]:
+        return {name: v.rows for name, v in self.views.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "version": self.version,
+            "created": self.created,
+            "as_of": self.as_of,
+            "schema": self.schema.to_json(),
+            "views": {name: v.to_json() for name, v in self.views.items()},
+            "files": [f.to_json() for f in self.files],
+            "content_checksum": self.content_checksum,
+        }
+
+    def dumps(self) -> bytes:
+        return (json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Manifest":
+        if d.get("format_version") != FORMAT_VERSION:
+            raise ManifestError(f"format_version {d.get('format_version')!r}; this quiver reads {FORMAT_VERSION}")
+        views = {
+            name: ViewStats(
+                v["rows"],
+                [FileEntry(**s) for s in v["sources"]],
+                v["definition"],
+                v.get("dropped_duplicates", 0),
+                v.get("reused_from", ""),
+            )
+            for name, v in d["views"].items()
+        }
+        m = cls(d["version"], d["created"], d["as_of"], FeatureSet.from_json(d["schema"]), views,
+                [FileEntry(**f) for f in d["files"]])
+        if d.get("content_checksum") != m.content_checksum:
+            raise ManifestError(f"manifest of {m.version}: content_checksum does not match its file list")
+        return m
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "Manifest":
+        try:
+            data = json.loads(Path(path).read_bytes())
+        except FileNotFoundError:
+            raise ManifestError(f"{path}: missing") from None
+        except (OSError, ValueError) as e:
+            raise ManifestError(f"{path}: unreadable: {e}") from None
+        try:
+            return cls.from_json(data)
+        except (KeyError, TypeError) as e:
+            raise ManifestError(f"{path}: malformed, missing {e}") from None
+
+    def verify_files(self, version_dir: str | os.PathLike[str], full: bool = True) -> list[str]:
+        """Problems with the files beside this manifest: missing, wrong size, or (full) wrong checksum."""
+        base = Path(version_dir)
+        problems = []
+        for f in self.files:
+            p = base / f.path
+            try:
+                size = p.stat().st_size
+            except FileNotFoundError:
+                problems.append(f"{f.path}: missing")
+                continue
+            if size != f.size:
+                problems.append(f"{f.path}: {size} bytes, manifest says {f.size}")
+            elif full and file_checksum(p) != f.checksum:
+                problems.append(f"{f.path}: checksum differs from the manifest")
+        return problems
+
+
+def list_files(version_dir: str | os.PathLike[str]) -> list[FileEntry]:
+    """Every non-volatile file under a version directory, with size and checksum (manifest excluded)."""
+    base = Path(version_dir)
+    out = []
+    for p in sorted(base.rglob("*")):
+        if p.is_file() and p.name != "manifest.json" and not is_volatile(p.name):
+            out.append(FileEntry(p.relative_to(base).as_posix(), p.stat().st_size, file_checksum(p)))
+    return out

@@ -1,0 +1,139 @@
+"""Feature definitions as the snapshot records them: entity, views, features, and where each
+feature sits in a stored ViewRow (proto/quiver/v1/quiver.proto)."""
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+# type name -> ViewRow field number of its group
+FEATURE_TYPES: dict[str, int] = {
+    "bool": 2,
+    "int32": 3,
+    "int64": 4,
+    "float32": 5,
+    "float64": 6,
+    "string": 7,
+    "bytes": 8,
+    "list<float32>": 9,
+    "list<int64>": 10,
+}
+KEY_TYPES = ("int64", "string")
+
+
+class SchemaError(ValueError):
+    """A feature definition that cannot be used; the message names file, view and feature."""
+
+
+@dataclass(frozen=True)
+class FeatureDef:
+    name: str
+    type: str
+    length: int = 0            # list<float32> only: the fixed embedding size
+    default: Any = None        # stored in place of a null source value; None: keep the null
+    source_column: str = ""    # Parquet column; defaults to the feature's name
+
+    @property
+    def column(self) -> str:
+        return self.source_column or self.name
+
+    @property
+    def group_field(self) -> int:
+        return FEATURE_TYPES[self.type]
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "type": self.type}
+        if self.length:
+            out["length"] = self.length
+        if self.default is not None:
+            out["default"] = self.default
+        if self.source_column:
+            out["source_column"] = self.source_column
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "FeatureDef":
+        return cls(d["name"], d["type"], d.get("length", 0), d.get("default"), d.get("source_column", ""))
+
+
+@dataclass(frozen=True)
+class ViewDef:
+    name: str
+    source: str                         # path or glob, relative to the definitions file
+    features: tuple[FeatureDef, ...]
+    event_timestamp: str = ""           # column; when set, duplicate keys keep the latest row
+    entity_column: str = ""             # source column of the entity key; defaults to the entity's name
+
+    def feature(self, name: str) -> FeatureDef:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def layout(self) -> list[tuple[FeatureDef, int, int]]:
+        """(feature, group field, index in group) for each feature, in schema order."""
+        counts: dict[int, int] = {}
+        out = []
+        for f in self.features:
+            g = f.group_field
+            out.append((f, g, counts.get(g, 0)))
+            counts[g] = counts.get(g, 0) + 1
+        return out
+
+    def definition_json(self) -> dict[str, Any]:
+        """What decides the encoded bytes of this view: equal JSON means reusable data."""
+        return {
+            "name": self.name,
+            "event_timestamp": self.event_timestamp,
+            "entity_column": self.entity_column,
+            "features": [f.to_json() for f in self.features],
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.definition_json(), "source": self.source}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ViewDef":
+        return cls(
+            d["name"],
+            d.get("source", ""),
+            tuple(FeatureDef.from_json(f) for f in d["features"]),
+            d.get("event_timestamp", ""),
+            d.get("entity_column", ""),
+        )
+
+
+@dataclass(frozen=True)
+class EntityDef:
+    name: str
+    key_type: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "key_type": self.key_type}
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    entity: EntityDef
+    views: tuple[ViewDef, ...]
+    source_file: str = field(default="", compare=False)
+
+    def view(self, name: str) -> ViewDef:
+        for v in self.views:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+    @property
+    def view_names(self) -> list[str]:
+        return [v.name for v in self.views]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"entity": self.entity.to_json(), "views": [v.to_json() for v in self.views]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "FeatureSet":
+        e = d["entity"]
+        return cls(EntityDef(e["name"], e["key_type"]), tuple(ViewDef.from_json(v) for v in d["views"]))
+
+    def fingerprint(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=True)
