@@ -1,0 +1,19 @@
+//! Generates the gRPC client from the contract in ../../proto at build time, so the crate can never
+//! drift from it. protoc comes from the protoc-bin-vendored crate: no system install needed.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    let proto_root = manifest_dir.join("../../proto");
+    let proto = proto_root.join("quiver/v1/quiver.proto");
+    if std::env::var_os("PROTOC").is_none() {
+        let protoc = protoc_bin_vendored::protoc_bin_path()?;
+        // SAFETY: build scripts are single-threaded; prost-build reads PROTOC from the environment.
+        unsafe { std::env::set_var("PROTOC", protoc) };
+    }
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_protos(&[proto], &[proto_root])?;
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! The typed client: connect, fetch, decode with the answering version's schema.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::decode::{FeatureBatch, decode_response};
+use crate::error::{Error, Result};
+use crate::proto::feature_store_client::FeatureStoreClient;
+use crate::proto::{
+    GetFeaturesRequest, GetFeaturesResponse, GetSchemaRequest, GetSnapshotInfoRequest, GetSnapshotInfoResponse,
+};
+use crate::schema::Schema;
+use crate::value::EntityId;
+
+/// Schemas kept per version; a replica holds two versions, so this bound is only a safety net
+/// for a long-lived client that sees many swaps.
+const MAX_CACHED_SCHEMAS: usize = 8;
+
+/// Connection settings. The defaults suit a client beside the server.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub connect_timeout: Duration,
+    /// Deadline of each call; `None`: no deadline.
+    pub request_timeout: Option<Duration>,
+    /// Largest response accepted (tonic's default is 4 MiB, too small for big batches of embeddings).
+    pub max_response_bytes: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: None,
+            max_response_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A quiver client over one HTTP/2 connection. Cloning is cheap and shares the connection and
+/// the schema cache; concurrent calls are multiplexed.
+#[derive(Clone)]
+pub struct QuiverClient {
+    grpc: FeatureStoreClient<Channel>,
+    schemas: Arc<Mutex<HashMap<String, Arc<Schema>>>>,
+}
+
+/// Builds the endpoint for `http://host:port` or `unix:///path/to.sock`.
+pub fn endpoint(addr: &str, options: &ClientOptions) -> Result<Endpoint, tonic::transport::Error> {
+    let mut ep = Endpoint::from_shared(addr.to_owned())?
+        .connect_timeout(options.connect_timeout)
+        .tcp_nodelay(true);
+    if let Some(t) = options.request_timeout {
+        ep = ep.timeout(t);
+    }
+    Ok(ep)
+}
+
+impl QuiverClient {
+    /// Connects to `http://host:port` or `unix:///path/to.sock` with default options.
+    pub async fn connect(addr: &str) -> Result<Self> {
+        Self::connect_with(addr, &ClientOptions::default()).await
+    }
+
+    pub async fn connect_with(addr: &str, options: &ClientOptions) -> Result<Self> {
+        let connect_err = |source| Error::Connect { addr: addr.to_owned(), source };
+        let channel = endpoint(addr, options).map_err(connect_err)?.connect().await.map_err(connect_err)?;
+        Ok(Self::from_channel(channel, options))
+    }
+
+    /// Wraps an existing channel (e.g. one built with [`endpoint`] and `connect_lazy`).
+    pub fn from_channel(channel: Channel, options: &ClientOptions) -> Self {
+        let grpc = FeatureStoreClient::new(channel).max_decoding_message_size(options.max_response_bytes);
+        QuiverClient { grpc, schemas: Arc::default() }
+    }
+
+    /// Features of `ids` in `views` (empty: every view) from the current version, decoded by
+    /// feature name. Rows come back in request order.
+    pub async fn get_features(&self, ids: &[EntityId], views: &[&str]) -> Result<FeatureBatch> {
+        self.get_features_at(ids, views, "").await
+    }
+
+    /// Like [`QuiverClient::get_features`], pinned to `version` (empty: the current one).
+    pub async fn get_features_at(&self, ids: &[EntityId], views: &[&str], version: &str) -> Result<FeatureBatch> {
+        let request = build_request(ids, views, version)?;
+        let response = self.get_features_raw(request).await?;
+        self.decode(response).await
+    }
+
+    /// The undecoded response, for callers that measure the server or decode themselves.
+    pub async fn get_features_raw(&self, request: GetFeaturesRequest) -> Result<GetFeaturesResponse> {
+        Ok(self.grpc.clone().get_features(request).await?.into_inner())
+    }
+
+    /// Decodes a raw response with the schema of the version that answered it.
+    pub async fn decode(&self, response: GetFeaturesResponse) -> Result<FeatureBatch> {
+        let schema = self.schema(&response.version).await?;
+        decode_response(&schema, response)
+    }
+
+    /// The schema of `version`, fetched once per version and cached. An empty `version` asks for
+    /// the current one, which can change, so that call always goes to the server.
+    pub async fn schema(&self, version: &str) -> Result<Arc<Schema>> {
+        if !version.is_empty() {
+            if let Some(s) = self.schemas.lock().expect("schema cache poisoned").get(version) {
+                return Ok(Arc::clone(s));
+            }
+        }
+        let response =
+            self.grpc.clone().get_schema(GetSchemaRequest { version: version.to_owned() }).await?.into_inner();
+        if !version.is_empty() && response.version != version {
+            return Err(Error::Protocol(format!("asked the schema of {version}, got {}", response.version)));
+        }
+        let schema = Arc::new(Schema::from_proto(response)?);
+        let mut cache = self.schemas.lock().expect("schema cache poisoned");
+        if cache.len() >= MAX_CACHED_SCHEMAS {
+            cache.clear();
+        }
+        cache.insert(schema.version.clone(), Arc::clone(&schema));
+        Ok(schema)
+    }
+
+    /// Which versions the replica holds and which one it serves.
+    pub async fn snapshot_info(&self) -> Result<GetSnapshotInfoResponse> {
+        Ok(self.grpc.clone().get_snapshot_info(GetSnapshotInfoRequest {}).await?.into_inner())
+    }
+}
+
+/// The wire request for typed ids; every id must have the same type.
+pub fn build_request(ids: &[EntityId], views: &[&str], version: &str) -> Result<GetFeaturesRequest> {
+    let mut request = GetFeaturesRequest {
+        views: views.iter().map(|v| (*v).to_owned()).collect(),
+        version: version.to_owned(),
+        ..Default::default()
+    };
+    match ids.first() {
+        None => {}
+        Some(EntityId::Int64(_)) => {
+            request.int64_ids = ids
+                .iter()
+                .map(|id| match id {
+                    EntityId::Int64(v) => Ok(*v),
+                    EntityId::String(s) => Err(Error::Request(format!("string id {s:?} among int64 ids"))),
+                })
+                .collect::<Result<_>>()?;
+        }
+        Some(EntityId::String(_)) => {
+            request.string_ids = ids
+                .iter()
+                .map(|id| match id {
+                    EntityId::String(s) => Ok(s.clone()),
+                    EntityId::Int64(v) => Err(Error::Request(format!("int64 id {v} among string ids"))),
+                })
+                .collect::<Result<_>>()?;
+        }
+    }
+    Ok(request)
+}

@@ -1,0 +1,34 @@
+//! Rust client of quiver, a feature store that serves versioned snapshots over gRPC.
+//!
+//! ```no_run
+//! # async fn demo() -> quiver_client::Result<()> {
+//! use quiver_client::{EntityId, QuiverClient};
+//! let client = QuiverClient::connect("http://127.0.0.1:50051").await?; // or "unix:///run/quiver.sock"
+//! let batch = client.get_features(&[EntityId::Int64(7), EntityId::Int64(42)], &["profile"]).await?;
+//! println!("answered by version {}", batch.version());
+//! for row in batch.rows() {
+//!     let age = row.get("profile", "age").and_then(|v| v.as_i64());
+//!     println!("{age:?}");
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The server sends each entity's stored ViewRow bytes untouched; this crate decodes them by
+//! feature name with the schema of the version that answered (GetSchema, cached per version).
+
+mod client;
+mod decode;
+mod error;
+mod schema;
+mod value;
+
+/// Code generated from proto/quiver/v1/quiver.proto at build time.
+pub mod proto {
+    tonic::include_proto!("quiver.v1");
+}
+
+pub use client::{ClientOptions, QuiverClient, build_request, endpoint};
+pub use decode::{EntityFeatures, FeatureBatch, ViewValues, decode_response, decode_view_row};
+pub use error::{Error, Result};
+pub use schema::{FeatureSchema, FeatureType, KeyType, Schema, ViewSchema, group_field_of};
+pub use value::{EntityId, Value};
