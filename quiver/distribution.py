@@ -207,7 +207,7 @@ class RemoteStore:
 
     def read_bytes(self, *parts: str) -> bytes:
         with _errors(f"object {self.url(*parts)}"), self.fs.open_input_stream(self.path(*parts)) as f:
-            data: bytes = f.read().to_pybytes()
+            data: bytes = f.read()
         return data
 
     def write_bytes(self, data: bytes, *parts: str) -> None:

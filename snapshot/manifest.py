@@ -149,11 +149,14 @@ class Manifest:
         return problems
 
 
-def list_files(version_dir: str | os.PathLike[str]) -> list[FileEntry]:
-    """Every non-volatile file under a version directory, with size and checksum (manifest excluded)."""
+def data_files(version_dir: str | os.PathLike[str]) -> list[tuple[str, int]]:
+    """(relative path, size) of every file a manifest lists: all but volatile ones and itself."""
     base = Path(version_dir)
-    out = []
-    for p in sorted(base.rglob("*")):
-        if p.is_file() and p.name != "manifest.json" and not is_volatile(p.name):
-            out.append(FileEntry(p.relative_to(base).as_posix(), p.stat().st_size, file_checksum(p)))
-    return out
+    return [(p.relative_to(base).as_posix(), p.stat().st_size) for p in sorted(base.rglob("*"))
+            if p.is_file() and p.name != "manifest.json" and not is_volatile(p.name)]
+
+
+def list_files(version_dir: str | os.PathLike[str]) -> list[FileEntry]:
+    """Every file a manifest lists, with size and checksum."""
+    base = Path(version_dir)
+    return [FileEntry(rel, size, file_checksum(base / rel)) for rel, size in data_files(base)]

@@ -203,3 +203,212 @@ pub fn decode_view_row(view: &ViewSchema, row: &mut ViewRow) -> Result<Vec<Value
     }
     Ok(values)
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+    use crate::proto::{self, EntityRow, Float32List, GetSchemaResponse, Int64List};
+
+    fn feature(name: &str, ty: proto::FeatureType, field: u32, index: u32, position: u32) -> proto::Feature {
+        proto::Feature {
+            name: name.into(),
+            r#type: ty as i32,
+            list_length: if ty == proto::FeatureType::Float32List { 3 } else { 0 },
+            group_field: field,
+            group_index: index,
+            position,
+            default_json: String::new(),
+        }
+    }
+
+    /// A view with every type, two floats (to check group_index) and more than 8 features (to
+    /// check the second byte of the null bitmap).
+    fn schema() -> Schema {
+        use proto::FeatureType as T;
+        let features = vec![
+            feature("flag", T::Bool, 2, 0, 0),
+            feature("count32", T::Int32, 3, 0, 1),
+            feature("count64", T::Int64, 4, 0, 2),
+            feature("score", T::Float32, 5, 0, 3),
+            feature("ratio", T::Float64, 6, 0, 4),
+            feature("name", T::String, 7, 0, 5),
+            feature("blob", T::Bytes, 8, 0, 6),
+            feature("embedding", T::Float32List, 9, 0, 7),
+            feature("history", T::Int64List, 10, 0, 8),
+            feature("score2", T::Float32, 5, 1, 9),
+        ];
+        let other = vec![feature("clicks", T::Int64, 4, 0, 0)];
+        Schema::from_proto(GetSchemaResponse {
+            version: "v1".into(),
+            entity_name: "user_id".into(),
+            entity_key_type: "int64".into(),
+            views: vec![
+                proto::View { name: "all".into(), features, rows: 2, event_timestamp_column: String::new() },
+                proto::View { name: "other".into(), features: other, rows: 1, event_timestamp_column: String::new() },
+            ],
+        })
+        .unwrap()
+    }
+
+    fn full_row() -> ViewRow {
+        ViewRow {
+            nulls: vec![0, 0],
+            bools: vec![true],
+            int32s: vec![-7],
+            int64s: vec![i64::MIN],
+            float32s: vec![f32::from_bits(0x7fc0_1234), -0.0],
+            float64s: vec![f64::INFINITY],
+            strings: vec!["zoë".into()],
+            bytes_values: vec![vec![0, 255]],
+            float32_lists: vec![Float32List { values: vec![1.5, f32::NAN, -2.0] }],
+            int64_lists: vec![Int64List { values: vec![3, -4] }],
+        }
+    }
+
+    /// Round-trips the response through prost's encoder, as it would arrive on the wire.
+    fn wire(response: GetFeaturesResponse) -> GetFeaturesResponse {
+        GetFeaturesResponse::decode(response.encode_to_vec().as_slice()).unwrap()
+    }
+
+    #[test]
+    fn decodes_every_type_by_name_keeping_float_bits() {
+        let schema = schema();
+        let response = wire(GetFeaturesResponse {
+            version: "v1".into(),
+            views: vec!["all".into()],
+            rows: vec![EntityRow { views: vec![full_row()], found: vec![true] }],
+        });
+        let batch = decode_response(&schema, response).unwrap();
+        assert_eq!(batch.version(), "v1");
+        let row = &batch.rows()[0];
+        assert_eq!(row.get("all", "flag"), Some(&Value::Bool(true)));
+        assert_eq!(row.get("all", "count32"), Some(&Value::Int32(-7)));
+        assert_eq!(row.get("all", "count64"), Some(&Value::Int64(i64::MIN)));
+        assert!(row.get("all", "score").unwrap().bit_eq(&Value::Float32(f32::from_bits(0x7fc0_1234))));
+        assert!(row.get("all", "score2").unwrap().bit_eq(&Value::Float32(-0.0)));
+        assert!(!row.get("all", "score2").unwrap().bit_eq(&Value::Float32(0.0)));
+        assert_eq!(row.get("all", "ratio"), Some(&Value::Float64(f64::INFINITY)));
+        assert_eq!(row.get("all", "name"), Some(&Value::String("zoë".into())));
+        assert_eq!(row.get("all", "blob"), Some(&Value::Bytes(vec![0, 255])));
+        assert!(row.get("all", "embedding").unwrap().bit_eq(&Value::Float32List(vec![1.5, f32::NAN, -2.0])));
+        assert_eq!(row.get("all", "history"), Some(&Value::Int64List(vec![3, -4])));
+        assert_eq!(row.get("all", "nope"), None);
+        let names: Vec<&str> = row.view("all").unwrap().iter().map(|(n, _)| n).collect();
+        assert_eq!(names[0], "flag");
+        assert_eq!(names.len(), 10);
+    }
+
+    #[test]
+    fn null_bits_are_lsb_first_across_bytes() {
+        let schema = schema();
+        let mut stored = full_row();
+        // positions 1 (count32), 7 (embedding) and 9 (score2): byte 0 bits 1 and 7, byte 1 bit 1.
+        stored.nulls = vec![0b1000_0010, 0b0000_0010];
+        stored.int32s = vec![0];
+        stored.float32_lists = vec![Float32List { values: vec![0.0; 3] }];
+        let response = wire(GetFeaturesResponse {
+            version: "v1".into(),
+            views: vec!["all".into()],
+            rows: vec![EntityRow { views: vec![stored], found: vec![true] }],
+        });
+        let batch = decode_response(&schema, response).unwrap();
+        let view = batch.rows()[0].view("all").unwrap();
+        let nulls: Vec<&str> = view.iter().filter(|(_, v)| v.is_null()).map(|(n, _)| n).collect();
+        assert_eq!(nulls, ["count32", "embedding", "score2"]);
+        assert!(view.get("score").unwrap().bit_eq(&Value::Float32(f32::from_bits(0x7fc0_1234))));
+    }
+
+    #[test]
+    fn short_null_bitmap_means_not_null() {
+        let schema = schema();
+        let mut stored = full_row();
+        stored.nulls = vec![];
+        let values = decode_view_row(schema.view("all").unwrap(), &mut stored).unwrap();
+        assert!(values.iter().all(|v| !v.is_null()));
+    }
+
+    #[test]
+    fn not_found_entities_and_view_order_follow_the_response() {
+        let schema = schema();
+        let response = wire(GetFeaturesResponse {
+            version: "v1".into(),
+            views: vec!["other".into(), "all".into()],
+            rows: vec![
+                EntityRow {
+                    views: vec![ViewRow { nulls: vec![0], int64s: vec![9], ..Default::default() }, full_row()],
+                    found: vec![true, true],
+                },
+                EntityRow { views: vec![ViewRow::default(), ViewRow::default()], found: vec![false, false] },
+                // "Empty when not found": a server may also leave out the trailing ViewRows.
+                EntityRow { views: vec![ViewRow { int64s: vec![5], ..Default::default() }], found: vec![true, false] },
+            ],
+        });
+        let batch = decode_response(&schema, response).unwrap();
+        let names: Vec<&str> = batch.views().iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["other", "all"]);
+        assert_eq!(batch.rows()[0].get("other", "clicks"), Some(&Value::Int64(9)));
+        assert!(batch.rows()[0].found("all"));
+        assert!(!batch.rows()[1].found("other"));
+        assert!(!batch.rows()[1].found("all"));
+        assert_eq!(batch.rows()[1].get("all", "flag"), None);
+        assert_eq!(batch.rows()[2].get("other", "clicks"), Some(&Value::Int64(5)));
+        assert!(!batch.rows()[2].found("all"));
+    }
+
+    fn one_row(stored: ViewRow) -> GetFeaturesResponse {
+        GetFeaturesResponse {
+            version: "v1".into(),
+            views: vec!["all".into()],
+            rows: vec![EntityRow { views: vec![stored], found: vec![true] }],
+        }
+    }
+
+    #[test]
+    fn contract_violations_are_protocol_errors() {
+        let schema = schema();
+        let mut missing_slot = full_row();
+        missing_slot.float32s.pop();
+        let mut wrong_length = full_row();
+        wrong_length.float32_lists[0].values.push(1.0);
+        let mut wrong_version = one_row(full_row());
+        wrong_version.version = "v2".into();
+        let mut unknown_view = one_row(full_row());
+        unknown_view.views = vec!["ghost".into()];
+        let mut missing_found = one_row(full_row());
+        missing_found.rows[0].found.clear();
+        let mut found_without_row = one_row(full_row());
+        found_without_row.rows[0].views.clear();
+        for (case, response) in [
+            ("missing slot", one_row(missing_slot)),
+            ("list length", one_row(wrong_length)),
+            ("version", wrong_version),
+            ("view", unknown_view),
+            ("found flags", missing_found),
+            ("found without ViewRow", found_without_row),
+        ] {
+            match decode_response(&schema, response) {
+                Err(Error::Protocol(m)) => assert!(!m.is_empty(), "{case}"),
+                other => panic!("{case}: expected a protocol error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn schema_rejects_group_field_that_does_not_match_the_type() {
+        let bad = GetSchemaResponse {
+            version: "v1".into(),
+            entity_name: "user_id".into(),
+            entity_key_type: "int64".into(),
+            views: vec![proto::View {
+                name: "v".into(),
+                features: vec![feature("x", proto::FeatureType::Int64, 5, 0, 0)],
+                ..Default::default()
+            }],
+        };
+        assert!(matches!(Schema::from_proto(bad), Err(Error::Protocol(_))));
+        let bad_key = GetSchemaResponse { entity_key_type: "uuid".into(), ..Default::default() };
+        assert!(matches!(Schema::from_proto(bad_key), Err(Error::Protocol(_))));
+    }
+}

@@ -1,0 +1,258 @@
+"""`quiver load`: one new snapshot version from the Parquet sources named in features.yaml.
+
+    inspect sources -> sample keys -> encode + spill by key range (N workers)
+      -> sort, dedup, write SST + offline Parquet per range (N workers) -> ingest one RocksDB per view
+      -> checksum every file -> manifest.json -> rename into versions/ -> CURRENT
+
+Nothing is visible under versions/ until the final rename; a killed load leaves only staging/load-*,
+which the next load removes (loads are serialized by a lock on the root).
+"""
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from multiprocessing import get_context
+from pathlib import Path
+
+import pyarrow as pa
+from quiver.loader import tasks
+from quiver.loader.definitions import load_definitions
+from quiver.loader.errors import LoadError
+from quiver.loader.partition import Partitioner
+from quiver.loader.sources import SourceFile, inspect
+from quiver.snapshot.layout import FORMAT_VERSION, SnapshotRoot, fsync_dir
+from quiver.snapshot.manifest import FileEntry, Manifest, ManifestError, ViewStats, data_files, file_checksum
+from quiver.snapshot.schema import FeatureSet, ViewDef
+
+SAMPLE_TARGET = 200_000       # keys sampled per view to draw partition boundaries
+PARTITION_BYTES = 96 << 20    # uncompressed source bytes per partition: bounds a worker's memory
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    workers: int = 2
+    as_of: datetime | None = None
+    compression: str = "lz4"
+    batch_rows: int = 1 << 16
+    partition_bytes: int = PARTITION_BYTES
+    reuse: bool = True           # link unchanged views from the current version instead of re-encoding
+
+
+@dataclass
+class LoadResult:
+    version: str
+    manifest: Manifest
+    published: bool              # False when this exact content was already a version
+    reused_views: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        return {n: v.dropped_duplicates for n, v in self.manifest.views.items()}
+
+
+def utc_text(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@contextmanager
+def load_lock(root: SnapshotRoot) -> Iterator[None]:
+    root.ensure()
+    with open(root.path / ".load.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LoadError(f"{root.path}: another load is running (lock .load.lock held)") from None
+        yield
+
+
+def clean_staging(root: SnapshotRoot) -> None:
+    """Leftovers of killed loads: safe to remove while we hold the load lock."""
+    for p in root.staging_dir.glob("load-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def version_id(features: FeatureSet, sources: dict[str, list[FileEntry]], as_of: datetime) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": FORMAT_VERSION, "schema": features.to_json(), "as_of": utc_text(as_of),
+                         "sources": {v: [(s.size, s.checksum) for s in ss] for v, ss in sources.items()}},
+                        sort_keys=True).encode())
+    return f"{as_of.astimezone(UTC):%Y%m%dT%H%M%SZ}-{h.hexdigest()[:12]}"
+
+
+def definition_hash(view: ViewDef) -> str:
+    return "sha256:" + hashlib.sha256(json.dumps(view.definition_json(), sort_keys=True).encode()).hexdigest()
+
+
+def _previous(root: SnapshotRoot) -> Manifest | None:
+    cur = root.current()
+    if cur is None:
+        return None
+    try:
+        return Manifest.load(root.manifest_path(cur))
+    except ManifestError:
+        return None
+
+
+def _reusable(prev: Manifest | None, view: ViewDef, sources: list[FileEntry]) -> bool:
+    if prev is None or view.name not in prev.views:
+        return False
+    old = prev.views[view.name]
+    return old.definition == definition_hash(view) and [(s.size, s.checksum) for s in old.sources] == [
+        (s.size, s.checksum) for s in sources]
+
+
+def _link_view(root: SnapshotRoot, prev: Manifest, view: str, dest: Path) -> None:
+    """Immutable data files are hard-linked (copied across filesystems); small metadata is copied."""
+    src = root.version_dir(prev.version)
+    for f in prev.files:
+        if not f.path.startswith((f"online/{view}/", f"offline/{view}/")):
+            continue
+        target = dest / f.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if f.path.endswith((".sst", ".parquet")):
+            try:
+                os.link(src / f.path, target)
+                continue
+            except OSError:
+                pass
+        shutil.copy2(src / f.path, target)
+    cfg = src / "online" / view / "rocksdict-config.json"
+    if cfg.exists():
+        shutil.copy2(cfg, dest / "online" / view / "rocksdict-config.json")
+
+
+def _encode_tasks(features: FeatureSet, view: ViewDef, files: list[SourceFile], spill: Path,
+                  bounds: list[int] | list[bytes], opts: LoadOptions, workers: int) -> list[tasks.EncodeTask]:
+    out = []
+    total_groups = sum(f.row_groups for f in files)
+    per_task = max(1, math.ceil(total_groups / (workers * 4)))
+    for i, f in enumerate(files):
+        for start in range(0, f.row_groups, per_task):
+            groups = tuple(range(start, min(f.row_groups, start + per_task)))
+            out.append(tasks.EncodeTask(view, features.entity, f.path, i, groups, str(spill), len(out), bounds,
+                                        opts.batch_rows))
+    return out
+
+
+def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str],
+         options: LoadOptions | None = None) -> LoadResult:
+    """Builds and publishes one version; returns it. Raises LoadError subclasses on bad input."""
+    opts = options or LoadOptions()
+    started = time.monotonic()
+    features_path = Path(features_path)
+    features = load_definitions(features_path)
+    root = SnapshotRoot(root_dir)
+    base = features_path.parent
+    with load_lock(root):
+        clean_staging(root)
+        files = {v.name: inspect(features.entity, v, base) for v in features.views}
+        ctx = get_context("spawn")
+        with ProcessPoolExecutor(max_workers=opts.workers, mp_context=ctx, initializer=tasks.die_with_parent) as pool:
+            paths = [s.path for v in features.views for s in files[v.name]]
+            sums = dict(zip(paths, pool.map(file_checksum, paths), strict=True))
+            sources = {v.name: [FileEntry(os.path.abspath(s.path), s.size, sums[s.path]) for s in files[v.name]]
+                       for v in features.views}
+            as_of = opts.as_of or datetime.now(UTC).replace(microsecond=0)
+            vid = version_id(features, sources, as_of)
+            if root.manifest_path(vid).is_file():
+                root.set_current(vid)
+                return LoadResult(vid, Manifest.load(root.manifest_path(vid)), False,
+                                  seconds=time.monotonic() - started)
+            stage = root.staging_dir / f"load-{vid}-{os.getpid()}"
+            out = stage / "version"
+            out.mkdir(parents=True)
+            prev = _previous(root) if opts.reuse else None
+            reused = [v.name for v in features.views if _reusable(prev, v, sources[v.name])]
+            build = [v for v in features.views if v.name not in reused]
+            stats = _build_views(pool, features, build, files, stage, out, opts)
+            for name in reused:
+                assert prev is not None
+                _link_view(root, prev, name, out)
+                old = prev.views[name]
+                stats[name] = ViewStats(old.rows, sources[name], old.definition, old.dropped_duplicates,
+                                        old.reused_from or prev.version)
+            for v in build:
+                stats[v.name].sources = sources[v.name]
+            entries = _checksums(pool, out)
+        manifest = Manifest(vid, utc_text(datetime.now(UTC)), utc_text(as_of), features,
+                            {v.name: stats[v.name] for v in features.views}, entries)
+        _publish(root, stage, out, manifest)
+        return LoadResult(vid, manifest, True, reused, time.monotonic() - started)
+
+
+def _checksums(pool: ProcessPoolExecutor, out: Path) -> list[FileEntry]:
+    listed = data_files(out)
+    sums = pool.map(file_checksum, [out / p for p, _ in listed])
+    return [FileEntry(p, size, s) for (p, size), s in zip(listed, sums, strict=True)]
+
+
+def _build_views(pool: ProcessPoolExecutor, features: FeatureSet, views: list[ViewDef],
+                 files: dict[str, list[SourceFile]], stage: Path, out: Path, opts: LoadOptions) -> dict[str, ViewStats]:
+    if not views:
+        return {}
+    # 1. partition boundaries from a bounded sample of each view's keys
+    bounds: dict[str, list[int] | list[bytes]] = {}
+    sample_jobs = []
+    for v in views:
+        rows = sum(f.rows for f in files[v.name])
+        stride = max(1, rows // SAMPLE_TARGET)
+        sample_jobs.append([pool.submit(tasks.sample_keys, features.entity, v, f.path, stride) for f in files[v.name]])
+    for v, jobs in zip(views, sample_jobs, strict=True):
+        sample = pa.concat_arrays([j.result() for j in jobs])
+        nbytes = sum(f.uncompressed_bytes for f in files[v.name])
+        parts = max(opts.workers, math.ceil(nbytes / opts.partition_bytes))
+        bounds[v.name] = Partitioner.from_sample(sample, parts).boundaries
+    # 2. encode and spill by key range
+    encode = []
+    for v in views:
+        encode += _encode_tasks(features, v, files[v.name], stage / "spill" / v.name, bounds[v.name], opts,
+                                opts.workers)
+    for counts in pool.map(tasks.encode_task, encode):
+        del counts
+    # 3. sort, dedup, write SST and offline Parquet per range
+    part_jobs = []
+    for v in views:
+        spill = stage / "spill" / v.name
+        for p in sorted(spill.glob("p*")):
+            part_jobs.append((v.name, pool.submit(tasks.partition_task, tasks.PartitionTask(
+                v, features.entity, str(p), str(stage / "sst" / v.name),
+                str(out / "offline" / v.name / f"part-{p.name[1:]}.parquet"),
+                tuple(f.path for f in files[v.name]), opts.compression))))
+    results: dict[str, list[tasks.PartitionResult]] = {v.name: [] for v in views}
+    for name, job in part_jobs:
+        results[name].append(job.result())
+    # 4. one RocksDB per view
+    ingest = [pool.submit(tasks.ingest_task, str(out / "online" / v.name),
+                          [s for r in results[v.name] for s in r.sst_files]) for v in views]
+    for j in ingest:
+        j.result()
+    shutil.rmtree(stage / "spill", ignore_errors=True)
+    shutil.rmtree(stage / "sst", ignore_errors=True)
+    return {v.name: ViewStats(sum(r.rows for r in results[v.name]), [], definition_hash(v),
+                              sum(r.dropped for r in results[v.name])) for v in views}
+
+
+def _publish(root: SnapshotRoot, stage: Path, out: Path, manifest: Manifest) -> None:
+    """The manifest is the last file written; the rename makes the version visible at once."""
+    (out / "manifest.json").write_bytes(manifest.dumps())
+    for d in [p for p in out.rglob("*") if p.is_dir()] + [out]:
+        fsync_dir(d)
+    for p in out.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    target = root.version_dir(manifest.version)
+    os.rename(out, target)
+    fsync_dir(root.versions_dir)
+    shutil.rmtree(stage, ignore_errors=True)
+    root.set_current(manifest.version)

@@ -1,0 +1,142 @@
+"""features.yaml -> FeatureSet, with every mistake reported by file, view and feature."""
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from quiver.loader.errors import DefinitionError
+from quiver.snapshot.schema import FEATURE_TYPES, KEY_TYPES, EntityDef, FeatureDef, FeatureSet, ViewDef
+
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_INT_RANGE = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
+
+
+def load_definitions(path: str | Path) -> FeatureSet:
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise DefinitionError(f"{path}: no such file") from None
+    except yaml.YAMLError as e:
+        raise DefinitionError(f"{path}: not valid YAML: {e}") from None
+    return parse_definitions(doc, str(path))
+
+
+def parse_definitions(doc: Any, where: str) -> FeatureSet:
+    if not isinstance(doc, dict):
+        raise DefinitionError(f"{where}: expected a mapping with 'entity' and 'views'")
+    _no_unknown_keys(doc, {"entity", "views"}, where)
+    entity = _entity(doc.get("entity"), where)
+    raw_views = doc.get("views")
+    if not isinstance(raw_views, list) or not raw_views:
+        raise DefinitionError(f"{where}: 'views' must be a non-empty list")
+    views = []
+    seen: set[str] = set()
+    for i, rv in enumerate(raw_views):
+        view = _view(rv, f"{where}: views[{i}]", entity)
+        if view.name in seen:
+            raise DefinitionError(f"{where}: view {view.name!r} is defined twice")
+        seen.add(view.name)
+        views.append(view)
+    return FeatureSet(entity, tuple(views), source_file=where)
+
+
+def _no_unknown_keys(d: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise DefinitionError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not NAME.match(value):
+        raise DefinitionError(f"{where}: name {value!r} must match {NAME.pattern}")
+    return value
+
+
+def _entity(d: Any, where: str) -> EntityDef:
+    if not isinstance(d, dict):
+        raise DefinitionError(f"{where}: 'entity' must be a mapping with name and key_type")
+    _no_unknown_keys(d, {"name", "key_type"}, f"{where}: entity")
+    name = _name(d.get("name"), f"{where}: entity")
+    key_type = d.get("key_type")
+    if key_type not in KEY_TYPES:
+        raise DefinitionError(f"{where}: entity {name!r}: key_type {key_type!r} must be one of {list(KEY_TYPES)}")
+    return EntityDef(name, key_type)
+
+
+def _view(d: Any, where: str, entity: EntityDef) -> ViewDef:
+    if not isinstance(d, dict):
+        raise DefinitionError(f"{where}: a view must be a mapping")
+    name = _name(d.get("name"), where)
+    where = f"{where.rsplit(':', 1)[0]}: view {name!r}"
+    _no_unknown_keys(d, {"name", "source", "features", "event_timestamp", "entity_column"}, where)
+    source = d.get("source")
+    if not isinstance(source, str) or not source:
+        raise DefinitionError(f"{where}: 'source' must be a Parquet path or glob")
+    ts = d.get("event_timestamp") or ""
+    if not isinstance(ts, str):
+        raise DefinitionError(f"{where}: 'event_timestamp' must be a column name")
+    entity_column = d.get("entity_column") or ""
+    if not isinstance(entity_column, str):
+        raise DefinitionError(f"{where}: 'entity_column' must be a column name")
+    raw = d.get("features")
+    if not isinstance(raw, list) or not raw:
+        raise DefinitionError(f"{where}: 'features' must be a non-empty list")
+    features = []
+    seen: set[str] = set()
+    for rf in raw:
+        f = _feature(rf, where)
+        if f.name in seen:
+            raise DefinitionError(f"{where}: feature {f.name!r} is defined twice")
+        if f.column in (entity_column or entity.name, ts):
+            raise DefinitionError(f"{where}: feature {f.name!r} reads the key or timestamp column {f.column!r}")
+        seen.add(f.name)
+        features.append(f)
+    return ViewDef(name, source, tuple(features), ts, entity_column)
+
+
+def _feature(d: Any, where: str) -> FeatureDef:
+    if not isinstance(d, dict):
+        raise DefinitionError(f"{where}: a feature must be a mapping with name and type")
+    name = _name(d.get("name"), f"{where}: feature")
+    where = f"{where}, feature {name!r}"
+    _no_unknown_keys(d, {"name", "type", "length", "default", "source_column"}, where)
+    ftype = d.get("type")
+    if ftype not in FEATURE_TYPES:
+        raise DefinitionError(f"{where}: type {ftype!r} must be one of {list(FEATURE_TYPES)}")
+    length = d.get("length", 0)
+    if ftype == "list<float32>":
+        if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
+            raise DefinitionError(f"{where}: list<float32> needs a positive integer 'length' (embedding size)")
+    elif "length" in d:
+        raise DefinitionError(f"{where}: 'length' applies to list<float32> only")
+    column = d.get("source_column") or ""
+    if not isinstance(column, str):
+        raise DefinitionError(f"{where}: 'source_column' must be a column name")
+    default = d.get("default")
+    if default is not None:
+        _check_default(ftype, length, default, where)
+    return FeatureDef(name, ftype, length, default, column)
+
+
+def _check_default(ftype: str, length: int, value: Any, where: str) -> None:
+    ok: bool
+    if ftype == "bool":
+        ok = isinstance(value, bool)
+    elif ftype in _INT_RANGE:
+        lo, hi = _INT_RANGE[ftype]
+        ok = isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+    elif ftype in ("float32", "float64"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    elif ftype in ("string", "bytes"):
+        ok = isinstance(value, str)
+    elif ftype == "list<float32>":
+        ok = isinstance(value, list) and len(value) == length and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+    else:  # list<int64>
+        ok = isinstance(value, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
+    if not ok:
+        raise DefinitionError(f"{where}: default {value!r} is not a valid {ftype}"
+                              + (f" of length {length}" if ftype == "list<float32>" else ""))

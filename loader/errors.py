@@ -1,0 +1,25 @@
+"""The loader's exception tree; each class carries the exit code `quiver load` ends with.
+
+    LoadError (1)
+    ├── DefinitionError (2)   features.yaml is wrong: file, view and feature named
+    ├── SourceError (3)       a source file is missing, unreadable, truncated or empty
+    └── DataError (4)         the data breaks the definitions: view, column and an example key named
+"""
+
+from quiver.snapshot.schema import SchemaError
+
+
+class LoadError(Exception):
+    exit_code = 1
+
+
+class DefinitionError(LoadError, SchemaError):
+    exit_code = 2
+
+
+class SourceError(LoadError):
+    exit_code = 3
+
+
+class DataError(LoadError):
+    exit_code = 4

@@ -1,0 +1,134 @@
+"""`quiver generate`: a synthetic data set shaped like monthly-active-user features.
+
+Four views over `user_id` (int64), about 200 features: profile scalars (categorical strings,
+bools, some nulls, an event timestamp), 120 float32 activity counters, a 64-dim embedding, and ad
+interaction integers with a variable-length list. Vectorised: columns come from numpy in chunks.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+CHUNK = 1_000_000
+ROW_GROUP = 1 << 17
+COUNTRIES = np.array(["US", "IN", "BR", "DE", "FR", "GB", "JP", "MX", "ID", "NG", "Ελλάδα", "日本"])
+LANGS = np.array(["en", "hi", "pt", "de", "fr", "ja", "es", "id", "el"])
+DEVICES = np.array(["android", "ios", "web", "tv"])
+PLANS = np.array(["free", "plus", "pro", "family"])
+ACTIVITY = 120
+AD_COUNTS = 46
+EMBEDDING = 64
+
+
+def definitions() -> dict[str, Any]:
+    profile = [{"name": "country", "type": "string"}, {"name": "language", "type": "string"},
+               {"name": "device", "type": "string"}, {"name": "plan", "type": "string", "default": "free"},
+               {"name": "age", "type": "int32"}, {"name": "is_premium", "type": "bool"},
+               {"name": "email_verified", "type": "bool"}, {"name": "signup_days", "type": "int32"},
+               {"name": "lifetime_value", "type": "float64"}, {"name": "churn_score", "type": "float32"},
+               {"name": "sessions_total", "type": "int64"}, {"name": "avatar", "type": "bytes"}]
+    profile += [{"name": f"pref_{i:02d}", "type": "float32"} for i in range(12)]
+    activity = [{"name": f"act_{i:03d}", "type": "float32"} for i in range(ACTIVITY)]
+    embedding = [{"name": "user_embedding", "type": "list<float32>", "length": EMBEDDING},
+                 {"name": "embedding_norm", "type": "float32"}]
+    ads = [{"name": f"ad_{i:02d}", "type": "int32" if i % 2 else "int64"} for i in range(AD_COUNTS)]
+    ads += [{"name": "ctr_7d", "type": "float64"}, {"name": "recent_ad_ids", "type": "list<int64>"},
+            {"name": "opted_out", "type": "bool", "default": False}]
+    return {
+        "entity": {"name": "user_id", "key_type": "int64"},
+        "views": [
+            {"name": "profile", "source": "profile/*.parquet", "event_timestamp": "updated_at", "features": profile},
+            {"name": "activity", "source": "activity/*.parquet", "features": activity},
+            {"name": "embedding", "source": "embedding/*.parquet", "features": embedding},
+            {"name": "ads", "source": "ads/*.parquet", "features": ads},
+        ],
+    }
+
+
+def _nulls(rng: np.random.Generator, n: int, rate: float) -> np.ndarray:
+    return rng.random(n) < rate
+
+
+def _profile(rng: np.random.Generator, ids: np.ndarray) -> pa.Table:
+    n = len(ids)
+    cols: dict[str, Any] = {"user_id": ids}
+    cols["updated_at"] = pa.array(np.datetime64("2026-11-01T00:00:00", "us")
+                                  + rng.integers(0, 86_400_000_000 * 20, n).astype("timedelta64[us]"),
+                                  pa.timestamp("us", tz="UTC"))
+    cols["country"] = pa.array(COUNTRIES[rng.integers(0, len(COUNTRIES), n)]).dictionary_encode()
+    cols["language"] = pa.array(LANGS[rng.integers(0, len(LANGS), n)], mask=_nulls(rng, n, 0.05))
+    cols["device"] = pa.array(DEVICES[rng.integers(0, len(DEVICES), n)])
+    cols["plan"] = pa.array(PLANS[rng.integers(0, len(PLANS), n)], mask=_nulls(rng, n, 0.1))
+    cols["age"] = pa.array(rng.integers(13, 90, n).astype(np.int32), mask=_nulls(rng, n, 0.2))
+    cols["is_premium"] = pa.array(rng.random(n) < 0.15)
+    cols["email_verified"] = pa.array(rng.random(n) < 0.8, mask=_nulls(rng, n, 0.02))
+    cols["signup_days"] = pa.array(rng.integers(0, 4000, n).astype(np.int32))
+    cols["lifetime_value"] = pa.array(rng.exponential(40.0, n), mask=_nulls(rng, n, 0.1))
+    churn = rng.random(n).astype(np.float32)
+    churn[rng.random(n) < 0.01] = np.nan
+    cols["churn_score"] = pa.array(churn)
+    cols["sessions_total"] = pa.array(rng.integers(0, 1 << 40, n))
+    avatar = rng.integers(0, 256, (n, 8), dtype=np.uint8)
+    cols["avatar"] = pa.FixedSizeBinaryArray.from_buffers(pa.binary(8), n, [None, pa.py_buffer(avatar)]).cast(
+        pa.binary())
+    for i in range(12):
+        cols[f"pref_{i:02d}"] = pa.array(rng.random(n).astype(np.float32))
+    return pa.table(cols)
+
+
+def _activity(rng: np.random.Generator, ids: np.ndarray) -> pa.Table:
+    counts = rng.integers(0, 64, (len(ids), ACTIVITY), dtype=np.uint8).astype(np.float32)
+    cols: dict[str, Any] = {"user_id": ids}
+    for i in range(ACTIVITY):
+        cols[f"act_{i:03d}"] = counts[:, i]
+    return pa.table(cols)
+
+
+def _embedding(rng: np.random.Generator, ids: np.ndarray) -> pa.Table:
+    emb = rng.standard_normal((len(ids), EMBEDDING), dtype=np.float32)
+    return pa.table({"user_id": ids,
+                     "user_embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), EMBEDDING),
+                     "embedding_norm": np.linalg.norm(emb, axis=1).astype(np.float32)})
+
+
+def _ads(rng: np.random.Generator, ids: np.ndarray) -> pa.Table:
+    n = len(ids)
+    cols: dict[str, Any] = {"user_id": ids}
+    for i in range(AD_COUNTS):
+        v = rng.integers(0, 1000, n)
+        cols[f"ad_{i:02d}"] = v.astype(np.int32) if i % 2 else v
+    cols["ctr_7d"] = rng.random(n) * 0.1
+    lens = rng.integers(0, 9, n)
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(lens, out=offsets[1:])
+    cols["recent_ad_ids"] = pa.ListArray.from_arrays(pa.array(offsets),
+                                                     pa.array(rng.integers(1, 10**9, int(offsets[-1]))))
+    cols["opted_out"] = pa.array(rng.random(n) < 0.03, mask=_nulls(rng, n, 0.05))
+    return pa.table(cols)
+
+
+VIEWS = {"profile": _profile, "activity": _activity, "embedding": _embedding, "ads": _ads}
+AD_COVERAGE = 0.85  # ads only knows users who saw an ad: the rest are 'not found' there
+
+
+def generate(users: int, out: str | Path, seed: int = 0) -> Path:
+    """Writes OUT/features.yaml and OUT/<view>/part-*.parquet; returns the features.yaml path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for chunk, start in enumerate(range(0, users, CHUNK)):
+        rng = np.random.default_rng([seed, chunk])
+        ids = np.arange(start, min(users, start + CHUNK), dtype=np.int64)
+        rng.shuffle(ids)  # sources are rarely sorted by key
+        for name, make in VIEWS.items():
+            view_ids = ids[rng.random(len(ids)) < AD_COVERAGE] if name == "ads" else ids
+            table = make(rng, view_ids)
+            (out / name).mkdir(exist_ok=True)
+            pq.write_table(table, out / name / f"part-{chunk:05d}.parquet", row_group_size=ROW_GROUP,
+                           compression="zstd")
+    path = out / "features.yaml"
+    path.write_text(yaml.safe_dump(definitions(), sort_keys=False))
+    return path

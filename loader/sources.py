@@ -1,0 +1,56 @@
+"""A view's source files: resolved, opened, checked before any data is read."""
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from quiver.loader.errors import SourceError
+from quiver.loader.normalize import check_source_schema
+from quiver.snapshot.schema import EntityDef, ViewDef
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str
+    size: int
+    rows: int
+    row_groups: int
+    uncompressed_bytes: int
+
+
+def resolve(view: ViewDef, base_dir: Path) -> list[str]:
+    pattern = view.source if os.path.isabs(view.source) else str(base_dir / view.source)
+    if any(ch in pattern for ch in "*?["):
+        found = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+    elif os.path.isdir(pattern):
+        found = sorted(str(p) for p in Path(pattern).rglob("*.parquet"))
+    else:
+        found = [pattern] if os.path.isfile(pattern) else []
+    if not found:
+        raise SourceError(f"view {view.name!r}: source {view.source!r} matches no file (looked for {pattern})")
+    return found
+
+
+def open_parquet(path: str, view: ViewDef) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise SourceError(f"{path}: view {view.name!r}: not a readable Parquet file "
+                          f"(truncated or corrupt?): {e}") from None
+
+
+def inspect(entity: EntityDef, view: ViewDef, base_dir: Path) -> list[SourceFile]:
+    out = []
+    for path in resolve(view, base_dir):
+        pf = open_parquet(path, view)
+        check_source_schema(entity, view, pf.schema_arrow, path)
+        md = pf.metadata
+        uncompressed = sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
+        out.append(SourceFile(path, os.path.getsize(path), md.num_rows, md.num_row_groups, uncompressed))
+    if sum(s.rows for s in out) == 0:
+        raise SourceError(f"view {view.name!r}: source {view.source!r} has no rows "
+                          f"({len(out)} file(s): {', '.join(s.path for s in out[:3])})")
+    return out

@@ -1,0 +1,190 @@
+"""The work a load hands to its worker processes. Module-level functions, so they pickle under
+the spawn start method; each raises LoadError subclasses with file, view and key named."""
+
+import ctypes
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+from quiver.loader.encode import ViewEncoder
+from quiver.loader.errors import DataError, SourceError
+from quiver.loader.normalize import normalize, normalized_schema
+from quiver.loader.partition import Partitioner, encoded_keys
+from quiver.loader.sources import open_parquet
+from quiver.snapshot import rocks
+from quiver.snapshot.schema import EntityDef, ViewDef
+from rocksdict import IngestExternalFileOptions, Rdict, SstFileWriter
+
+SST_ROLL_BYTES = 256 << 20
+OFFLINE_COMPRESSION = "zstd"
+_INTERNAL = ["__key", "__value", "__file"]
+
+
+def die_with_parent() -> None:
+    """Pool initializer: a load killed with SIGKILL takes its workers with it (Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def sample_keys(entity: EntityDef, view: ViewDef, path: str, stride: int) -> pa.Array:
+    """Every stride-th key of one file: reads the key column only."""
+    pf = open_parquet(path, view)
+    key_col = view.entity_column or entity.name
+    parts = []
+    try:
+        for batch in pf.iter_batches(batch_size=1 << 16, columns=[key_col]):
+            keys = batch.column(0)
+            parts.append(keys.take(pa.array(np.arange(0, len(keys), stride))))
+    except (pa.ArrowException, OSError) as e:
+        raise SourceError(f"{path}: view {view.name!r}: cannot read column {key_col!r}: {e}") from None
+    t = pa.int64() if entity.key_type == "int64" else pa.string()
+    return pa.concat_arrays([p.cast(t) for p in parts if len(p)]) if parts else pa.array([], t)
+
+
+@dataclass(frozen=True)
+class EncodeTask:
+    view: ViewDef
+    entity: EntityDef
+    path: str
+    file_index: int
+    row_groups: tuple[int, ...]
+    spill_dir: str
+    task_id: int
+    boundaries: list[int] | list[bytes]
+    batch_rows: int
+
+
+def encode_task(t: EncodeTask) -> list[int]:
+    """Reads some row groups, normalizes, encodes and spills rows to their key-range partitions.
+    Returns the rows written per partition."""
+    pf = open_parquet(t.path, t.view)
+    part = Partitioner(t.boundaries, t.entity.key_type == "int64")
+    encoder = ViewEncoder(t.view)
+    schema = normalized_schema(t.entity, t.view).append(pa.field("__key", pa.binary())).append(
+        pa.field("__value", pa.large_binary())).append(pa.field("__file", pa.int32()))
+    writers: dict[int, ipc.RecordBatchFileWriter] = {}
+    counts = [0] * part.count
+    columns = sorted({t.view.entity_column or t.entity.name, *( [t.view.event_timestamp] if t.view.event_timestamp
+                      else []), *(f.column for f in t.view.features)})
+    try:
+        batches = pf.iter_batches(batch_size=t.batch_rows, row_groups=list(t.row_groups), columns=columns)
+        for raw in batches:
+            batch = normalize(t.entity, t.view, raw, t.path)
+            keys = batch.column(0)
+            extra = [encoded_keys(keys), encoder.encode(batch), pa.array(np.full(len(keys), t.file_index, np.int32))]
+            full = pa.RecordBatch.from_arrays(batch.columns + extra, schema=schema)
+            assignment = part.assign(keys)
+            order = np.argsort(assignment, kind="stable")
+            sorted_parts = assignment[order]
+            cuts = np.flatnonzero(np.diff(sorted_parts)) + 1
+            taken = full.take(pa.array(order))
+            for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(order)], strict=True):
+                p = int(sorted_parts[lo])
+                if p not in writers:
+                    d = Path(t.spill_dir) / f"p{p:05d}"
+                    d.mkdir(parents=True, exist_ok=True)
+                    writers[p] = ipc.new_file(str(d / f"t{t.task_id:05d}.arrow"), schema)
+                writers[p].write_batch(taken.slice(lo, hi - lo))
+                counts[p] += int(hi - lo)
+    except (pa.ArrowException, OSError) as e:
+        raise SourceError(f"{t.path}: view {t.view.name!r}: cannot read row groups {list(t.row_groups)}: "
+                          f"{e} (truncated or corrupt file?)") from None
+    finally:
+        for w in writers.values():
+            w.close()
+    return counts
+
+
+@dataclass(frozen=True)
+class PartitionTask:
+    view: ViewDef
+    entity: EntityDef
+    spill_dir: str          # .../p<part>
+    sst_dir: str
+    offline_path: str
+    source_paths: tuple[str, ...]
+    compression: str
+
+
+@dataclass(frozen=True)
+class PartitionResult:
+    rows: int
+    dropped: int
+    sst_files: list[str]
+
+
+def _sorted_deduplicated(t: PartitionTask, table: pa.Table) -> tuple[pa.Table, int]:
+    key = t.entity.name
+    order = [(key, "ascending")] + ([(t.view.event_timestamp, "descending")] if t.view.event_timestamp else [])
+    table = table.take(pc.sort_indices(table, sort_keys=order))
+    keys = table.column(key)
+    if len(keys) < 2:
+        return table, 0
+    same = pc.equal(keys.slice(1), keys.slice(0, len(keys) - 1)).combine_chunks().to_numpy(zero_copy_only=False)
+    if not same.any():
+        return table, 0
+    if not t.view.event_timestamp:
+        i = int(np.flatnonzero(same)[0]) + 1
+        dup = keys[i].as_py()
+        n = int(np.sum(same))
+        files = sorted({t.source_paths[f] for f in pc.filter(table.column("__file"),
+                                                              pc.equal(keys, keys[i])).to_pylist()})
+        raise DataError(f"view {t.view.name!r}: entity key {dup!r} appears more than once ({n} duplicate row(s) in "
+                        f"this key range) in {', '.join(files)}; declare an event_timestamp column to keep the "
+                        f"latest row")
+    keep = np.concatenate([[True], ~same])
+    return table.filter(pa.array(keep)), int(np.sum(same))
+
+
+def partition_task(t: PartitionTask) -> PartitionResult:
+    """Sorts one key range, drops older duplicates, writes its SST file(s) and its offline Parquet."""
+    files = sorted(Path(t.spill_dir).glob("*.arrow"))
+    tables = [ipc.open_file(str(f)).read_all() for f in files]
+    table, dropped = _sorted_deduplicated(t, pa.concat_tables(tables).combine_chunks())
+    Path(t.sst_dir).mkdir(parents=True, exist_ok=True)
+    ssts: list[str] = []
+    writer: SstFileWriter | None = None
+    opts = rocks.writer_options(t.compression)
+    part = Path(t.spill_dir).name
+    for batch in table.select(["__key", "__value"]).to_batches(max_chunksize=1 << 16):
+        keys = batch.column(0).to_pylist()
+        values = batch.column(1).to_pylist()
+        for k, v in zip(keys, values, strict=True):
+            if writer is None:
+                path = str(Path(t.sst_dir) / f"{part}-{len(ssts):03d}.sst")
+                writer = SstFileWriter(opts)
+                writer.open(path)
+                ssts.append(path)
+            writer[k] = v
+        if writer is not None and writer.file_size() > SST_ROLL_BYTES:
+            writer.finish()
+            writer = None
+    if writer is not None:
+        writer.finish()
+    Path(t.offline_path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table.drop_columns(_INTERNAL), t.offline_path, compression=OFFLINE_COMPRESSION,
+                   row_group_size=1 << 17)
+    for f in files:
+        os.unlink(f)
+    return PartitionResult(table.num_rows, dropped, ssts)
+
+
+def ingest_task(db_dir: str, sst_files: list[str]) -> None:
+    """One fresh RocksDB per view; its key ranges are disjoint, so every file lands in L6."""
+    db = Rdict(db_dir, rocks.empty_db_options())
+    try:
+        io = IngestExternalFileOptions()
+        io.set_move_files(True)
+        if sst_files:
+            db.ingest_external_file(sst_files, io)
+        db.flush()
+    finally:
+        db.close()

@@ -1,0 +1,56 @@
+"""RocksDB options shared by the loader (baked into SST files) and the server (read side).
+
+The SST writer's table options are what the files hold: bloom filters and compression are set
+here once, so what the loader writes is what the server expects to read.
+"""
+
+from rocksdict import BlockBasedOptions, Cache, DataBlockIndexType, DBCompressionType, Options
+
+BLOCK_SIZE = 8 << 10
+BLOOM_BITS_PER_KEY = 10
+COMPRESSION = {
+    "none": DBCompressionType.none,
+    "lz4": DBCompressionType.lz4,
+    "zstd": DBCompressionType.zstd,
+    "snappy": DBCompressionType.snappy,
+}
+
+
+def table_options(cache: Cache | None = None) -> BlockBasedOptions:
+    b = BlockBasedOptions()
+    b.set_block_size(BLOCK_SIZE)
+    b.set_bloom_filter(BLOOM_BITS_PER_KEY, False)  # full filter: a miss costs no data block read
+    b.set_data_block_index_type(DataBlockIndexType.binary_and_hash())
+    if cache is None:
+        b.disable_cache()
+    else:
+        b.set_block_cache(cache)
+        # index and filter blocks count against the cache, so memory is bounded by its size
+        b.set_cache_index_and_filter_blocks(True)
+        b.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    return b
+
+
+def writer_options(compression: str = "lz4") -> Options:
+    o = Options(raw_mode=True)
+    o.set_block_based_table_factory(table_options())
+    o.set_compression_type(COMPRESSION[compression]())
+    return o
+
+
+def reader_options(cache: Cache, max_open_files: int = 256) -> Options:
+    o = Options(raw_mode=True)
+    o.set_block_based_table_factory(table_options(cache))
+    o.set_max_open_files(max_open_files)
+    o.set_keep_log_file_num(1)
+    return o
+
+
+def empty_db_options() -> Options:
+    """For the fresh DB each view's SST files are ingested into."""
+    o = Options(raw_mode=True)
+    o.create_if_missing(True)
+    o.set_block_based_table_factory(table_options())
+    o.set_disable_auto_compactions(True)
+    o.set_keep_log_file_num(1)
+    return o

@@ -1,0 +1,527 @@
+"""publish and sync against a real S3-protocol server (moto, started here on loopback) and file://.
+
+The CLI runs as a separate process; the interruption tests call the Python API in-process so they
+can stop an upload or download at an exact file.
+"""
+
+from __future__ import annotations
+
+import errno
+import filecmp
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import boto3
+import pytest
+
+from quiver import distribution as dist
+from quiver.snapshot import FeatureSet, Manifest, SnapshotRoot
+from quiver.snapshot.layout import write_atomic
+from quiver.snapshot.manifest import ViewStats, list_files
+
+VENV_BIN = Path(sys.executable).parent
+CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+SCHEMA = FeatureSet.from_json({
+    "entity": {"name": "user", "key_type": "int64"},
+    "views": [{"name": "profile", "features": [{"name": "age", "type": "int32"}]},
+              {"name": "activity", "features": [{"name": "clicks", "type": "int64"}]}],
+})
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures: an S3 server, buckets, snapshot roots
+# ---------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_moto(env_extra: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            env={**os.environ, **(env_extra or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("moto_server did not start") from None
+            time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    proc, endpoint = start_moto()
+    yield endpoint
+    stop(proc)
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for k, v in CREDS.items():
+        monkeypatch.setenv(k, v)
+    # Nothing from the host's AWS setup, and no instance-metadata lookups.
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for k in dist.ENDPOINT_ENV:
+        monkeypatch.delenv(k, raising=False)
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
+    name = "q-" + request.node.name.lower().replace("_", "-")[:50].strip("-")
+    boto3.client("s3", endpoint_url=s3_endpoint, **_boto_creds()).create_bucket(Bucket=name)
+    return name
+
+
+def _boto_creds() -> dict[str, str]:
+    return {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
+
+
+def s3(endpoint: str):  # type: ignore[no-untyped-def]
+    return boto3.client("s3", endpoint_url=endpoint, **_boto_creds())
+
+
+def version_id(n: int) -> str:
+    t = datetime(2026, 11, 27, 13, 0, tzinfo=UTC) + timedelta(hours=n)
+    return t.strftime("%Y%m%dT%H%M%SZ") + f"-{n:012x}"
+
+
+def make_version(root: Path, n: int, files: int = 3, size: int = 200_000, set_current: bool = True) -> str:
+    """A version laid out like the loader's: online RocksDB files and offline Parquet, then the manifest."""
+    snap = SnapshotRoot(root)
+    snap.ensure()
+    v = version_id(n)
+    vdir = snap.version_dir(v)
+    rng = __import__("random").Random(n)
+    for view in SCHEMA.view_names:
+        for i in range(files):
+            p = vdir / "online" / view / f"{i:06d}.sst"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(rng.randbytes(size + i))
+        off = vdir / "offline" / view / "part-00000.parquet"
+        off.parent.mkdir(parents=True, exist_ok=True)
+        off.write_bytes(rng.randbytes(size // 10))
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    m = Manifest(v, now, now, SCHEMA, {name: ViewStats(100, [], "sha256:x") for name in SCHEMA.view_names},
+                 list_files(vdir))
+    write_atomic(snap.manifest_path(v), m.dumps())
+    if set_current:
+        snap.set_current(v)
+    return v
+
+
+def quiver(*args: str, env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """The CLI as a process: `quiver` when the whole command line imports, else just these commands."""
+    code = ("import argparse, sys\nfrom quiver import distribution\n"
+            "p = argparse.ArgumentParser(prog='quiver'); s = p.add_subparsers(required=True)\n"
+            "distribution.register(s); a = p.parse_args(); sys.exit(a.handler(a))")
+    cmd = [str(VENV_BIN / "quiver"), *args] if CLI_WORKS else [sys.executable, "-c", code, *args]
+    r = subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=60)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{cmd} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+CLI_WORKS = subprocess.run([str(VENV_BIN / "quiver"), "--help"], capture_output=True).returncode == 0
+
+
+def same_tree(a: Path, b: Path) -> None:
+    fa = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file())
+    fb = sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file())
+    assert fa == fb
+    for rel in fa:
+        assert filecmp.cmp(a / rel, b / rel, shallow=False), rel
+
+
+@pytest.fixture
+def pub(tmp_path: Path) -> Path:
+    return tmp_path / "publisher"
+
+
+@pytest.fixture
+def rep(tmp_path: Path) -> Path:
+    return tmp_path / "replica"
+
+
+# ---------------------------------------------------------------------------------------------
+# Round trips
+# ---------------------------------------------------------------------------------------------
+
+def test_round_trip_s3_cli(s3_endpoint: str, bucket: str, pub: Path, rep: Path) -> None:
+    v = make_version(pub, 1)
+    uri = f"s3://{bucket}/features/prod"
+    env = {"QUIVER_S3_ENDPOINT": s3_endpoint}
+
+    r = quiver("publish", "--root", str(pub), "--to", uri, env=env, check=True)
+    assert f"published {v}" in r.stdout and "8 files uploaded" in r.stdout
+    keys = {o["Key"] for o in s3(s3_endpoint).list_objects_v2(Bucket=bucket)["Contents"]}
+    assert f"features/prod/versions/{v}/manifest.json" in keys and "features/prod/LATEST" in keys
+
+    r = quiver("sync", "--from", uri, "--root", str(rep), env=env, check=True)
+    assert f"CURRENT {v} (was None): 8 files downloaded" in r.stdout
+    assert SnapshotRoot(rep).current() == v
+    same_tree(SnapshotRoot(pub).version_dir(v), SnapshotRoot(rep).version_dir(v))
+    assert not list((rep / "staging").glob("sync-*"))
+
+    # Both sides are idempotent.
+    r = quiver("publish", "--root", str(pub), "--to", uri, env=env, check=True)
+    assert "0 files uploaded, 8 already there; LATEST unchanged" in r.stdout
+    r = quiver("sync", "--from", uri, "--root", str(rep), env=env, check=True)
+    assert "0 files downloaded" in r.stdout
+
+
+def test_round_trip_file_uri(tmp_path: Path, pub: Path, rep: Path) -> None:
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    v1 = make_version(pub, 1)
+    dist.publish(pub, remote.as_uri())
+    assert (remote / "LATEST").read_text().strip() == v1
+    assert not list(remote.rglob("*.tmp"))
+    r = dist.sync(remote.as_uri(), rep)
+    assert r.version == v1 and SnapshotRoot(rep).current() == v1
+    same_tree(SnapshotRoot(pub).version_dir(v1), SnapshotRoot(rep).version_dir(v1))
+
+
+def test_endpoint_from_env_is_used_for_s3(monkeypatch: pytest.MonkeyPatch, s3_endpoint: str, bucket: str,
+                                         pub: Path, rep: Path) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    v = make_version(pub, 1)
+    dist.publish(pub, f"s3://{bucket}")
+    assert dist.sync(f"s3://{bucket}", rep).version == v
+
+
+# ---------------------------------------------------------------------------------------------
+# Interruptions
+# ---------------------------------------------------------------------------------------------
+
+class Crash(Exception):
+    """Stands in for a killed process at an exact point."""
+
+
+def crash_after(monkeypatch: pytest.MonkeyPatch, name: str, n: int) -> list[str]:
+    real = getattr(dist, name)
+    done: list[str] = []
+
+    def wrapped(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if len(done) >= n:
+            raise Crash(f"killed after {n} files")
+        real(*args, **kwargs)
+        done.append(str(args[1]))
+
+    monkeypatch.setattr(dist, name, wrapped)
+    return done
+
+
+def test_interrupted_upload_is_invisible_and_finishes_on_rerun(
+        monkeypatch: pytest.MonkeyPatch, s3_endpoint: str, bucket: str, pub: Path, rep: Path) -> None:
+    uri = f"s3://{bucket}"
+    v1 = make_version(pub, 1)
+    dist.publish(pub, uri, endpoint=s3_endpoint)
+    v2 = make_version(pub, 2)
+
+    crash_after(monkeypatch, "_upload_file", 3)
+    with pytest.raises(Crash):
+        dist.publish(pub, uri, endpoint=s3_endpoint, workers=1)
+    monkeypatch.undo()
+    for k, v in CREDS.items():
+        monkeypatch.setenv(k, v)
+    keys = {o["Key"] for o in s3(s3_endpoint).list_objects_v2(Bucket=bucket)["Contents"]}
+    assert len([k for k in keys if k.startswith(f"versions/{v2}/")]) == 3
+    assert f"versions/{v2}/manifest.json" not in keys
+
+    # A replica sees only the complete version.
+    assert dist.sync(uri, rep, endpoint=s3_endpoint).version == v1
+
+    r = dist.publish(pub, uri, endpoint=s3_endpoint)
+    assert len(r.skipped) == 3 and len(r.uploaded) == 5 and r.latest_moved
+    assert dist.sync(uri, rep, endpoint=s3_endpoint).version == v2
+
+
+def test_latest_without_manifest_is_refused(s3_endpoint: str, bucket: str, pub: Path, rep: Path) -> None:
+    """A publish killed between LATEST and... cannot happen; a manifest deleted by hand is the same case."""
+    uri = f"s3://{bucket}"
+    env = {"QUIVER_S3_ENDPOINT": s3_endpoint}
+    v1 = make_version(pub, 1)
+    dist.publish(pub, uri, endpoint=s3_endpoint)
+    dist.sync(uri, rep, endpoint=s3_endpoint)
+    v2 = make_version(pub, 2)
+    dist.publish(pub, uri, endpoint=s3_endpoint)
+    s3(s3_endpoint).delete_object(Bucket=bucket, Key=f"versions/{v2}/manifest.json")
+
+    r = quiver("sync", "--from", uri, "--root", str(rep), env=env)
+    assert r.returncode == dist.ObjectNotFound.exit_code, r.stderr
+    assert f"s3://{bucket}/versions/{v2}/manifest.json: missing although LATEST names {v2}" in r.stderr
+    assert SnapshotRoot(rep).current() == v1
+    assert SnapshotRoot(rep).versions() == [v1]
+
+
+def test_nothing_published_yet(s3_endpoint: str, bucket: str, rep: Path) -> None:
+    r = quiver("sync", "--from", f"s3://{bucket}/p", "--root", str(rep), env={"QUIVER_S3_ENDPOINT": s3_endpoint})
+    assert r.returncode == dist.ObjectNotFound.exit_code
+    assert f"s3://{bucket}/p/LATEST: missing: nothing has been published there yet" in r.stderr
+
+
+def test_interrupted_download_resumes(monkeypatch: pytest.MonkeyPatch, s3_endpoint: str, bucket: str,
+                                      pub: Path, rep: Path) -> None:
+    uri = f"s3://{bucket}"
+    v1 = make_version(pub, 1)
+    dist.publish(pub, uri, endpoint=s3_endpoint)
+    dist.sync(uri, rep, endpoint=s3_endpoint)
+    v2 = make_version(pub, 2)
+    dist.publish(pub, uri, endpoint=s3_endpoint)
+
+    crash_after(monkeypatch, "_download_file", 5)
+    with pytest.raises(Crash):
+        dist.sync(uri, rep, endpoint=s3_endpoint, workers=1)
+    monkeypatch.undo()
+    for k, v in CREDS.items():
+        monkeypatch.setenv(k, v)
+    snap = SnapshotRoot(rep)
+    assert snap.current() == v1 and snap.versions() == [v1]
+    assert not snap.version_dir(v2).exists()
+    staged = [p for p in (rep / "staging" / f"sync-{v2}").rglob("*") if p.is_file()]
+    assert len(staged) == 5 and not [p for p in staged if p.name.endswith(".part")]
+
+    # A half-written file from the kill is discarded, not trusted.
+    (rep / "staging" / f"sync-{v2}" / "offline" / "profile").mkdir(parents=True, exist_ok=True)
+    (rep / "staging" / f"sync-{v2}" / "offline" / "profile" / "part-00000.parquet.part").write_bytes(b"half")
+
+    r = dist.sync(uri, rep, endpoint=s3_endpoint)
+    assert len(r.resumed) == 5 and len(r.downloaded) == 3
+    assert snap.current() == v2
+    same_tree(SnapshotRoot(pub).version_dir(v2), snap.version_dir(v2))
+    assert not (rep / "staging" / f"sync-{v2}").exists()
+
+
+def test_corrupt_object_refused_and_current_untouched(s3_endpoint: str, bucket: str, pub: Path, rep: Path) -> None:
+    uri = f"s3://{bucket}"
+    env = {"QUIVER_S3_ENDPOINT": s3_endpoint}
+    v1 = make_version(pub, 1)
+    dist.publish(pub, uri, endpoint=s3_endpoint)
+    dist.sync(uri, rep, endpoint=s3_endpoint)
+    v2 = make_version(pub, 2)
+    dist.publish(pub, uri, endpoint=s3_endpoint)
+    key = f"versions/{v2}/online/profile/000001.sst"
+    body = bytearray(s3(s3_endpoint).get_object(Bucket=bucket, Key=key)["Body"].read())
+    body[1000] ^= 0xFF  # same size, one bit pattern off: only the checksum can tell
+    s3(s3_endpoint).put_object(Bucket=bucket, Key=key, Body=bytes(body))
+
+    r = quiver("sync", "--from", uri, "--root", str(rep), env=env)
+    assert r.returncode == dist.IntegrityError.exit_code, r.stderr
+    assert f"s3://{bucket}/{key}:" in r.stderr and "republish the version" in r.stderr
+    snap = SnapshotRoot(rep)
+    assert snap.current() == v1 and snap.versions() == [v1]
+    assert not list((rep / "staging").rglob("profile/000001.sst*"))
+
+    # Publishing again skips same-size objects, so repairing a corrupt object is a delete + publish.
+    s3(s3_endpoint).delete_object(Bucket=bucket, Key=key)
+    dist.publish(pub, uri, endpoint=s3_endpoint)
+    assert dist.sync(uri, rep, endpoint=s3_endpoint).version == v2
+
+
+# ---------------------------------------------------------------------------------------------
+# Clear errors
+# ---------------------------------------------------------------------------------------------
+
+def test_missing_bucket(s3_endpoint: str, pub: Path, rep: Path) -> None:
+    make_version(pub, 1)
+    env = {"QUIVER_S3_ENDPOINT": s3_endpoint}
+    r = quiver("publish", "--root", str(pub), "--to", "s3://no-such-bucket/x", env=env)
+    assert r.returncode == dist.BucketNotFound.exit_code
+    assert "bucket 'no-such-bucket'" in r.stderr and "does not exist" in r.stderr
+    r = quiver("sync", "--from", "s3://no-such-bucket/x", "--root", str(rep), env=env)
+    assert r.returncode == dist.BucketNotFound.exit_code
+    assert SnapshotRoot(rep).current() is None
+
+
+def test_wrong_credentials(pub: Path, rep: Path) -> None:
+    # A second server that checks credentials (moto only does when told to); none are valid on it.
+    proc, endpoint = start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    try:
+        make_version(pub, 1)
+        env = {"QUIVER_S3_ENDPOINT": endpoint, "AWS_ACCESS_KEY_ID": "AKIAWRONGKEY", "AWS_SECRET_ACCESS_KEY": "x"}
+        r = quiver("publish", "--root", str(pub), "--to", "s3://some-bucket/x", env=env)
+        assert r.returncode == dist.AccessDenied.exit_code, r.stderr
+        assert "'some-bucket'" in r.stderr and "AWS_ACCESS_KEY_ID" in r.stderr
+        r = quiver("sync", "--from", "s3://some-bucket/x", "--root", str(rep), env=env)
+        assert r.returncode == dist.AccessDenied.exit_code, r.stderr
+    finally:
+        stop(proc)
+
+
+def test_unreachable_endpoint(pub: Path, rep: Path) -> None:
+    make_version(pub, 1)
+    env = {"QUIVER_S3_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    t0 = time.monotonic()
+    r = quiver("sync", "--from", "s3://bkt/x", "--root", str(rep), env=env)
+    assert r.returncode == dist.StorageUnreachable.exit_code, r.stderr
+    assert "QUIVER_S3_ENDPOINT" in r.stderr and "bucket 'bkt'" in r.stderr
+    assert time.monotonic() - t0 < 30
+
+
+def test_publish_without_current(tmp_path: Path, pub: Path) -> None:
+    SnapshotRoot(pub).ensure()
+    r = quiver("publish", "--root", str(pub), "--to", (tmp_path).as_uri())
+    assert r.returncode == dist.LocalSnapshotError.exit_code
+    assert "CURRENT: missing" in r.stderr
+
+
+def test_disk_full_before_download(monkeypatch: pytest.MonkeyPatch, s3_endpoint: str, bucket: str,
+                                   pub: Path, rep: Path) -> None:
+    uri = f"s3://{bucket}"
+    make_version(pub, 1)
+    dist.publish(pub, uri, endpoint=s3_endpoint)
+    monkeypatch.setattr(dist.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**6, 10**6 - 1000, 1000))
+    with pytest.raises(dist.DiskFull, match="needs .* more bytes, 1000 free"):
+        dist.sync(uri, rep, endpoint=s3_endpoint)
+    assert SnapshotRoot(rep).current() is None
+
+
+def test_disk_full_while_writing(monkeypatch: pytest.MonkeyPatch, s3_endpoint: str, bucket: str,
+                                 pub: Path, rep: Path) -> None:
+    uri = f"s3://{bucket}"
+    v1 = make_version(pub, 1)
+    dist.publish(pub, uri, endpoint=s3_endpoint)
+    dist.sync(uri, rep, endpoint=s3_endpoint)
+    make_version(pub, 2)
+    dist.publish(pub, uri, endpoint=s3_endpoint)
+    real_fsync = os.fsync
+    calls = []
+
+    def full(fd: int) -> None:  # the device fills up while the third file is written
+        calls.append(fd)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(dist.os, "fsync", full)
+    with pytest.raises(dist.DiskFull, match=r"\.part: no space left on device"):
+        dist.sync(uri, rep, endpoint=s3_endpoint, workers=1)
+    assert SnapshotRoot(rep).current() == v1
+    assert not list((rep / "staging").rglob("*.part"))
+
+
+def test_error_tree_is_mapped() -> None:
+    classes = [dist.DistributionError, *all_subclasses(dist.DistributionError)]
+    codes = [c.exit_code for c in classes]
+    assert len(set(codes)) == len(codes) and not {0, 2} & set(codes)
+    for c in classes:
+        assert c.__name__ in dist.__doc__ and str(c.exit_code) in dist.__doc__  # type: ignore[operator]
+        assert c.__name__ in dist.__all__
+    samples = {
+        dist.BucketNotFound: OSError("AWS Error NO_SUCH_BUCKET during CreateMultipartUpload operation"),
+        dist.AccessDenied: OSError("AWS Error ACCESS_DENIED during HeadBucket operation"),
+        dist.StorageUnreachable: OSError("AWS Error NETWORK_CONNECTION during HeadObject operation: curlCode: 7"),
+        dist.ObjectNotFound: FileNotFoundError(errno.ENOENT, "Path does not exist 'b/x'"),
+        dist.DiskFull: OSError(errno.ENOSPC, "No space left on device"),
+        dist.StorageError: OSError("AWS Error SLOW_DOWN during PutObject operation"),
+    }
+    for cls, exc in samples.items():
+        got = dist.translate(exc, "thing")
+        assert type(got) is cls and str(got).startswith("thing: ")
+
+
+def all_subclasses(c: type) -> list[type]:
+    return [s for d in c.__subclasses__() for s in (d, *all_subclasses(d))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Retention, rollback, watch
+# ---------------------------------------------------------------------------------------------
+
+def test_keep_prunes_old_versions_but_never_current_or_previous(s3_endpoint: str, bucket: str,
+                                                                 pub: Path, rep: Path) -> None:
+    uri = f"s3://{bucket}"
+    env = {"QUIVER_S3_ENDPOINT": s3_endpoint}
+    vs = []
+    for n in range(1, 5):
+        vs.append(make_version(pub, n, files=1, size=1000))
+        dist.publish(pub, uri, endpoint=s3_endpoint)
+        quiver("sync", "--from", uri, "--root", str(rep), "--keep", "2", env=env, check=True)
+    assert SnapshotRoot(rep).versions() == vs[-2:]
+    assert SnapshotRoot(rep).current() == vs[-1]
+
+    # Data rollback: point LATEST at an older version; the replica moves CURRENT without downloading.
+    dist.publish(pub, uri, version=vs[2], endpoint=s3_endpoint)
+    r = dist.sync(uri, rep, keep=2, endpoint=s3_endpoint)
+    assert r.version == vs[2] and r.downloaded == [] and r.pruned == []
+    assert SnapshotRoot(rep).versions() == vs[2:]
+
+    # Rolling back to a pruned version downloads it again; the newer one (the previous CURRENT) stays.
+    dist.publish(pub, uri, version=vs[0], endpoint=s3_endpoint)
+    r = dist.sync(uri, rep, keep=2, endpoint=s3_endpoint)
+    assert r.version == vs[0] and r.downloaded
+    assert set(SnapshotRoot(rep).versions()) >= {vs[0], vs[2]}
+    assert not list((rep / "staging").glob("trash-*"))
+
+    r = quiver("sync", "--from", uri, "--root", str(rep), "--keep", "1", env=env)
+    assert r.returncode == 2 and "at least 2" in r.stderr
+
+
+def test_watch_follows_latest_and_stops_on_sigterm(s3_endpoint: str, bucket: str, pub: Path, rep: Path) -> None:
+    uri = f"s3://{bucket}"
+    v1 = make_version(pub, 1, files=1, size=1000)
+    dist.publish(pub, uri, endpoint=s3_endpoint)
+    code = ("import argparse, sys\nfrom quiver import distribution\n"
+            "p = argparse.ArgumentParser(); s = p.add_subparsers(required=True)\n"
+            "distribution.register(s); a = p.parse_args(); sys.exit(a.handler(a))")
+    cmd = ([str(VENV_BIN / "quiver")] if CLI_WORKS else [sys.executable, "-c", code])
+    proc = subprocess.Popen([*cmd, "sync", "--from", uri, "--root", str(rep), "--watch", "0.2"],
+                            env={**os.environ, "QUIVER_S3_ENDPOINT": s3_endpoint},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: SnapshotRoot(rep).current() == v1)
+        v2 = make_version(pub, 2, files=1, size=1000)
+        dist.publish(pub, uri, endpoint=s3_endpoint)
+        wait_for(lambda: SnapshotRoot(rep).current() == v2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0, err
+        assert f"serving {v2} (was {v1})" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for(cond, timeout: float = 15) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_manifest_of_published_version_is_unchanged(s3_endpoint: str, bucket: str, pub: Path, rep: Path) -> None:
+    v = make_version(pub, 1)
+    dist.publish(pub, f"s3://{bucket}", endpoint=s3_endpoint)
+    dist.sync(f"s3://{bucket}", rep, endpoint=s3_endpoint)
+    got = Manifest.load(SnapshotRoot(rep).manifest_path(v))
+    assert got.content_checksum == Manifest.load(SnapshotRoot(pub).manifest_path(v)).content_checksum
+    assert got.verify_files(SnapshotRoot(rep).version_dir(v), full=True) == []
+    assert json.loads(SnapshotRoot(rep).manifest_path(v).read_bytes())["version"] == v
