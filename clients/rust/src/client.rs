@@ -158,3 +158,34 @@ pub fn build_request(ids: &[EntityId], views: &[&str], version: &str) -> Result<
     }
     Ok(request)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_uses_the_id_type_list_and_keeps_order() {
+        let r = build_request(&[EntityId::Int64(3), EntityId::Int64(1), EntityId::Int64(3)], &["a", "b"], "v9").unwrap();
+        assert_eq!(r.int64_ids, [3, 1, 3]);
+        assert!(r.string_ids.is_empty());
+        assert_eq!(r.views, ["a", "b"]);
+        assert_eq!(r.version, "v9");
+        let r = build_request(&["x".into(), "y".into()], &[], "").unwrap();
+        assert_eq!(r.string_ids, ["x", "y"]);
+        assert!(r.int64_ids.is_empty());
+    }
+
+    #[test]
+    fn mixed_id_types_are_refused() {
+        let err = build_request(&[EntityId::Int64(1), "x".into()], &[], "").unwrap_err();
+        assert!(matches!(err, Error::Request(_)), "{err}");
+    }
+
+    #[test]
+    fn both_address_forms_make_endpoints() {
+        let o = ClientOptions::default();
+        assert!(endpoint("http://127.0.0.1:50051", &o).is_ok());
+        assert!(endpoint("unix:///tmp/quiver.sock", &o).is_ok());
+        assert!(endpoint("not a uri", &o).is_err());
+    }
+}
