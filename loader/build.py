@@ -29,6 +29,7 @@ from quiver.loader.definitions import load_definitions
 from quiver.loader.errors import LoadError
 from quiver.loader.partition import Partitioner
 from quiver.loader.sources import SourceFile, inspect
+from quiver.process import die_with_parent
 from quiver.snapshot.layout import FORMAT_VERSION, SnapshotRoot, fsync_dir
 from quiver.snapshot.manifest import FileEntry, Manifest, ManifestError, ViewStats, data_files, file_checksum
 from quiver.snapshot.schema import FeatureSet, ViewDef
@@ -157,7 +158,7 @@ def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str]
         clean_staging(root)
         files = {v.name: inspect(features.entity, v, base) for v in features.views}
         ctx = get_context("spawn")
-        with ProcessPoolExecutor(max_workers=opts.workers, mp_context=ctx, initializer=tasks.die_with_parent) as pool:
+        with ProcessPoolExecutor(max_workers=opts.workers, mp_context=ctx, initializer=die_with_parent) as pool:
             paths = [s.path for v in features.views for s in files[v.name]]
             sums = dict(zip(paths, pool.map(file_checksum, paths), strict=True))
             sources = {v.name: [FileEntry(os.path.abspath(s.path), s.size, sums[s.path]) for s in files[v.name]]

@@ -1,9 +1,7 @@
 """The work a load hands to its worker processes. Module-level functions, so they pickle under
 the spawn start method; each raises LoadError subclasses with file, view and key named."""
 
-import ctypes
 import os
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,14 +22,6 @@ from rocksdict import IngestExternalFileOptions, Rdict, SstFileWriter
 SST_ROLL_BYTES = 256 << 20
 OFFLINE_COMPRESSION = "zstd"
 _INTERNAL = ["__key", "__value", "__file"]
-
-
-def die_with_parent() -> None:
-    """Pool initializer: a load killed with SIGKILL takes its workers with it (Linux)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def sample_keys(entity: EntityDef, view: ViewDef, path: str, stride: int) -> pa.Array:
