@@ -1,0 +1,53 @@
+"""Prometheus metrics. Workers write them through prometheus_client's multiprocess mode (files in
+PROMETHEUS_MULTIPROC_DIR, set by the supervisor before any worker starts); the supervisor serves
+the sum over workers on --metrics-port. Per-request counts are flushed once a second, not per call."""
+
+import calendar
+import time
+
+from prometheus_client import Counter, Gauge, Histogram
+from quiver.service.reader import ViewStats
+from quiver.service.store import LoadedVersion
+
+LATENCY_BUCKETS = (0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025,
+                   0.05, 0.1, 0.25, 1.0)
+
+RPC_LATENCY = Histogram("quiver_rpc_latency_seconds", "Server-side handling time per RPC", ["method"],
+                        buckets=LATENCY_BUCKETS)
+RPC_ERRORS = Counter("quiver_rpc_errors_total", "RPCs answered with an error status", ["method", "code"])
+ENTITIES_REQUESTED = Counter("quiver_entities_requested_total", "Entity ids requested, per view", ["view"])
+ENTITIES_FOUND = Counter("quiver_entities_found_total", "Entity ids found, per view", ["view"])
+ENTITIES_MISSING = Counter("quiver_entities_missing_total", "Entity ids not found, per view", ["view"])
+SNAPSHOT_INFO = Gauge("quiver_snapshot_current", "1 for the version each worker serves", ["version"],
+                      multiprocess_mode="liveall")
+SNAPSHOT_AS_OF = Gauge("quiver_snapshot_as_of_timestamp_seconds", "As-of time of the served version",
+                       multiprocess_mode="livemin")
+SNAPSHOT_AGE = Gauge("quiver_snapshot_age_seconds", "Seconds since the served version's as-of time",
+                     multiprocess_mode="livemax")
+SWAPS = Counter("quiver_snapshot_swaps_total", "Versions swapped in")
+REFUSED = Counter("quiver_snapshot_refused_total", "New versions refused by their checks")
+
+GET_FEATURES_LATENCY = RPC_LATENCY.labels("GetFeatures")
+
+
+def as_of_seconds(version: LoadedVersion) -> float:
+    return calendar.timegm(time.strptime(version.manifest.as_of, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def on_swap(version: LoadedVersion, previous: LoadedVersion | None) -> None:
+    if previous is not None:
+        SNAPSHOT_INFO.labels(previous.version).set(0)
+    SNAPSHOT_INFO.labels(version.version).set(1)
+    SNAPSHOT_AS_OF.set(as_of_seconds(version))
+    SWAPS.inc()
+
+
+def flush(stats: ViewStats, current: LoadedVersion | None) -> None:
+    if current is not None:
+        SNAPSHOT_AGE.set(time.time() - as_of_seconds(current))
+    requested, found = stats.take()
+    for view, n in requested.items():
+        f = found.get(view, 0)
+        ENTITIES_REQUESTED.labels(view).inc(n)
+        ENTITIES_FOUND.labels(view).inc(f)
+        ENTITIES_MISSING.labels(view).inc(n - f)

@@ -1,0 +1,210 @@
+"""Building and running the server.
+
+`create_server` builds one grpc.aio server (tested on port 0); `run_worker` runs it in one process
+until SIGTERM; `run` is the supervisor: it starts N worker processes sharing the port
+(SO_REUSEPORT; each opens the snapshot read-only itself, so the data is shared through the OS
+page cache, not copied), serves the workers' summed metrics, forwards SIGTERM and restarts a
+worker that dies.
+
+Lifecycle of a worker: health NOT_SERVING -> first snapshot open -> SERVING -> SIGTERM ->
+NOT_SERVING -> drain in-flight RPCs for up to drain_seconds -> exit.
+"""
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import stat
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from quiver.service import metrics
+from quiver.service.config import ServeConfig
+from quiver.service.reader import FeatureReader
+from quiver.service.servicer import SERVICE, FeatureStoreServicer
+from quiver.service.snapshots import Snapshots
+from quiver.snapshot.layout import SnapshotRoot
+from rocksdict import Cache
+
+from quiver.process import die_with_parent
+
+log = logging.getLogger("quiver.server")
+MAX_MESSAGE = 64 << 20
+
+
+def _server_credentials(config: ServeConfig) -> grpc.ServerCredentials:
+    key, cert = Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes()
+    ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+def _unlink_stale_socket(path: str) -> None:
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def create_server(config: ServeConfig, servicer: FeatureStoreServicer, worker: int = 0,
+                  ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+    """(server, health servicer, bound TCP port or 0). Not started; health says NOT_SERVING."""
+    server = grpc.aio.server(
+        options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", MAX_MESSAGE),
+                 ("grpc.max_send_message_length", MAX_MESSAGE),
+                 # rebalance long-lived client connections across SO_REUSEPORT workers and pods
+                 ("grpc.max_connection_age_ms", 5 * 60_000), ("grpc.max_connection_age_grace_ms", 30_000)],
+        maximum_concurrent_rpcs=config.max_concurrent)
+    handlers = servicer.handlers()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+    hs = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    reflection.enable_server_reflection([SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = 0
+    if config.listen:
+        if config.tls_cert:
+            port = server.add_secure_port(config.listen, _server_credentials(config))
+        else:
+            port = server.add_insecure_port(config.listen)
+    if config.uds:
+        path = config.uds_path(worker)
+        _unlink_stale_socket(path)
+        server.add_insecure_port(f"unix:{path}")
+    return server, hs, port
+
+
+async def _set_health(hs: health.aio.HealthServicer, status: int) -> None:
+    for name in ("", SERVICE):
+        await hs.set(name, status)
+
+
+async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    snapshots = Snapshots(SnapshotRoot(config.root), Cache(config.cache_bytes_per_worker), config.verify,
+                          on_swap=metrics.on_swap, on_refused=lambda v, why: metrics.REFUSED.inc())
+    reader = FeatureReader(snapshots, config.max_entities)
+    server, hs, port = create_server(config, FeatureStoreServicer(reader, snapshots), worker)
+    await _set_health(hs, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+    log.info("worker %d listening on %s%s", worker, config.listen or "", f" unix:{config.uds_path(worker)}"
+             if config.uds else "")
+
+    async def follow() -> None:
+        while not stop.is_set():
+            try:
+                await snapshots.refresh()
+            except Exception:
+                log.exception("refresh failed; serving continues on the loaded version")
+            if snapshots.current is not None:
+                await _set_health(hs, health_pb2.HealthCheckResponse.SERVING)
+            metrics.flush(reader.stats, snapshots.current)
+            try:
+                await asyncio.wait_for(stop.wait(), config.poll_seconds)
+            except TimeoutError:
+                pass
+
+    follower = asyncio.create_task(follow())
+    await stop.wait()
+    log.info("worker %d: draining for up to %.0f s", worker, config.drain_seconds)
+    await hs.enter_graceful_shutdown()
+    await server.stop(config.drain_seconds)
+    follower.cancel()
+    metrics.flush(reader.stats, None)
+    snapshots.close()
+
+
+def run_worker(config: ServeConfig, worker: int) -> None:
+    die_with_parent()
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s quiver[w{worker}] %(levelname)s %(message)s")
+    if config.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(serve(config, worker))
+    else:
+        asyncio.run(serve(config, worker))
+
+
+def _resolve_port(config: ServeConfig) -> ServeConfig:
+    """Port 0 with several workers: pick one free port they all bind (SO_REUSEPORT)."""
+    if not config.listen or not config.listen.endswith(":0"):
+        return config
+    host = config.listen.rsplit(":", 1)[0].strip("[]")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+    from dataclasses import replace
+
+    return replace(config, listen=f"{config.listen.rsplit(':', 1)[0]}:{port}")
+
+
+def run(config: ServeConfig) -> int:
+    """The supervisor. Returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s quiver[main] %(levelname)s %(message)s")
+    config = _resolve_port(config)
+    metrics_dir = tempfile.mkdtemp(prefix="quiver-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by the spawned workers
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    if config.metrics_port:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=metrics_dir)
+        start_http_server(config.metrics_port, addr=config.metrics_host, registry=registry)
+    ctx = multiprocessing.get_context("spawn")
+    workers: dict[int, multiprocessing.process.BaseProcess] = {}
+
+    def start(i: int) -> None:
+        p = ctx.Process(target=run_worker, args=(config, i), name=f"quiver-worker-{i}", daemon=False)
+        p.start()
+        workers[i] = p
+
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in workers.values():
+            if p.pid and p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for i in range(config.workers):
+        start(i)
+    print(f"quiver: serving {config.root} on {config.listen or '-'}"
+          f"{' unix:' + config.uds if config.uds else ''} with {config.workers} worker(s)"
+          f"{f'; metrics on :{config.metrics_port}' if config.metrics_port else ''}", flush=True)
+    deadline = None
+    while True:
+        time.sleep(0.2)
+        if stopping and deadline is None:
+            deadline = time.monotonic() + config.drain_seconds + 5
+        for i, p in list(workers.items()):
+            if p.is_alive():
+                continue
+            multiprocess.mark_process_dead(p.pid)
+            if stopping:
+                del workers[i]
+            else:
+                log.error("worker %d exited with %s; restarting it", i, p.exitcode)
+                start(i)
+        if stopping and not workers:
+            return 0
+        if deadline is not None and time.monotonic() > deadline:
+            for p in workers.values():
+                p.kill()
+            return 1
+
+
+if __name__ == "__main__":
+    sys.exit("use `quiver serve`")

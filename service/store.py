@@ -1,0 +1,103 @@
+"""The one module that touches RocksDB. A LoadedVersion is one immutable snapshot version, opened
+read-only (one RocksDB per view), checked against its manifest, and closed once nothing reads it."""
+
+import logging
+import os
+import tempfile
+import threading
+
+from quiver.service.errors import VersionRefused
+from quiver.snapshot import rocks
+from quiver.snapshot.layout import SnapshotRoot
+from quiver.snapshot.manifest import Manifest, ManifestError
+from quiver.snapshot.schema import FeatureSet
+from rocksdict import AccessType, Cache, Rdict
+
+log = logging.getLogger("quiver.store")
+# RocksDB's info logs go here, not into the version folders, whose files the manifest checksums.
+_LOG_DIR = tempfile.mkdtemp(prefix=f"quiver-rocksdb-log-{os.getpid()}-")
+
+
+class LoadedVersion:
+    """An open version. `get` is the hot path: one batched multi-get for one view."""
+
+    def __init__(self, version: str, manifest: Manifest, dbs: dict[str, Rdict]) -> None:
+        self.version = version
+        self.manifest = manifest
+        self.schema: FeatureSet = manifest.schema
+        self.key_type = self.schema.entity.key_type
+        self.view_names: tuple[str, ...] = tuple(self.schema.view_names)
+        self._dbs = dbs
+        self._lock = threading.Lock()
+        self._readers = 0
+        self._retired = False
+        self._closed = False
+
+    def get(self, view: str, keys: list[bytes]) -> list[bytes | None]:
+        """Stored ViewRow bytes per key (None when absent). Callers hold a reader (acquire)."""
+        if self._closed:  # the guard: never touch a closed handle
+            raise RuntimeError(f"version {self.version} is closed")
+        return self._dbs[view].get(keys)  # type: ignore[no-any-return]
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._readers += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._readers -= 1
+            close = self._retired and self._readers == 0
+        if close:
+            self._close()
+
+    def retire(self) -> None:
+        """No new readers will come; close as soon as the in-flight ones are done."""
+        with self._lock:
+            self._retired = True
+            close = self._readers == 0
+        if close:
+            self._close()
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for db in self._dbs.values():
+            db.close()
+        log.info("closed version %s", self.version)
+
+
+def open_version(root: SnapshotRoot, version: str, cache: Cache, verify: str) -> LoadedVersion:
+    """Opens and checks a version; raises VersionRefused naming what is wrong. Blocking: run it
+    off the event loop."""
+    vdir = root.version_dir(version)
+    try:
+        manifest = Manifest.load(vdir / "manifest.json")
+    except ManifestError as e:
+        raise VersionRefused(f"version {version}: {e}") from None
+    if manifest.version != version:
+        raise VersionRefused(f"version {version}: its manifest names {manifest.version}")
+    problems = manifest.verify_files(vdir, full=(verify == "full"))
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise VersionRefused(f"version {version}: {shown}")
+    dbs: dict[str, Rdict] = {}
+    try:
+        for view in manifest.schema.view_names:
+            opts = rocks.reader_options(cache)
+            opts.set_db_log_dir(_LOG_DIR)
+            db = Rdict(str(root.online_dir(version, view)), opts, access_type=AccessType.read_only())
+            dbs[view] = db
+            entries = sum(int(f["num_entries"]) for f in db.live_files())
+            if entries != manifest.views[view].rows:
+                raise VersionRefused(f"version {version}: view {view!r} holds {entries} rows, "
+                                     f"the manifest says {manifest.views[view].rows}")
+    except VersionRefused:
+        for db in dbs.values():
+            db.close()
+        raise
+    except Exception as e:  # RocksDB reports corruption as plain exceptions
+        for db in dbs.values():
+            db.close()
+        raise VersionRefused(f"version {version}: cannot open: {e}") from None
+    return LoadedVersion(version, manifest, dbs)
