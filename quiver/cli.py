@@ -9,6 +9,7 @@ from collections.abc import Sequence
 COMMAND_MODULES = [
     "quiver.loader.commands",
     "quiver.service.commands",
+    "quiver.distribution",
 ]
 
 
