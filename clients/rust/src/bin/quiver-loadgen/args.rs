@@ -1,0 +1,182 @@
+//! Command-line flags (hand-parsed: ten flags do not justify a parser dependency).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const USAGE: &str = "\
+quiver-loadgen: open-loop load at a fixed rate against quiver or Redis
+
+Requests are scheduled at t0 + i/rate whatever the server does, each runs on its own task, and
+latency is measured from the scheduled time, so a slow server shows up as queueing (no
+coordinated omission).
+
+USAGE: quiver-loadgen [FLAGS]
+  --target quiver|redis        what to load (default quiver)
+  --addr ADDR                  quiver: http://127.0.0.1:50051 or unix:///path.sock;
+                               redis: redis://127.0.0.1:6379 (default per target)
+  --rate R                     requests per second (default 1000)
+  --duration SECONDS           measured time (default 10)
+  --warmup SECONDS             sent but not measured, before the measured time (default 2)
+  --entities-per-request K     entities per request (default 1)
+  --users N                    ids drawn uniformly from [0, N) (default 1000000)
+  --seed S                     id sequence seed, the same for both targets (default 1)
+  --connections C              connections used round-robin (default 1); use at least the
+                               number of SO_REUSEPORT server processes
+  --views a,b                  quiver only: views to request (default: all)
+  --timeout-ms MS              a request slower than this is an error (default 10000)
+  --threads T                  tokio worker threads (default 1; pacing has its own thread)
+  --json-out FILE              also write the summary as JSON
+  -h, --help                   this text
+";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    Quiver,
+    Redis,
+}
+
+impl TargetKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetKind::Quiver => "quiver",
+            TargetKind::Redis => "redis",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub target: TargetKind,
+    pub addr: String,
+    pub rate: f64,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub entities_per_request: usize,
+    pub users: u64,
+    pub seed: u64,
+    pub connections: usize,
+    pub views: Vec<String>,
+    pub timeout: Duration,
+    pub threads: usize,
+    pub json_out: Option<PathBuf>,
+}
+
+/// `Ok(None)` means help was asked for.
+pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, String> {
+    let mut target = TargetKind::Quiver;
+    let mut addr = None;
+    let mut rate: f64 = 1000.0;
+    let mut duration: f64 = 10.0;
+    let mut warmup: f64 = 2.0;
+    let mut k = 1usize;
+    let mut users = 1_000_000u64;
+    let mut seed = 1u64;
+    let mut connections = 1usize;
+    let mut views = Vec::new();
+    let mut timeout_ms = 10_000u64;
+    let mut threads = 1usize;
+    let mut json_out = None;
+
+    let mut it = argv.into_iter();
+    while let Some(arg) = it.next() {
+        if arg == "-h" || arg == "--help" {
+            return Ok(None);
+        }
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || inline.clone().or_else(|| it.next()).ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--target" => {
+                target = match value()?.as_str() {
+                    "quiver" => TargetKind::Quiver,
+                    "redis" => TargetKind::Redis,
+                    other => return Err(format!("--target {other}: expected quiver or redis")),
+                }
+            }
+            "--addr" => addr = Some(value()?),
+            "--rate" => rate = number(&flag, &value()?)?,
+            "--duration" => duration = number(&flag, &value()?)?,
+            "--warmup" => warmup = number(&flag, &value()?)?,
+            "--entities-per-request" => k = number(&flag, &value()?)?,
+            "--users" => users = number(&flag, &value()?)?,
+            "--seed" => seed = number(&flag, &value()?)?,
+            "--connections" => connections = number(&flag, &value()?)?,
+            "--views" => views = value()?.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+            "--timeout-ms" => timeout_ms = number(&flag, &value()?)?,
+            "--threads" => threads = number(&flag, &value()?)?,
+            "--json-out" => json_out = Some(PathBuf::from(value()?)),
+            other => return Err(format!("unknown flag {other}; see --help")),
+        }
+    }
+    if !(rate > 0.0 && rate.is_finite()) {
+        return Err(format!("--rate {rate}: must be a positive number"));
+    }
+    if !(duration > 0.0 && duration.is_finite()) || !(warmup >= 0.0 && warmup.is_finite()) {
+        return Err("--duration must be positive and --warmup not negative".into());
+    }
+    if k == 0 || users == 0 || connections == 0 || threads == 0 {
+        return Err("--entities-per-request, --users, --connections and --threads must be at least 1".into());
+    }
+    if target == TargetKind::Redis && !views.is_empty() {
+        return Err("--views applies to --target quiver only (Redis returns every view of a user)".into());
+    }
+    let addr = addr.unwrap_or_else(|| match target {
+        TargetKind::Quiver => "http://127.0.0.1:50051".into(),
+        TargetKind::Redis => "redis://127.0.0.1:6379".into(),
+    });
+    Ok(Some(Args {
+        target,
+        addr,
+        rate,
+        duration: Duration::from_secs_f64(duration),
+        warmup: Duration::from_secs_f64(warmup),
+        entities_per_request: k,
+        users,
+        seed,
+        connections,
+        views,
+        timeout: Duration::from_millis(timeout_ms),
+        threads,
+        json_out,
+    }))
+}
+
+fn number<T: std::str::FromStr>(flag: &str, s: &str) -> Result<T, String> {
+    s.parse().map_err(|_| format!("{flag} {s:?}: not a valid number"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Result<Option<Args>, String> {
+        parse(s.split_whitespace().map(str::to_owned))
+    }
+
+    #[test]
+    fn flags_in_both_forms() {
+        let a = args("--target redis --rate=500 --entities-per-request 100 --connections 4 --json-out x.json")
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.target, TargetKind::Redis);
+        assert_eq!(a.addr, "redis://127.0.0.1:6379");
+        assert_eq!(a.rate, 500.0);
+        assert_eq!(a.entities_per_request, 100);
+        assert_eq!(a.connections, 4);
+        assert_eq!(a.json_out.unwrap().to_str(), Some("x.json"));
+        let a = args("--views profile,ads --addr unix:///tmp/q.sock").unwrap().unwrap();
+        assert_eq!(a.views, ["profile", "ads"]);
+        assert_eq!(a.addr, "unix:///tmp/q.sock");
+    }
+
+    #[test]
+    fn mistakes_are_reported() {
+        assert!(args("--rate 0").is_err());
+        assert!(args("--rate").is_err());
+        assert!(args("--bogus 1").is_err());
+        assert!(args("--target redis --views a").is_err());
+        assert!(args("--help").unwrap().is_none());
+    }
+}

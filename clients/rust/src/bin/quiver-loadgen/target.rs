@@ -1,0 +1,114 @@
+//! The two systems under load, behind one `send` so the runner treats them alike.
+
+use quiver_client::proto::GetFeaturesRequest;
+use quiver_client::{ClientOptions, KeyType, QuiverClient, endpoint};
+
+use crate::args::{Args, TargetKind};
+
+pub enum Target {
+    /// One client per connection; the raw API, so decoding cost is not counted.
+    Quiver { clients: Vec<QuiverClient>, key_type: KeyType, views: Vec<String> },
+    /// One multiplexed connection per `--connections`.
+    Redis { connections: Vec<redis::aio::MultiplexedConnection> },
+}
+
+impl Target {
+    pub async fn connect(args: &Args) -> Result<Target, String> {
+        match args.target {
+            TargetKind::Quiver => {
+                let options = ClientOptions::default();
+                let mut clients = Vec::with_capacity(args.connections);
+                for _ in 0..args.connections {
+                    // A separate connect() is a separate HTTP/2 connection, which the kernel can
+                    // hand to a different SO_REUSEPORT process.
+                    let ep = endpoint(&args.addr, &options).map_err(|e| format!("--addr {}: {e}", args.addr))?;
+                    let channel = ep.connect().await.map_err(|e| format!("cannot connect to {}: {e:?}", args.addr))?;
+                    clients.push(QuiverClient::from_channel(channel, &options));
+                }
+                let schema = clients[0].schema("").await.map_err(|e| e.to_string())?;
+                for v in &args.views {
+                    if schema.view(v).is_none() {
+                        return Err(format!("--views: {v} is not a view of version {}", schema.version));
+                    }
+                }
+                Ok(Target::Quiver { clients, key_type: schema.key_type, views: args.views.clone() })
+            }
+            TargetKind::Redis => {
+                let client = redis::Client::open(args.addr.as_str()).map_err(|e| format!("--addr {}: {e}", args.addr))?;
+                let mut connections = Vec::with_capacity(args.connections);
+                for _ in 0..args.connections {
+                    let c = client
+                        .get_multiplexed_async_connection()
+                        .await
+                        .map_err(|e| format!("cannot connect to {}: {e}", args.addr))?;
+                    connections.push(c);
+                }
+                Ok(Target::Redis { connections })
+            }
+        }
+    }
+
+    /// A cheap handle for request `i`'s task: connections are picked round-robin.
+    pub fn handle(&self, i: u64) -> Handle {
+        match self {
+            Target::Quiver { clients, key_type, views } => Handle::Quiver {
+                client: clients[(i % clients.len() as u64) as usize].clone(),
+                key_type: *key_type,
+                views: views.clone(),
+            },
+            Target::Redis { connections } => {
+                Handle::Redis { connection: connections[(i % connections.len() as u64) as usize].clone() }
+            }
+        }
+    }
+}
+
+pub enum Handle {
+    Quiver { client: QuiverClient, key_type: KeyType, views: Vec<String> },
+    Redis { connection: redis::aio::MultiplexedConnection },
+}
+
+impl Handle {
+    /// One request for `ids`; an `Err` is counted, never fatal.
+    pub async fn send(self, ids: Vec<u64>) -> Result<(), String> {
+        match self {
+            Handle::Quiver { client, key_type, views } => {
+                let n = ids.len();
+                let mut request = GetFeaturesRequest { views, ..Default::default() };
+                match key_type {
+                    KeyType::Int64 => request.int64_ids = ids.into_iter().map(|id| id as i64).collect(),
+                    KeyType::String => request.string_ids = ids.into_iter().map(|id| id.to_string()).collect(),
+                }
+                let response = client.get_features_raw(request).await.map_err(|e| match e.code() {
+                    Some(code) => format!("grpc {code:?}"),
+                    None => e.to_string(),
+                })?;
+                if response.rows.len() != n {
+                    return Err(format!("{} rows for {n} ids", response.rows.len()));
+                }
+                Ok(())
+            }
+            Handle::Redis { mut connection } => {
+                // One hash per user (`user:{id}`), one field per view holding its ViewRow bytes.
+                if ids.len() == 1 {
+                    redis::cmd("HGETALL")
+                        .arg(format!("user:{}", ids[0]))
+                        .query_async::<redis::Value>(&mut connection)
+                        .await
+                        .map_err(|e| format!("redis {:?}", e.kind()))?;
+                } else {
+                    let mut pipe = redis::pipe();
+                    for id in &ids {
+                        pipe.cmd("HGETALL").arg(format!("user:{id}"));
+                    }
+                    let replies: Vec<redis::Value> =
+                        pipe.query_async(&mut connection).await.map_err(|e| format!("redis {:?}", e.kind()))?;
+                    if replies.len() != ids.len() {
+                        return Err(format!("{} replies for {} ids", replies.len(), ids.len()));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
