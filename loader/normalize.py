@@ -3,6 +3,7 @@
 Every failure names the file, the view, the column and, where one exists, an example key.
 """
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from quiver.loader.errors import DataError
@@ -95,7 +96,34 @@ def _example_key(keys: pa.Array, mask: pa.Array) -> str:
     return repr(keys[idx[0].as_py()].as_py()) if len(idx) else "?"
 
 
+def _no_null_elements(f: FeatureDef, col: pa.Array, keys: pa.Array, where: str) -> None:
+    """A null inside a list has no slot in a ViewRow: it would be stored as NaN or a garbage int64 online
+    while the offline Parquet keeps the null, so the two forms would disagree."""
+    values = pc.list_flatten(col)
+    if not values.null_count:
+        return
+    # the parent row of each flattened value (null lists contribute none, whatever backs them)
+    lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False)
+    rows = np.repeat(np.arange(len(col)), lengths)[values.is_null().to_numpy(zero_copy_only=False)]
+    example = repr(keys[int(rows[0])].as_py())
+    raise DataError(f"{where}column {f.column!r} (feature {f.name!r}): {values.null_count} null element(s) "
+                    f"inside lists, e.g. key {example}; a list may be null as a whole, not element by element")
+
+
+def _event_timestamps(view: ViewDef, ts: pa.Array, keys: pa.Array, where: str) -> pa.Array:
+    try:
+        return ts.cast(EVENT_TS)
+    except pa.ArrowInvalid as e:
+        example = "?"
+        if pa.types.is_timestamp(ts.type) and ts.type.unit == "ns":
+            ns = ts.cast(pa.int64()).to_numpy(zero_copy_only=False)
+            example = _example_key(keys, pa.array(ns % 1000 != 0))
+        raise DataError(f"{where}: view {view.name!r}: event_timestamp column {view.event_timestamp!r} ({ts.type}) "
+                        f"does not fit the snapshot's microsecond UTC timestamps, e.g. key {example}: {e}") from None
+
+
 def _embedding(f: FeatureDef, col: pa.Array, keys: pa.Array, where: str) -> pa.Array:
+    _no_null_elements(f, col, keys, where)
     if pa.types.is_fixed_size_list(col.type) and col.type.list_size == f.length and col.type.value_type.equals(
             pa.float32()):
         return col
@@ -141,7 +169,7 @@ def normalize(entity: EntityDef, view: ViewDef, batch: pa.RecordBatch, where: st
             example = _example_key(keys, ts.is_null())
             raise DataError(f"{where}: view {view.name!r}: event_timestamp column {view.event_timestamp!r} "
                             f"is null for key {example}")
-        columns.append(ts.cast(EVENT_TS))
+        columns.append(_event_timestamps(view, ts, keys, where))
     for f in view.features:
         col = batch.column(f.column)
         if pa.types.is_dictionary(col.type):
@@ -149,6 +177,7 @@ def normalize(entity: EntityDef, view: ViewDef, batch: pa.RecordBatch, where: st
         if f.type == "list<float32>":
             col = _embedding(f, col, keys, f"{where}: view {view.name!r}: ")
         elif f.type == "list<int64>":
+            _no_null_elements(f, col, keys, f"{where}: view {view.name!r}: ")
             col = col.cast(pa.list_(pa.int64()))
         else:
             col = col.cast(ARROW_TYPES[f.type])

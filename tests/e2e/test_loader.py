@@ -1,0 +1,267 @@
+"""`quiver load` as a process on real Parquet, read back from the real RocksDB and Parquet it writes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from quiver.snapshot import Manifest, SnapshotRoot, encode_int64_key, encode_string_key
+
+VENV_BIN = Path(sys.executable).parent
+AS_OF = "2026-11-01T00:00:00Z"
+
+
+def quiver(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(VENV_BIN / "quiver"), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def load(features: Path, root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return quiver("load", "--features", features, "--root", root, "--workers", "2", *extra)
+
+
+def published(root: Path) -> list[str]:
+    return SnapshotRoot(root).versions()
+
+
+# ---------------------------------------------------------------------------------------------
+# Round trip: every value of both forms equals the source
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key_type", ["int64", "string"])
+def test_every_value_round_trips_through_both_forms(request: pytest.FixtureRequest, key_type: str,
+                                                    tmp_path: Path, stored: Any) -> None:
+    data = request.getfixturevalue("every_type" if key_type == "int64" else "every_type_string_keys")
+    root = tmp_path / "root"
+    r = load(data.features_path, root, "--as-of", AS_OF)
+    assert r.returncode == 0, r.stderr
+    version = r.stdout.strip()
+    assert SnapshotRoot(root).current() == version
+    for view in ("every", "events"):
+        online = stored.online(root, view)
+        assert stored.mismatches(data.expected[view], online) == [], f"online {view}"
+        table, offline = stored.offline(root, view)
+        assert stored.mismatches(data.expected[view], offline) == [], f"offline {view}"
+        # both forms are in key order: numeric for int64 (negatives first), UTF-8 byte order for strings
+        order = sorted(data.expected[view], key=(lambda k: k) if key_type == "int64" else (lambda k: k.encode()))
+        assert [k for k, _ in online] == order
+        assert [k for k, _ in offline] == order
+    manifest = Manifest.load(SnapshotRoot(root).manifest_path(version))
+    assert manifest.views["events"].dropped_duplicates == data.dropped["events"]
+    assert f"dropped {data.dropped['events']} older row(s)" in r.stderr
+    assert manifest.views["every"].dropped_duplicates == 0
+
+
+def test_point_reads_by_encoded_key(every_type: Any, tmp_path: Path, stored: Any) -> None:
+    """What the server does: look keys up by their encoded bytes; unknown keys are absent."""
+    root = tmp_path / "root"
+    assert load(every_type.features_path, root).returncode == 0
+    keys = [-(2**63), -1, 0, 2**63 - 1]
+    values = stored.online_keys(root, "every", [encode_int64_key(k) for k in keys] + [encode_int64_key(7)])
+    assert values[-1] is None
+    view = every_type.features.view("every")
+    for k, v in zip(keys, values, strict=False):
+        assert v is not None
+        assert stored.decode_view_row(view, v) == every_type.expected["every"][k]
+
+
+def test_string_keys_point_reads(every_type_string_keys: Any, tmp_path: Path, stored: Any) -> None:
+    root = tmp_path / "root"
+    assert load(every_type_string_keys.features_path, root).returncode == 0
+    keys = ["", "日本語", "\U0001f9ed", "a\x00"]
+    values = stored.online_keys(root, "every", [encode_string_key(k) for k in keys] + [b"absent"])
+    assert values[-1] is None
+    view = every_type_string_keys.features.view("every")
+    for k, v in zip(keys, values, strict=False):
+        assert stored.decode_view_row(view, v) == every_type_string_keys.expected["every"][k]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: a clear error naming what and where, a non-zero exit code, nothing published
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def published_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root with one published version, copied by each test that must leave it untouched."""
+    d = tmp_path_factory.mktemp("published")
+    pq.write_table(pa.table({"user_id": pa.array([1, 2], pa.int64()), "x": pa.array([0.5, 1.5])}), d / "v.parquet")
+    (d / "features.yaml").write_text(
+        "entity: {name: user_id, key_type: int64}\n"
+        "views: [{name: v, source: v.parquet, features: [{name: x, type: float64}]}]\n")
+    r = load(d / "features.yaml", d / "root", "--as-of", AS_OF)
+    assert r.returncode == 0, r.stderr
+    return d / "root"
+
+
+@pytest.fixture
+def root(published_root: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "root"
+    shutil.copytree(published_root, dest)
+    return dest
+
+
+def assert_rejected(features: Path, root: Path, exit_code: int, *needles: str) -> str:
+    """Loads, expects failure; returns stderr. Nothing may be published and CURRENT must not change."""
+    versions, current = published(root), (root / "CURRENT").read_bytes()
+    r = load(features, root)
+    assert r.returncode == exit_code, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    for n in needles:
+        assert n in r.stderr, f"{n!r} not in: {r.stderr}"
+    assert "nothing was published" in r.stderr
+    assert published(root) == versions
+    assert (root / "CURRENT").read_bytes() == current
+    assert sorted(p.name for p in (root / "versions").iterdir()) == versions, "a partial version is visible"
+    assert not list((root / "staging").glob("load-*")), "a failed load left its staging folder"
+    return r.stderr
+
+
+def test_missing_source_file(small_view: Callable[..., Path], root: Path) -> None:
+    features = small_view(source="nowhere/*.parquet")
+    assert_rejected(features, root, 3, "view 'v'", "nowhere/*.parquet", "matches no file")
+
+
+def test_unreadable_parquet(small_view: Callable[..., Path], root: Path) -> None:
+    features = small_view()
+    (features.parent / "v.parquet").write_bytes(b"this is not parquet at all" * 10)
+    assert_rejected(features, root, 3, str(features.parent / "v.parquet"), "view 'v'", "not a readable Parquet")
+
+
+def test_truncated_parquet(small_view: Callable[..., Path], root: Path) -> None:
+    features = small_view()
+    path = features.parent / "v.parquet"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert_rejected(features, root, 3, str(path), "view 'v'")
+
+
+def test_corrupt_data_pages_behind_an_intact_footer(small_view: Callable[..., Path], root: Path) -> None:
+    """The footer reads fine, so the damage is found only while decoding the column chunks."""
+    n = 5000
+    table = pa.table({"user_id": pa.array(range(n), pa.int64()), "x": pa.array([float(i) for i in range(n)])})
+    features = small_view(table)
+    path = features.parent / "v.parquet"
+    pq.write_table(table, path, compression="snappy")
+    data = bytearray(path.read_bytes())
+    meta = pq.ParquetFile(path).metadata
+    start = meta.row_group(0).column(1).data_page_offset
+    data[start + 20:start + 2000] = b"\xff" * 1980
+    path.write_bytes(bytes(data))
+    assert_rejected(features, root, 3, str(path), "view 'v'")
+
+
+def test_missing_column(small_view: Callable[..., Path], root: Path) -> None:
+    features = small_view(features=[{"name": "x", "type": "float64"}, {"name": "y", "type": "int64"}])
+    assert_rejected(features, root, 4, str(features.parent / "v.parquet"), "view 'v'", "missing column(s) ['y']")
+
+
+def test_missing_entity_key_column(small_view: Callable[..., Path], root: Path) -> None:
+    features = small_view(pa.table({"id": pa.array([1, 2], pa.int64()), "x": pa.array([1.0, 2.0])}))
+    assert_rejected(features, root, 4, "view 'v'", "missing column(s) ['user_id']")
+
+
+@pytest.mark.parametrize(("column", "declared", "source_type"), [
+    (pa.array(["1.0", "2.0", "3.0"]), "float64", "string"),
+    (pa.array([1.0, 2.0, 3.0], pa.float64()), "float32", "double"),    # would lose precision
+    (pa.array([1, 2, 3], pa.int64()), "int32", "int64"),              # would overflow
+    (pa.array([1, 2, 3], pa.uint64()), "int64", "uint64"),
+    (pa.array([[1.0], [2.0], [3.0]]), "list<int64>", "list<element: double>"),
+])
+def test_column_of_the_wrong_type(small_view: Callable[..., Path], root: Path, column: pa.Array, declared: str,
+                                  source_type: str) -> None:
+    feature: dict[str, Any] = {"name": "x", "type": declared}
+    features = small_view(pa.table({"user_id": pa.array([3, 1, 2], pa.int64()), "x": column}), [feature])
+    assert_rejected(features, root, 4, str(features.parent / "v.parquet"), "view 'v'", "column 'x'",
+                    f"is {source_type}", f"declared {declared}")
+
+
+def test_entity_key_of_the_wrong_type(small_view: Callable[..., Path], root: Path) -> None:
+    features = small_view(pa.table({"user_id": pa.array(["a", "b"]), "x": pa.array([1.0, 2.0])}))
+    assert_rejected(features, root, 4, "view 'v'", "entity key column 'user_id' is string")
+
+
+def test_null_entity_key(small_view: Callable[..., Path], root: Path) -> None:
+    features = small_view(pa.table({"user_id": pa.array([5, None, 7], pa.int64()), "x": pa.array([1.0, 2.0, 3.0])}))
+    assert_rejected(features, root, 4, str(features.parent / "v.parquet"), "view 'v'", "'user_id'", "null")
+
+
+def test_duplicate_key_without_event_timestamp(small_view: Callable[..., Path], root: Path) -> None:
+    keys = list(range(1000)) + [-42, -42, 17]
+    table = pa.table({"user_id": pa.array(keys, pa.int64()), "x": pa.array([float(k) for k in keys])})
+    features = small_view(table)
+    assert_rejected(features, root, 4, str(features.parent / "v.parquet"), "view 'v'", "entity key -42",
+                    "event_timestamp")
+
+
+def test_embedding_of_the_wrong_length(small_view: Callable[..., Path], root: Path) -> None:
+    emb = pa.array([[1.0, 2.0], [1.0, 2.0, 3.0], None], pa.list_(pa.float32()))
+    features = small_view(pa.table({"user_id": pa.array([3, 1, 2], pa.int64()), "e": emb}),
+                          [{"name": "e", "type": "list<float32>", "length": 2}])
+    assert_rejected(features, root, 4, str(features.parent / "v.parquet"), "view 'v'", "column 'e'",
+                    "declared length 2", "key 1 has 3")
+
+
+def test_fixed_size_embedding_of_the_wrong_length(small_view: Callable[..., Path], root: Path) -> None:
+    emb = pa.FixedSizeListArray.from_arrays(pa.array([1.0] * 9, pa.float32()), 3)
+    features = small_view(pa.table({"user_id": pa.array([3, 1, 2], pa.int64()), "e": emb}),
+                          [{"name": "e", "type": "list<float32>", "length": 4}])
+    assert_rejected(features, root, 4, "view 'v'", "column 'e'", "declared length 4")
+
+
+def test_empty_source(small_view: Callable[..., Path], root: Path) -> None:
+    features = small_view(pa.table({"user_id": pa.array([], pa.int64()), "x": pa.array([], pa.float64())}))
+    assert_rejected(features, root, 3, "view 'v'", "has no rows")
+
+
+@pytest.mark.parametrize(("feature", "needles"), [
+    ({"name": "x", "type": "float128"}, ["type 'float128'"]),
+    ({"name": "x", "type": "list<float32>"}, ["positive integer 'length'"]),
+    ({"name": "x", "type": "float64", "default": "zero"}, ["default 'zero' is not a valid float64"]),
+    ({"name": "x", "type": "int32", "default": 2**31}, ["not a valid int32"]),
+    ({"name": "x", "type": "list<float32>", "length": 2, "default": [1.0]}, ["not a valid list<float32> of length 2"]),
+])
+def test_mistakes_in_features_yaml(small_view: Callable[..., Path], root: Path, feature: dict[str, Any],
+                                   needles: list[str]) -> None:
+    features = small_view(features=[feature])
+    assert_rejected(features, root, 2, str(features), "view 'v'", "feature 'x'", *needles)
+
+
+def test_duplicate_feature_in_features_yaml(small_view: Callable[..., Path], root: Path) -> None:
+    features = small_view(features=[{"name": "x", "type": "float64"}, {"name": "x", "type": "int64"}])
+    assert_rejected(features, root, 2, str(features), "view 'v'", "feature 'x' is defined twice")
+
+
+def test_missing_features_yaml(tmp_path: Path, root: Path) -> None:
+    assert_rejected(tmp_path / "nope.yaml", root, 2, str(tmp_path / "nope.yaml"), "no such file")
+
+
+@pytest.mark.parametrize(("column", "declared"), [
+    (pa.array([[1], None, [2, None]], pa.list_(pa.int64())), {"type": "list<int64>"}),
+    (pa.array([[1.0, 2.0], None, [2.0, None]], pa.list_(pa.float32())), {"type": "list<float32>", "length": 2}),
+    (pa.FixedSizeListArray.from_arrays(pa.array([1, 2, 3, 4, 5, None], pa.float32()), 2),
+     {"type": "list<float32>", "length": 2}),
+])
+def test_null_inside_a_list(small_view: Callable[..., Path], root: Path, column: pa.Array,
+                            declared: dict[str, Any]) -> None:
+    """Found by these tests: a null element was stored as NaN or INT64_MIN online but kept null offline."""
+    features = small_view(pa.table({"user_id": pa.array([3, 1, 2], pa.int64()), "x": column}),
+                          [{"name": "x", **declared}])
+    assert_rejected(features, root, 4, str(features.parent / "v.parquet"), "view 'v'", "column 'x'",
+                    "null element(s) inside lists, e.g. key 2")
+
+
+def test_event_timestamp_finer_than_microseconds(small_view: Callable[..., Path], root: Path) -> None:
+    """Found by these tests: reported as a truncated or corrupt file (exit 3) instead of naming the column."""
+    table = pa.table({"user_id": pa.array([3, 1, 2], pa.int64()),
+                      "ts": pa.array([1000, 2000, 3001], pa.timestamp("ns")), "x": pa.array([1.0, 2.0, 3.0])})
+    features = small_view(table, view_extra={"event_timestamp": "ts"})
+    stderr = assert_rejected(features, root, 4, str(features.parent / "v.parquet"), "view 'v'",
+                             "event_timestamp column 'ts'", "e.g. key 2")
+    assert "corrupt" not in stderr
