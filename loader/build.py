@@ -82,6 +82,17 @@ def clean_staging(root: SnapshotRoot) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+@contextmanager
+def staging_removed_on_failure(root: SnapshotRoot) -> Iterator[None]:
+    """A load that fails on bad input leaves nothing behind, rather than a staging folder as large as the
+    version it did not build. Runs after the worker pool has shut down, under the load lock."""
+    try:
+        yield
+    except BaseException:
+        clean_staging(root)
+        raise
+
+
 def version_id(features: FeatureSet, sources: dict[str, list[FileEntry]], as_of: datetime) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"format": FORMAT_VERSION, "schema": features.to_json(), "as_of": utc_text(as_of),
@@ -154,7 +165,7 @@ def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str]
     features = load_definitions(features_path)
     root = SnapshotRoot(root_dir)
     base = features_path.parent
-    with load_lock(root):
+    with load_lock(root), staging_removed_on_failure(root):
         clean_staging(root)
         files = {v.name: inspect(features.entity, v, base) for v in features.views}
         ctx = get_context("spawn")
