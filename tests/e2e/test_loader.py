@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from quiver.snapshot import Manifest, SnapshotRoot, encode_int64_key, encode_string_key
+from quiver.snapshot import Manifest, SnapshotRoot, encode_int64_key, encode_string_key, file_checksum
 
 VENV_BIN = Path(sys.executable).parent
 AS_OF = "2026-11-01T00:00:00Z"
@@ -265,3 +270,141 @@ def test_event_timestamp_finer_than_microseconds(small_view: Callable[..., Path]
     stderr = assert_rejected(features, root, 4, str(features.parent / "v.parquet"), "view 'v'",
                              "event_timestamp column 'ts'", "e.g. key 2")
     assert "corrupt" not in stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Versions: publish, identical content, listing, the manifest
+# ---------------------------------------------------------------------------------------------
+
+def test_versions_current_and_identical_content(small_view: Callable[..., Path], tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    first = small_view()
+    r1 = load(first, root, "--as-of", AS_OF)
+    assert r1.returncode == 0, r1.stderr
+    v1 = r1.stdout.strip()
+    assert published(root) == [v1] and SnapshotRoot(root).current() == v1
+
+    # the same content and as-of again: nothing new, CURRENT stays
+    mtime = SnapshotRoot(root).manifest_path(v1).stat().st_mtime_ns
+    again = load(first, root, "--as-of", AS_OF)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == v1 and "already published" in again.stderr
+    assert published(root) == [v1]
+    assert SnapshotRoot(root).manifest_path(v1).stat().st_mtime_ns == mtime
+
+    # different data: a second version, and CURRENT moves to it
+    small_view(pa.table({"user_id": pa.array([3, 1, 2, 9], pa.int64()), "x": pa.array([1.0, 2.0, None, 4.0])}))
+    r2 = load(first, root, "--as-of", "2026-11-02T00:00:00Z")
+    assert r2.returncode == 0, r2.stderr
+    v2 = r2.stdout.strip()
+    assert v2 != v1 and published(root) == [v1, v2] and SnapshotRoot(root).current() == v2
+
+    listing = quiver("snapshots", "--root", root)
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert len(lines) == 3
+    assert lines[1].split()[0] == v1 and lines[2].split()[:2] == ["*", v2]
+    assert "v=3" in lines[1] and "v=4" in lines[2]
+    assert "2026-11-01T00:00:00Z" in lines[1] and "2026-11-02T00:00:00Z" in lines[2]
+
+
+def test_snapshots_of_an_empty_root(tmp_path: Path) -> None:
+    r = quiver("snapshots", "--root", tmp_path)
+    assert r.returncode == 0 and "no versions" in r.stdout
+
+
+def test_manifest_lists_every_file_and_source(every_type: Any, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    r = load(every_type.features_path, root, "--as-of", "2026-10-31T23:59:59+01:00")
+    assert r.returncode == 0, r.stderr
+    version = r.stdout.strip()
+    vdir = SnapshotRoot(root).version_dir(version)
+    m = Manifest.load(vdir / "manifest.json")
+    raw = json.loads((vdir / "manifest.json").read_text())
+    assert m.version == version and m.as_of == "2026-10-31T22:59:59Z" and version.startswith("20261031T225959Z-")
+    assert raw["content_checksum"] == m.content_checksum
+    assert m.verify_files(vdir) == []
+    listed = {f.path for f in m.files}
+    on_disk = {p.relative_to(vdir).as_posix() for p in vdir.rglob("*") if p.is_file()}
+    volatile = {p for p in on_disk - listed if p.rsplit("/", 1)[-1].startswith(("LOG", "LOCK", "rocksdict-config"))}
+    assert on_disk - listed - volatile == {"manifest.json"}
+    assert listed <= on_disk
+    assert any(p.startswith("online/every/") and p.endswith(".sst") for p in listed)
+    assert any(p.startswith("offline/events/") and p.endswith(".parquet") for p in listed)
+    for f in m.files:
+        assert (vdir / f.path).stat().st_size == f.size
+        assert file_checksum(vdir / f.path) == f.checksum
+    assert m.rows() == {v: len(rows) for v, rows in every_type.expected.items()}
+    for view, stats in m.views.items():
+        sources = sorted(str(p) for p in (every_type.dir / view).rglob("*.parquet"))
+        assert [s.path for s in stats.sources] == sources
+        for s in stats.sources:
+            assert s.size == os.path.getsize(s.path) and s.checksum == file_checksum(s.path)
+    assert m.views["events"].dropped_duplicates == every_type.dropped["events"]
+    assert m.schema == every_type.features
+
+
+# ---------------------------------------------------------------------------------------------
+# SIGKILL at several moments: nothing partial is ever visible, and the next load recovers
+# ---------------------------------------------------------------------------------------------
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            if marker.encode() in (p / "environ").read_bytes():
+                found.append(int(p.name))
+        except OSError:
+            continue
+    return found
+
+
+def _assert_only_complete_versions(root: Path, before_current: str) -> None:
+    r = SnapshotRoot(root)
+    for d in (root / "versions").iterdir():
+        assert (d / "manifest.json").is_file(), f"{d.name}: a version without a manifest is visible"
+        assert Manifest.load(d / "manifest.json").verify_files(d, full=False) == [], d.name
+    current = r.current()
+    assert current == before_current or (current is not None and current in r.versions())
+
+
+def test_sigkill_at_any_moment_leaves_no_partial_version(tmp_path: Path) -> None:
+    small = quiver("generate", "--users", "2000", "--out", tmp_path / "small")
+    big = quiver("generate", "--users", "300000", "--out", tmp_path / "big", "--seed", "1")
+    assert small.returncode == 0 and big.returncode == 0, small.stderr + big.stderr
+    root = tmp_path / "root"
+    first = load(tmp_path / "small" / "features.yaml", root, "--as-of", AS_OF)
+    assert first.returncode == 0, first.stderr
+    current = first.stdout.strip()
+
+    for delay in (0.5, 1.5, 3.0, 5.0, 7.5):
+        # the workers inherit this variable, so any that outlive the kill can be found in /proc
+        token = uuid.uuid4().hex
+        marker = f"QUIVER_TEST_LOAD={token}"
+        big_features = tmp_path / "big" / "features.yaml"
+        proc = subprocess.Popen([str(VENV_BIN / "quiver"), "load", "--features", str(big_features),
+                                 "--root", str(root), "--workers", "2"], env={**os.environ, "QUIVER_TEST_LOAD": token},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        if proc.returncode == 0:  # finished before the kill: a complete version, which the next round may reuse
+            current = SnapshotRoot(root).current() or current
+        deadline = time.monotonic() + 10
+        while _processes_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _processes_with(marker) == [], f"workers outlived a load killed after {delay} s"
+        _assert_only_complete_versions(root, current)
+        current = SnapshotRoot(root).current() or current
+
+    done = load(tmp_path / "big" / "features.yaml", root)
+    assert done.returncode == 0, done.stderr
+    version = done.stdout.strip()
+    assert SnapshotRoot(root).current() == version
+    assert list((root / "staging").glob("load-*")) == []
+    _assert_only_complete_versions(root, version)
+    m = Manifest.load(SnapshotRoot(root).manifest_path(version))
+    assert m.verify_files(SnapshotRoot(root).version_dir(version)) == []
+    assert m.rows()["profile"] == 300_000
