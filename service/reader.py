@@ -7,11 +7,11 @@ Wire layout written here (proto/quiver/v1/quiver.proto):
 """
 
 from google.protobuf.message import DecodeError
+
 from quiver.service.errors import InvalidRequest, UnknownView
 from quiver.service.snapshots import Snapshots
 from quiver.service.store import LoadedVersion
 from quiver.snapshot.keys import encode_int64_keys
-
 from quiver.v1.quiver_pb2 import GetFeaturesRequest
 
 _VARINT_TABLE: list[bytes] = []
@@ -112,22 +112,14 @@ class FeatureReader:
             version.release()
         n = len(keys)
         stats = self.stats
+        framed_views = []
+        found_views = []
         for view, col in zip(views, columns, strict=True):
             stats.add(view, n, n - col.count(None))
+            # EntityRow.views entries: tag, length, the stored ViewRow bytes as they are
+            framed_views.append([_NOT_FOUND if v is None else b"\x0a" + varint(len(v)) + v for v in col])
+            found_views.append([v is not None for v in col])
         found_tag = b"\x12" + varint(len(views))
-        out = [header]
-        for i in range(n):
-            parts = []
-            found = bytearray()
-            for col in columns:
-                value = col[i]
-                if value is None:
-                    parts.append(_NOT_FOUND)
-                    found.append(0)
-                else:
-                    parts += (b"\x0a", varint(len(value)), value)
-                    found.append(1)
-            parts += (found_tag, found)
-            row = b"".join(parts)
-            out += (b"\x1a", varint(len(row)), row)
-        return b"".join(out)
+        rows = [b"".join(parts) + found_tag + bytes(found)
+                for parts, found in zip(zip(*framed_views, strict=True), zip(*found_views, strict=True), strict=True)]
+        return header + b"".join([b"\x1a" + varint(len(r)) + r for r in rows])

@@ -25,15 +25,17 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from quiver.service import metrics
-from quiver.service.config import ServeConfig
-from quiver.service.reader import FeatureReader
-from quiver.service.servicer import SERVICE, FeatureStoreServicer
-from quiver.service.snapshots import Snapshots
-from quiver.snapshot.layout import SnapshotRoot
 from rocksdict import Cache
 
 from quiver.process import die_with_parent
+from quiver.service import metrics
+from quiver.service.config import ServeConfig
+from quiver.service.lease import Lease
+from quiver.service.reader import FeatureReader
+from quiver.service.servicer import SERVICE, FeatureStoreServicer
+from quiver.service.snapshots import Snapshots
+from quiver.service.store import LoadedVersion
+from quiver.snapshot.layout import SnapshotRoot
 
 log = logging.getLogger("quiver.server")
 MAX_MESSAGE = 64 << 20
@@ -91,8 +93,16 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    snapshots = Snapshots(SnapshotRoot(config.root), Cache(config.cache_bytes_per_worker), config.verify,
-                          on_swap=metrics.on_swap, on_refused=lambda v, why: metrics.REFUSED.inc())
+    root = SnapshotRoot(config.root)
+    lease = Lease(root)
+    snapshots: Snapshots
+
+    def on_swap(new: LoadedVersion, old: LoadedVersion | None) -> None:
+        metrics.on_swap(new, old)
+        lease.hold([v.version for v in snapshots.loaded()])
+
+    snapshots = Snapshots(root, Cache(config.cache_bytes_per_worker), config.verify,
+                          on_swap=on_swap, on_refused=lambda v, why: metrics.REFUSED.inc())
     reader = FeatureReader(snapshots, config.max_entities)
     server, hs, port = create_server(config, FeatureStoreServicer(reader, snapshots), worker)
     await _set_health(hs, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -109,6 +119,7 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
             if snapshots.current is not None:
                 await _set_health(hs, health_pb2.HealthCheckResponse.SERVING)
             metrics.flush(reader.stats, snapshots.current)
+            lease.refresh()
             try:
                 await asyncio.wait_for(stop.wait(), config.poll_seconds)
             except TimeoutError:
@@ -122,6 +133,7 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
     follower.cancel()
     metrics.flush(reader.stats, None)
     snapshots.close()
+    lease.release()
 
 
 def run_worker(config: ServeConfig, worker: int) -> None:
