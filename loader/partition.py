@@ -38,12 +38,12 @@ class Partitioner:
         is_int = pa.types.is_integer(sample.type)
         if is_int:
             values = np.unique(int_order(sample))
-            pick = [int(values[int(len(values) * i / partitions)]) for i in range(1, partitions)]
         else:
             uniq = pc.unique(sample.cast(pa.binary()))
             values = np.asarray(pc.take(uniq, pc.sort_indices(uniq)).to_pylist(), dtype=object)
-            pick = [values[int(len(values) * i / partitions)] for i in range(1, partitions)]
-        bounds = sorted(set(pick)) if len(values) else []
+        # an empty sample has no boundaries to pick: one partition
+        pick = [values[int(len(values) * i / partitions)] for i in range(1, partitions)] if len(values) else []
+        bounds = sorted({int(p) for p in pick} if is_int else set(pick))
         return cls(bounds, is_int)
 
     def assign(self, keys: pa.Array) -> np.ndarray:
