@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 USERS ?= 1000000
 DEMO := demo-data
 
-.PHONY: setup proto test lint typecheck pytest rust-test demo bench clean system-deps
+.PHONY: setup proto test lint typecheck pytest rust-test deploy-check demo bench clean system-deps
 
 # redis-server for the tests that compare against Redis; iproute2 for the netem hop in bench/.
 system-deps:
@@ -36,7 +36,11 @@ pytest: setup
 rust-test: setup
 	cd clients/rust && QUIVER_BIN=$(CURDIR)/$(VENV)/bin/quiver cargo test --release
 
-test: lint pytest rust-test
+# Renders and strictly validates every deploy/k8s overlay, lints the Dockerfile, replays its install steps.
+deploy-check: setup
+	bash deploy/check.sh
+
+test: lint pytest rust-test deploy-check
 
 demo: setup
 	$(PY) -m quiver.demo --users $(USERS) --dir $(DEMO)
