@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from quiver.loader.errors import DefinitionError
 from quiver.snapshot.schema import FEATURE_TYPES, KEY_TYPES, EntityDef, FeatureDef, FeatureSet, ViewDef
 

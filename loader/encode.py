@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from quiver.snapshot.schema import ViewDef
 
 # wire type 2 (length-delimited) tags of ViewRow's fields

@@ -6,6 +6,7 @@ Every failure names the file, the view, the column and, where one exists, an exa
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from quiver.loader.errors import DataError
 from quiver.snapshot.schema import EntityDef, FeatureDef, ViewDef
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from quiver.loader.errors import SourceError
 from quiver.loader.normalize import check_source_schema
 from quiver.snapshot.schema import EntityDef, ViewDef

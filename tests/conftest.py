@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from quiver.snapshot import FeatureSet, Manifest, SnapshotRoot, ViewDef, decode_int64_key
 from rocksdict import AccessType, Options, Rdict
 
+from quiver.snapshot import FeatureSet, Manifest, SnapshotRoot, ViewDef, decode_int64_key
 from quiver.v1 import quiver_pb2
 
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
