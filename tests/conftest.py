@@ -425,6 +425,7 @@ class Stored:
     offline = staticmethod(read_offline)
     mismatches = staticmethod(mismatches)
     canon_column = staticmethod(canon_column)
+    generated_column = staticmethod(_column)
 
 
 @pytest.fixture
