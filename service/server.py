@@ -88,6 +88,17 @@ async def _set_health(hs: health.aio.HealthServicer, status: int) -> None:
         await hs.set(name, status)
 
 
+async def _settle(servicer: FeatureStoreServicer, until: float) -> None:
+    """Serves the calls that already reached this worker before server.stop(), which drains the calls
+    handed to a handler but cancels those still queued in gRPC core: waits until no GetFeatures call is
+    running and none has started for 0.1 s, or until the loop time `until`."""
+    loop = asyncio.get_running_loop()
+    seen = -1
+    while loop.time() < until and (servicer.active or servicer.started != seen):
+        seen = servicer.started
+        await asyncio.sleep(0.1)
+
+
 async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -104,7 +115,8 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
     snapshots = Snapshots(root, Cache(config.cache_bytes_per_worker), config.verify,
                           on_swap=on_swap, on_refused=lambda v, why: metrics.REFUSED.inc())
     reader = FeatureReader(snapshots, config.max_entities)
-    server, hs, port = create_server(config, FeatureStoreServicer(reader, snapshots), worker)
+    servicer = FeatureStoreServicer(reader, snapshots)
+    server, hs, port = create_server(config, servicer, worker)
     await _set_health(hs, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     log.info("worker %d listening on %s%s", worker, config.listen or "", f" unix:{config.uds_path(worker)}"
@@ -129,7 +141,9 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
     await stop.wait()
     log.info("worker %d: draining for up to %.0f s", worker, config.drain_seconds)
     await hs.enter_graceful_shutdown()
-    await server.stop(config.drain_seconds)
+    deadline = asyncio.get_running_loop().time() + config.drain_seconds
+    await _settle(servicer, deadline - config.drain_seconds / 2)
+    await server.stop(max(deadline - asyncio.get_running_loop().time(), 0.1))
     follower.cancel()
     metrics.flush(reader.stats, None)
     snapshots.close()

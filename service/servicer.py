@@ -7,12 +7,12 @@ import time
 from typing import NoReturn
 
 import grpc
+
 from quiver.service import metrics
 from quiver.service.errors import ServiceError
 from quiver.service.reader import FeatureReader
 from quiver.service.snapshots import Snapshots
 from quiver.service.store import LoadedVersion
-
 from quiver.v1 import quiver_pb2 as pb
 
 SERVICE = "quiver.v1.FeatureStore"
@@ -53,9 +53,14 @@ class FeatureStoreServicer:
         self.reader = reader
         self.snapshots = snapshots
         self._schemas: dict[str, pb.GetSchemaResponse] = {}
+        # GetFeatures calls started so far and running now: the drain waits for both to settle
+        self.started = 0
+        self.active = 0
 
     async def get_features(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         started = time.perf_counter()
+        self.started += 1
+        self.active += 1
         try:
             req = self.reader.parse(raw)
             if len(req.int64_ids) + len(req.string_ids) > OFFLOAD_ENTITIES:
@@ -64,6 +69,8 @@ class FeatureStoreServicer:
                 body = self.reader.get_features(req)
         except ServiceError as e:
             await abort_with(context, "GetFeatures", e)
+        finally:
+            self.active -= 1
         metrics.GET_FEATURES_LATENCY.observe(time.perf_counter() - started)
         return body
 
