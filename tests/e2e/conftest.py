@@ -1,0 +1,52 @@
+"""Fixtures for the server's end-to-end tests: real `quiver generate`/`quiver load` output and real
+`quiver serve` processes on free ports, always stopped at teardown."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from server_process import QUIVER, ServerProcess, UsersSnapshots, quiver_load
+
+from quiver.snapshot import SnapshotRoot
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Starts `quiver serve` processes (not waiting for health); every one is stopped at teardown."""
+    started: list[ServerProcess] = []
+
+    def start(root: Path, *flags: str, **kw: Any) -> ServerProcess:
+        s = ServerProcess(root, tmp_path / f"serve-{len(started)}.log", *flags, **kw)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Generated users data: two data sets, loaded as two versions of one root
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def users(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> UsersSnapshots:
+    # pytest imports tests/conftest.py as a plugin named by its path, not as an importable module
+    shared = pytestconfig.pluginmanager.get_plugin(str(Path(__file__).parents[1] / "conftest.py"))
+    assert shared is not None
+    base = tmp_path_factory.mktemp("users")
+    template = base / "root"
+    sources, versions = {}, []
+    for seed, as_of in ((7, "2026-01-01T00:00:00Z"), (8, "2026-01-02T00:00:00Z")):
+        src = base / f"src-{seed}"
+        subprocess.run([QUIVER, "generate", "--users", "2000", "--out", str(src), "--seed", str(seed)],
+                       check=True, capture_output=True, timeout=60)
+        v = quiver_load(src, template, as_of)
+        sources[v] = src
+        versions.append(v)
+    SnapshotRoot(template).set_current(versions[0])
+    return UsersSnapshots(template, sources, versions[0], versions[1], shared)
