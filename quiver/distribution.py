@@ -38,6 +38,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -498,11 +499,45 @@ def _sync_lock(snap: SnapshotRoot) -> Iterator[None]:
         yield
 
 
+# service/lease.py rewrites a server's lease every 30 s. A lease this fresh is trusted even when its
+# pid cannot be checked: in Kubernetes the sync sidecar and the server are separate containers with
+# the same hostname but separate PID namespaces.
+LEASE_FRESH_SECONDS = 120.0
+
+
+def leased_versions(snap: SnapshotRoot) -> set[str]:
+    """Versions that running servers hold open (ROOT/leases/*.json, written by the server)."""
+    held: set[str] = set()
+    for p in (snap.path / "leases").glob("*.json"):
+        try:
+            lease = json.loads(p.read_bytes())
+            fresh = time.time() - float(lease.get("updated", 0)) < LEASE_FRESH_SECONDS
+            alive = lease.get("host") == socket.gethostname() and _pid_alive(int(lease.get("pid", 0)))
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
+        if fresh or alive:
+            held.update(str(v) for v in lease.get("versions", []))
+    return held
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def prune(snap: SnapshotRoot, keep: int, protect: frozenset[str] | set[str] = frozenset()) -> list[str]:
-    """Delete all but the newest `keep` versions; never CURRENT, the version before it, or `protect`."""
+    """Delete all but the newest `keep` versions; never CURRENT, the version before it, a version a
+    running server holds (its lease), or `protect`."""
     versions = snap.versions()
     current = snap.current()
-    keepers = set(versions[-keep:]) | set(protect)
+    keepers = set(versions[-keep:]) | set(protect) | leased_versions(snap)
     if current in versions:
         i = versions.index(current)
         keepers |= set(versions[max(0, i - 1): i + 1])

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import boto3
 import pytest
-from quiver.snapshot import Manifest, SnapshotRoot
 
 from quiver import distribution as dist
+from quiver.snapshot import Manifest, SnapshotRoot
 
 VENV_BIN = Path(sys.executable).parent
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -499,6 +499,18 @@ def test_keep_prunes_old_versions_but_never_current_or_previous(make_version, s3
     assert SnapshotRoot(rep).versions() == vs
     assert not list((rep / "staging").glob("trash-*"))
 
+    # A version a running server holds (its fresh lease) is never pruned, even past --keep.
+    snap = SnapshotRoot(rep)
+    snap.set_current(vs[2])
+    leases = rep / "leases"
+    leases.mkdir(exist_ok=True)
+    (leases / "other-host-1.json").write_text(json.dumps(
+        {"host": "other-host", "pid": 1, "versions": [vs[0]], "updated": time.time()}))
+    assert dist.prune(snap, 2) == [] and snap.versions() == vs
+    (leases / "other-host-1.json").write_text(json.dumps(
+        {"host": "other-host", "pid": 1, "versions": [vs[0]], "updated": time.time() - 3600}))
+    assert dist.prune(snap, 2) == [vs[0]] and snap.versions() == vs[1:]
+
     r = quiver("sync", "--from", uri, "--root", str(rep), "--keep", "1", env=env)
     assert r.returncode == 2 and "at least 2" in r.stderr
 
@@ -559,6 +571,7 @@ def test_manifest_of_published_version_is_unchanged(make_version,
 
 
 def open_view(path: Path):  # type: ignore[no-untyped-def]
-    from quiver.snapshot.rocks import reader_options
     from rocksdict import AccessType, Cache, Rdict
+
+    from quiver.snapshot.rocks import reader_options
     return Rdict(str(path), reader_options(Cache(8 << 20)), access_type=AccessType.read_only())
