@@ -10,6 +10,7 @@ COMMAND_MODULES = [
     "quiver.loader.commands",
     "quiver.service.commands",
     "quiver.distribution",
+    "quiver.ops",
 ]
 
 
