@@ -169,6 +169,9 @@ class UsersSnapshots:
         SnapshotRoot(dest).set_current(current or self.v1)
         return dest
 
+    def schema(self, version: str) -> Any:
+        return Manifest.load(SnapshotRoot(self.template).manifest_path(version)).schema
+
     def expected(self, version: str, view: str) -> dict[int, dict[str, Any]]:
         """user_id -> feature -> canonical value (floats as bits, defaults applied), read from the
         version's source Parquet with pyarrow."""
@@ -177,7 +180,7 @@ class UsersSnapshots:
         return self._expected[version, view]
 
     def _read_expected(self, version: str, view: str) -> dict[int, dict[str, Any]]:
-        vdef = Manifest.load(SnapshotRoot(self.template).manifest_path(version)).schema.view(view)
+        vdef = self.schema(version).view(view)
         table = pa.concat_tables(pq.read_table(f) for f in sorted((self.sources[version] / view).glob("*.parquet")))
         ids = table.column("user_id").to_pylist()
         rows: dict[int, dict[str, Any]] = {k: {} for k in ids}

@@ -78,10 +78,6 @@ def view_rows(raw_response: bytes, stored: Any) -> list[list[bytes]]:
     return [stored.wire_fields(row).get(1, []) for row in stored.wire_fields(raw_response).get(3, [])]
 
 
-def schema_of(root: Path, version: str) -> Any:
-    return Manifest.load(SnapshotRoot(root).manifest_path(version)).schema
-
-
 # ---------------------------------------------------------------------------------------------
 # Values
 # ---------------------------------------------------------------------------------------------
@@ -90,7 +86,7 @@ def test_values_equal_source_parquet_bit_exactly(server: ServerProcess, target: 
     """Every user of every view, plus unknown ids, compared with the source Parquet read by pyarrow;
     floats as bits (NaN included), read from the response bytes, not through a Python float."""
     stored = users.shared  # tests/conftest.py: its ViewRow reader keeps float bits
-    schema = schema_of(users.template, users.v2)
+    schema = users.schema(users.v2)
     ids = list(range(users.users)) + UNKNOWN_IDS
     channel = server.channel(target)
     missing_ads = 0
