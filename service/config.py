@@ -37,6 +37,14 @@ class ServeConfig:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         if self.workers < 1 or self.max_entities < 1 or self.max_concurrent < 1 or self.cache_mb < 1:
             raise ValueError("workers, max-entities, max-concurrent and cache-mb must be positive")
+        if not self.poll_seconds > 0:  # 0 would spin the follow loop; `not >` also refuses NaN
+            raise ValueError(f"poll-seconds {self.poll_seconds}: must be positive")
+        if not self.drain_seconds >= 0:
+            raise ValueError(f"drain-seconds {self.drain_seconds}: must not be negative")
+        if self.loop not in ("uvloop", "asyncio"):
+            raise ValueError(f"loop {self.loop!r}: expected uvloop or asyncio")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics-port {self.metrics_port}: expected 0 (off) to 65535")
 
     @property
     def cache_bytes_per_worker(self) -> int:
