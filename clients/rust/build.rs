@@ -12,8 +12,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // SAFETY: build scripts are single-threaded; prost-build reads PROTOC from the environment.
         unsafe { std::env::set_var("PROTOC", protoc) };
     }
-    tonic_prost_build::configure()
-        .build_server(false)
-        .compile_protos(&[proto], &[proto_root])?;
+    tonic_prost_build::configure().build_server(false).compile_protos(&[proto], &[proto_root])?;
     Ok(())
 }

@@ -31,11 +31,7 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        ClientOptions {
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: None,
-            max_response_bytes: 64 << 20,
-        }
+        ClientOptions { connect_timeout: Duration::from_secs(5), request_timeout: None, max_response_bytes: 64 << 20 }
     }
 }
 
@@ -49,9 +45,7 @@ pub struct QuiverClient {
 
 /// Builds the endpoint for `http://host:port` or `unix:///path/to.sock`.
 pub fn endpoint(addr: &str, options: &ClientOptions) -> Result<Endpoint, tonic::transport::Error> {
-    let mut ep = Endpoint::from_shared(addr.to_owned())?
-        .connect_timeout(options.connect_timeout)
-        .tcp_nodelay(true);
+    let mut ep = Endpoint::from_shared(addr.to_owned())?.connect_timeout(options.connect_timeout).tcp_nodelay(true);
     if let Some(t) = options.request_timeout {
         ep = ep.timeout(t);
     }
@@ -103,10 +97,10 @@ impl QuiverClient {
     /// The schema of `version`, fetched once per version and cached. An empty `version` asks for
     /// the current one, which can change, so that call always goes to the server.
     pub async fn schema(&self, version: &str) -> Result<Arc<Schema>> {
-        if !version.is_empty() {
-            if let Some(s) = self.schemas.lock().expect("schema cache poisoned").get(version) {
-                return Ok(Arc::clone(s));
-            }
+        if !version.is_empty()
+            && let Some(s) = self.schemas.lock().expect("schema cache poisoned").get(version)
+        {
+            return Ok(Arc::clone(s));
         }
         let response =
             self.grpc.clone().get_schema(GetSchemaRequest { version: version.to_owned() }).await?.into_inner();
@@ -165,7 +159,8 @@ mod tests {
 
     #[test]
     fn request_uses_the_id_type_list_and_keeps_order() {
-        let r = build_request(&[EntityId::Int64(3), EntityId::Int64(1), EntityId::Int64(3)], &["a", "b"], "v9").unwrap();
+        let r =
+            build_request(&[EntityId::Int64(3), EntityId::Int64(1), EntityId::Int64(3)], &["a", "b"], "v9").unwrap();
         assert_eq!(r.int64_ids, [3, 1, 3]);
         assert!(r.string_ids.is_empty());
         assert_eq!(r.views, ["a", "b"]);

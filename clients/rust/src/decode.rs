@@ -123,11 +123,7 @@ pub fn decode_response(schema: &Schema, response: GetFeaturesResponse) -> Result
     let mut rows = Vec::with_capacity(response.rows.len());
     for (i, mut row) in response.rows.into_iter().enumerate() {
         if row.found.len() != views.len() {
-            return Err(Error::Protocol(format!(
-                "row {i}: {} found flags for {} views",
-                row.found.len(),
-                views.len()
-            )));
+            return Err(Error::Protocol(format!("row {i}: {} found flags for {} views", row.found.len(), views.len())));
         }
         let mut decoded = Vec::with_capacity(views.len());
         for (j, view) in views.iter().enumerate() {

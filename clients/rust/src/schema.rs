@@ -110,8 +110,7 @@ fn view_from_proto(version: &str, v: proto::View) -> Result<ViewSchema> {
     let mut features = Vec::with_capacity(v.features.len());
     let mut by_name = HashMap::with_capacity(v.features.len());
     for (i, f) in v.features.iter().enumerate() {
-        let ty = FeatureType::try_from(f.r#type)
-            .map_err(|_| bad(&f.name, format!("unknown type {}", f.r#type)))?;
+        let ty = FeatureType::try_from(f.r#type).map_err(|_| bad(&f.name, format!("unknown type {}", f.r#type)))?;
         let expected = group_field_of(ty).ok_or_else(|| bad(&f.name, "type unspecified".into()))?;
         if f.group_field != expected {
             return Err(bad(&f.name, format!("group_field {} for type {ty:?}, expected {expected}", f.group_field)));

@@ -12,6 +12,11 @@ use quiver_client::{EntityId, FeatureType, KeyType, QuiverClient, Value};
 use support::server::{Dataset, Server, USERS, dataset, serial};
 use support::source::{Definitions, expected_view, read_definitions};
 
+/// Each test holds the serial lock for its whole run, outside its own runtime.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
 struct Expected {
     defs: Definitions,
     /// view -> entity -> values in schema order
@@ -114,9 +119,13 @@ async fn check_values(client: &QuiverClient, data: &Dataset, transport: &str) {
     eprintln!("{transport}: {compared} values equal to the source ({nulls} nulls, {nans} NaN), {absent} absent rows");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn decoded_values_match_the_source_parquet_over_tcp_and_unix_socket() {
+#[test]
+fn decoded_values_match_the_source_parquet_over_tcp_and_unix_socket() {
     let _one_at_a_time = serial();
+    runtime().block_on(decoded_values_match_the_source_parquet_over_tcp_and_unix_socket_async());
+}
+
+async fn decoded_values_match_the_source_parquet_over_tcp_and_unix_socket_async() {
     let data = dataset();
     let mut server = Server::start(data);
     let (tcp, uds) = (server.tcp.clone(), server.uds.clone());
@@ -126,9 +135,13 @@ async fn decoded_values_match_the_source_parquet_over_tcp_and_unix_socket() {
     check_values(&client, data, "unix socket").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_follow_the_contract() {
+#[test]
+fn requests_follow_the_contract() {
     let _one_at_a_time = serial();
+    runtime().block_on(requests_follow_the_contract_async());
+}
+
+async fn requests_follow_the_contract_async() {
     let data = dataset();
     let mut server = Server::start(data);
     let tcp = server.tcp.clone();
@@ -157,10 +170,8 @@ async fn requests_follow_the_contract() {
     assert!(rows[0].get("activity", "act_000").is_none(), "a view not requested is absent");
 
     // The raw API: all views in schema order when none are named, and decode() agrees.
-    let raw = client
-        .get_features_raw(GetFeaturesRequest { int64_ids: vec![3, 5], ..Default::default() })
-        .await
-        .unwrap();
+    let raw =
+        client.get_features_raw(GetFeaturesRequest { int64_ids: vec![3, 5], ..Default::default() }).await.unwrap();
     assert_eq!(raw.version, data.version);
     let all: Vec<&str> = exp.defs.views.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(raw.views, all);
@@ -183,9 +194,13 @@ async fn requests_follow_the_contract() {
     assert_eq!(err.code(), Some(tonic::Code::InvalidArgument), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn loadgen_runs_against_the_server() {
+#[test]
+fn loadgen_runs_against_the_server() {
     let _one_at_a_time = serial();
+    runtime().block_on(loadgen_runs_against_the_server_async());
+}
+
+async fn loadgen_runs_against_the_server_async() {
     let data = dataset();
     let mut server = Server::start(data);
     let (tcp, uds) = (server.tcp.clone(), server.uds.clone());

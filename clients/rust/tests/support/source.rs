@@ -132,7 +132,8 @@ pub fn expected_view(base: &Path, view: &ViewDef) -> HashMap<i64, Vec<Value>> {
                     let field = cols.get(f.column.as_str()).unwrap_or_else(|| {
                         panic!("{}: no column {} for {}.{}", path.display(), f.column, view.name, f.name)
                     });
-                    expected_value(f, field).unwrap_or_else(|e| panic!("{}: {}.{}: {e}", path.display(), view.name, f.name))
+                    expected_value(f, field)
+                        .unwrap_or_else(|e| panic!("{}: {}.{}: {e}", path.display(), view.name, f.name))
                 })
                 .collect();
             match rows.get(&key) {
@@ -203,8 +204,12 @@ fn default_value(f: &FeatureDef, y: &Yaml) -> Result<Value, String> {
         ("bool", Yaml::Boolean(b)) => Value::Bool(*b),
         ("int32", Yaml::Integer(i)) => Value::Int32(i32::try_from(*i).map_err(|_| bad())?),
         ("int64", Yaml::Integer(i)) => Value::Int64(*i),
-        ("float32", Yaml::Real(_) | Yaml::Integer(_)) => Value::Float32(y.as_f64().unwrap_or(y.as_i64().unwrap_or(0) as f64) as f32),
-        ("float64", Yaml::Real(_) | Yaml::Integer(_)) => Value::Float64(y.as_f64().unwrap_or(y.as_i64().unwrap_or(0) as f64)),
+        ("float32", Yaml::Real(_) | Yaml::Integer(_)) => {
+            Value::Float32(y.as_f64().unwrap_or(y.as_i64().unwrap_or(0) as f64) as f32)
+        }
+        ("float64", Yaml::Real(_) | Yaml::Integer(_)) => {
+            Value::Float64(y.as_f64().unwrap_or(y.as_i64().unwrap_or(0) as f64))
+        }
         ("string", Yaml::String(s)) => Value::String(s.clone()),
         _ => return Err(bad()),
     })

@@ -113,7 +113,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, Str
     if !(rate > 0.0 && rate.is_finite()) {
         return Err(format!("--rate {rate}: must be a positive number"));
     }
-    if !(duration > 0.0 && duration.is_finite()) || !(warmup >= 0.0 && warmup.is_finite()) {
+    if !(duration > 0.0 && duration.is_finite() && warmup >= 0.0 && warmup.is_finite()) {
         return Err("--duration must be positive and --warmup not negative".into());
     }
     if k == 0 || users == 0 || connections == 0 || threads == 0 {

@@ -36,11 +36,11 @@ fn main() -> ExitCode {
     match runtime.block_on(run(&args)) {
         Ok(summary) => {
             print!("{}", summary.text());
-            if let Some(path) = &args.json_out {
-                if let Err(e) = std::fs::write(path, summary.json()) {
-                    eprintln!("quiver-loadgen: cannot write {}: {e}", path.display());
-                    return ExitCode::from(1);
-                }
+            if let Some(path) = &args.json_out
+                && let Err(e) = std::fs::write(path, summary.json())
+            {
+                eprintln!("quiver-loadgen: cannot write {}: {e}", path.display());
+                return ExitCode::from(1);
             }
             ExitCode::SUCCESS
         }

@@ -81,16 +81,8 @@ impl Summary {
             self.connections,
             if self.views.is_empty() { String::new() } else { format!(" views={}", self.views.join(",")) }
         );
-        let _ = writeln!(
-            s,
-            "count={} errors={} achieved_rate={:.1}/s",
-            self.count, self.errors, self.achieved_rate
-        );
-        let _ = writeln!(
-            s,
-            "latency_us p50={p50} p90={p90} p99={p99} p99.9={p999} max={max} mean={:.1}",
-            self.mean_us
-        );
+        let _ = writeln!(s, "count={} errors={} achieved_rate={:.1}/s", self.count, self.errors, self.achieved_rate);
+        let _ = writeln!(s, "latency_us p50={p50} p90={p90} p99={p99} p99.9={p999} max={max} mean={:.1}", self.mean_us);
         let _ = writeln!(s, "pacer_lag_us p99={} max={}", self.pacer_lag_p99_us, self.pacer_lag_max_us);
         for (kind, n) in &self.error_kinds {
             let _ = writeln!(s, "error {n}x: {kind}");

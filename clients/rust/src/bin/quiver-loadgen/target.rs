@@ -34,7 +34,8 @@ impl Target {
                 Ok(Target::Quiver { clients, key_type: schema.key_type, views: args.views.clone() })
             }
             TargetKind::Redis => {
-                let client = redis::Client::open(args.addr.as_str()).map_err(|e| format!("--addr {}: {e}", args.addr))?;
+                let client =
+                    redis::Client::open(args.addr.as_str()).map_err(|e| format!("--addr {}: {e}", args.addr))?;
                 let mut connections = Vec::with_capacity(args.connections);
                 for _ in 0..args.connections {
                     let c = client
