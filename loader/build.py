@@ -11,6 +11,7 @@ which the next load removes (loads are serialized by a lock on the root).
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -24,9 +25,10 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import pyarrow as pa
+
 from quiver.loader import tasks
 from quiver.loader.definitions import load_definitions
-from quiver.loader.errors import LoadError
+from quiver.loader.errors import DefinitionError, LoadError
 from quiver.loader.partition import Partitioner
 from quiver.loader.sources import SourceFile, inspect
 from quiver.process import die_with_parent
@@ -34,6 +36,7 @@ from quiver.snapshot.layout import FORMAT_VERSION, SnapshotRoot, fsync_dir
 from quiver.snapshot.manifest import FileEntry, Manifest, ManifestError, ViewStats, data_files, file_checksum
 from quiver.snapshot.schema import FeatureSet, ViewDef
 
+log = logging.getLogger("quiver.loader")
 SAMPLE_TARGET = 200_000       # keys sampled per view to draw partition boundaries
 PARTITION_BYTES = 96 << 20    # uncompressed source bytes per partition: bounds a worker's memory
 
@@ -46,6 +49,7 @@ class LoadOptions:
     batch_rows: int = 1 << 16
     partition_bytes: int = PARTITION_BYTES
     reuse: bool = True           # link unchanged views from the current version instead of re-encoding
+    allow_type_change: bool = False  # a feature whose type differs from the current version's fails the load
 
 
 @dataclass
@@ -115,6 +119,26 @@ def _previous(root: SnapshotRoot) -> Manifest | None:
         return None
 
 
+def check_type_changes(current: Manifest | None, features: FeatureSet) -> None:
+    """A client decoding feature X by name must never get a silently different type: a type change
+    is refused unless the load says --allow-type-change (clients then read the new type by schema)."""
+    if current is None:
+        return
+    for view in features.views:
+        if view.name not in current.views:
+            continue
+        old = {f.name: f for f in current.schema.view(view.name).features}
+        for f in view.features:
+            o = old.get(f.name)
+            if o is not None and (o.type, o.length) != (f.type, f.length):
+                was = o.type + (f"[{o.length}]" if o.length else "")
+                now = f.type + (f"[{f.length}]" if f.length else "")
+                raise DefinitionError(
+                    f"{features.source_file}: view {view.name!r}, feature {f.name!r}: type changes from {was} "
+                    f"(version {current.version}) to {now}; give the feature a new name, or load with "
+                    f"--allow-type-change if every client reads it by schema")
+
+
 def _reusable(prev: Manifest | None, view: ViewDef, sources: list[FileEntry]) -> bool:
     if prev is None or view.name not in prev.views:
         return False
@@ -143,7 +167,7 @@ def _link_view(root: SnapshotRoot, prev: Manifest, view: str, dest: Path) -> Non
         shutil.copy2(cfg, dest / "online" / view / "rocksdict-config.json")
 
 
-def _encode_tasks(features: FeatureSet, view: ViewDef, files: list[SourceFile], spill: Path,
+def _encode_tasks(features: FeatureSet, view: ViewDef, files: list[SourceFile], spill: Path, offline_dir: Path,
                   bounds: list[int] | list[bytes], opts: LoadOptions, workers: int) -> list[tasks.EncodeTask]:
     out = []
     total_groups = sum(f.row_groups for f in files)
@@ -151,8 +175,10 @@ def _encode_tasks(features: FeatureSet, view: ViewDef, files: list[SourceFile], 
     for i, f in enumerate(files):
         for start in range(0, f.row_groups, per_task):
             groups = tuple(range(start, min(f.row_groups, start + per_task)))
+            offline = "" if tasks.spills_all_columns(view) else str(
+                offline_dir / f"part-t{len(out):05d}.parquet")
             out.append(tasks.EncodeTask(view, features.entity, f.path, i, groups, str(spill), len(out), bounds,
-                                        opts.batch_rows))
+                                        opts.batch_rows, offline))
     return out
 
 
@@ -183,7 +209,10 @@ def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str]
             stage = root.staging_dir / f"load-{vid}-{os.getpid()}"
             out = stage / "version"
             out.mkdir(parents=True)
-            prev = _previous(root) if opts.reuse else None
+            current = _previous(root)
+            if not opts.allow_type_change:
+                check_type_changes(current, features)
+            prev = current if opts.reuse else None
             reused = [v.name for v in features.views if _reusable(prev, v, sources[v.name])]
             build = [v for v in features.views if v.name not in reused]
             stats = _build_views(pool, features, build, files, stage, out, opts)
@@ -195,7 +224,9 @@ def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str]
                                         old.reused_from or prev.version)
             for v in build:
                 stats[v.name].sources = sources[v.name]
+            t = time.monotonic()
             entries = _checksums(pool, out)
+            log.info("%-10s %6.1f s", "checksums", time.monotonic() - t)
         manifest = Manifest(vid, utc_text(datetime.now(UTC)), utc_text(as_of), features,
                             {v.name: stats[v.name] for v in features.views}, entries)
         _publish(root, stage, out, manifest)
@@ -212,6 +243,14 @@ def _build_views(pool: ProcessPoolExecutor, features: FeatureSet, views: list[Vi
                  files: dict[str, list[SourceFile]], stage: Path, out: Path, opts: LoadOptions) -> dict[str, ViewStats]:
     if not views:
         return {}
+    clock = time.monotonic()
+
+    def phase(name: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        log.info("%-10s %6.1f s", name, now - clock)
+        clock = now
+
     # 1. partition boundaries from a bounded sample of each view's keys
     bounds: dict[str, list[int] | list[bytes]] = {}
     sample_jobs = []
@@ -224,13 +263,15 @@ def _build_views(pool: ProcessPoolExecutor, features: FeatureSet, views: list[Vi
         nbytes = sum(f.uncompressed_bytes for f in files[v.name])
         parts = max(opts.workers, math.ceil(nbytes / opts.partition_bytes))
         bounds[v.name] = Partitioner.from_sample(sample, parts).boundaries
+    phase("sample")
     # 2. encode and spill by key range
     encode = []
     for v in views:
-        encode += _encode_tasks(features, v, files[v.name], stage / "spill" / v.name, bounds[v.name], opts,
-                                opts.workers)
+        encode += _encode_tasks(features, v, files[v.name], stage / "spill" / v.name, out / "offline" / v.name,
+                                bounds[v.name], opts, opts.workers)
     for counts in pool.map(tasks.encode_task, encode):
         del counts
+    phase("encode")
     # 3. sort, dedup, write SST and offline Parquet per range
     part_jobs = []
     for v in views:
@@ -238,16 +279,18 @@ def _build_views(pool: ProcessPoolExecutor, features: FeatureSet, views: list[Vi
         for p in sorted(spill.glob("p*")):
             part_jobs.append((v.name, pool.submit(tasks.partition_task, tasks.PartitionTask(
                 v, features.entity, str(p), str(stage / "sst" / v.name),
-                str(out / "offline" / v.name / f"part-{p.name[1:]}.parquet"),
+                str(out / "offline" / v.name / f"part-{p.name[1:]}.parquet") if tasks.spills_all_columns(v) else "",
                 tuple(f.path for f in files[v.name]), opts.compression))))
     results: dict[str, list[tasks.PartitionResult]] = {v.name: [] for v in views}
     for name, job in part_jobs:
         results[name].append(job.result())
+    phase("sort+sst")
     # 4. one RocksDB per view
     ingest = [pool.submit(tasks.ingest_task, str(out / "online" / v.name),
                           [s for r in results[v.name] for s in r.sst_files]) for v in views]
     for j in ingest:
         j.result()
+    phase("ingest")
     shutil.rmtree(stage / "spill", ignore_errors=True)
     shutil.rmtree(stage / "sst", ignore_errors=True)
     return {v.name: ViewStats(sum(r.rows for r in results[v.name]), [], definition_hash(v),

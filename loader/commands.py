@@ -1,6 +1,7 @@
 """CLI: `quiver load`, `quiver snapshots`, `quiver generate` (thin wrappers over the Python API)."""
 
 import argparse
+import logging
 import sys
 from datetime import UTC, datetime
 
@@ -26,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--as-of", type=_as_of, default=None, help="the data's as-of time (default: now)")
     p.add_argument("--compression", choices=["lz4", "zstd", "snappy", "none"], default="lz4")
     p.add_argument("--no-reuse", action="store_true", help="re-encode views even if unchanged")
+    p.add_argument("--allow-type-change", action="store_true",
+                   help="accept a feature whose type differs from the current version's")
     p.set_defaults(handler=_load)
 
     p = sub.add_parser("snapshots", help="list the versions under a root")
@@ -40,9 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _load(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s quiver[load] %(message)s")
     try:
         r = load(args.features, args.root, LoadOptions(workers=args.workers, as_of=args.as_of,
-                                                        compression=args.compression, reuse=not args.no_reuse))
+                                                        compression=args.compression, reuse=not args.no_reuse,
+                                                        allow_type_change=args.allow_type_change))
     except LoadError as e:
         print(f"quiver load: error: {e}", file=sys.stderr)
         print("quiver load: nothing was published; CURRENT is unchanged", file=sys.stderr)

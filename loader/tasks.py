@@ -51,6 +51,14 @@ class EncodeTask:
     task_id: int
     boundaries: list[int] | list[bytes]
     batch_rows: int
+    offline_path: str   # where this task writes its offline rows; "" when the partitions must (dedup)
+
+
+def spills_all_columns(view: ViewDef) -> bool:
+    """Views with an event timestamp drop older duplicates after the global sort, so their offline
+    rows are written from the sorted partitions; other views keep every row (a duplicate fails the
+    load), so each encode task writes its offline rows at once and spills only keys and values."""
+    return bool(view.event_timestamp)
 
 
 def encode_task(t: EncodeTask) -> list[int]:
@@ -59,8 +67,14 @@ def encode_task(t: EncodeTask) -> list[int]:
     pf = open_parquet(t.path, t.view)
     part = Partitioner(t.boundaries, t.entity.key_type == "int64")
     encoder = ViewEncoder(t.view)
-    schema = normalized_schema(t.entity, t.view).append(pa.field("__key", pa.binary())).append(
+    normalized = normalized_schema(t.entity, t.view)
+    kept = normalized if spills_all_columns(t.view) else pa.schema([normalized.field(0)])
+    schema = kept.append(pa.field("__key", pa.binary())).append(
         pa.field("__value", pa.large_binary())).append(pa.field("__file", pa.int32()))
+    offline: pq.ParquetWriter | None = None
+    if t.offline_path:
+        Path(t.offline_path).parent.mkdir(parents=True, exist_ok=True)
+        offline = pq.ParquetWriter(t.offline_path, normalized, compression=OFFLINE_COMPRESSION)
     writers: dict[int, ipc.RecordBatchFileWriter] = {}
     counts = [0] * part.count
     columns = sorted({t.view.entity_column or t.entity.name, *( [t.view.event_timestamp] if t.view.event_timestamp
@@ -69,9 +83,11 @@ def encode_task(t: EncodeTask) -> list[int]:
         batches = pf.iter_batches(batch_size=t.batch_rows, row_groups=list(t.row_groups), columns=columns)
         for raw in batches:
             batch = normalize(t.entity, t.view, raw, t.path)
+            if offline is not None:
+                offline.write_batch(batch, row_group_size=1 << 17)
             keys = batch.column(0)
             extra = [encoded_keys(keys), encoder.encode(batch), pa.array(np.full(len(keys), t.file_index, np.int32))]
-            full = pa.RecordBatch.from_arrays(batch.columns + extra, schema=schema)
+            full = pa.RecordBatch.from_arrays(batch.columns[:len(kept)] + extra, schema=schema)
             assignment = part.assign(keys)
             order = np.argsort(assignment, kind="stable")
             sorted_parts = assignment[order]
@@ -91,6 +107,8 @@ def encode_task(t: EncodeTask) -> list[int]:
     finally:
         for w in writers.values():
             w.close()
+        if offline is not None:
+            offline.close()
     return counts
 
 
@@ -100,7 +118,7 @@ class PartitionTask:
     entity: EntityDef
     spill_dir: str          # .../p<part>
     sst_dir: str
-    offline_path: str
+    offline_path: str       # "" when the encode tasks wrote the offline rows
     source_paths: tuple[str, ...]
     compression: str
 
@@ -160,9 +178,10 @@ def partition_task(t: PartitionTask) -> PartitionResult:
             writer = None
     if writer is not None:
         writer.finish()
-    Path(t.offline_path).parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table.drop_columns(_INTERNAL), t.offline_path, compression=OFFLINE_COMPRESSION,
-                   row_group_size=1 << 17)
+    if t.offline_path:
+        Path(t.offline_path).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table.drop_columns(_INTERNAL), t.offline_path, compression=OFFLINE_COMPRESSION,
+                       row_group_size=1 << 17)
     for f in files:
         os.unlink(f)
     return PartitionResult(table.num_rows, dropped, ssts)

@@ -26,6 +26,12 @@ def test_definition_error_is_a_schema_error() -> None:
     assert issubclass(DefinitionError, SchemaError)
 
 
+def commands_parser() -> argparse.ArgumentParser:
+    from quiver.cli import build_parser
+
+    return build_parser()
+
+
 @pytest.mark.parametrize("cls", _all(LoadError))
 def test_load_command_exits_with_the_class_code(cls: type[LoadError], monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -33,8 +39,7 @@ def test_load_command_exits_with_the_class_code(cls: type[LoadError], monkeypatc
         raise cls("what went wrong, where")
 
     monkeypatch.setattr(commands, "load", fail)
-    args = argparse.Namespace(features="f.yaml", root=str(tmp_path), workers=1, as_of=None, compression="lz4",
-                              no_reuse=False)
+    args = commands_parser().parse_args(["load", "--features", "f.yaml", "--root", str(tmp_path)])
     assert commands._load(args) == cls.exit_code
     err = capsys.readouterr().err
     assert "what went wrong, where" in err and "nothing was published" in err
