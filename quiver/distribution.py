@@ -69,6 +69,7 @@ __all__ = [
     "StorageUnreachable",
     "SyncResult",
     "open_store",
+    "point_latest",
     "publish",
     "register",
     "sync",
@@ -333,6 +334,37 @@ def publish(root: str | os.PathLike[str], uri: str, version: str | None = None, 
     return result
 
 
+def point_latest(uri: str, version: str, *, endpoint: str | None = None) -> bool:
+    """Move LATEST to a version already published there (a data rollback without its files at hand).
+    Refuses a version whose manifest is missing or unreadable. Returns whether LATEST moved."""
+    store = open_store(uri, endpoint)
+    store.check_bucket()
+    _remote_manifest(store, version)
+    try:
+        if store.latest() == version:
+            return False
+    except (ObjectNotFound, IntegrityError):
+        pass
+    store.write_bytes((version + "\n").encode(), LATEST)
+    return True
+
+
+def _remote_manifest(store: RemoteStore, version: str) -> tuple[Manifest, bytes]:
+    url = store.url("versions", version, MANIFEST)
+    try:
+        data = store.read_bytes("versions", version, MANIFEST)
+    except ObjectNotFound:
+        raise ObjectNotFound(f"{url}: missing: {version} was never published there, or its publish did not "
+                             "finish; rerun `quiver publish`") from None
+    try:
+        manifest = Manifest.from_json(json.loads(data))
+    except (ManifestError, ValueError, KeyError, TypeError) as e:
+        raise IntegrityError(f"{url}: unusable manifest: {e}") from None
+    if manifest.version != version:
+        raise IntegrityError(f"{url}: describes version {manifest.version}, not {version}")
+    return manifest, data
+
+
 def _upload_file(store: RemoteStore, local: Path, *parts: str) -> None:
     """One data file to its object (a seam for tests that interrupt an upload)."""
     store.upload(local, *parts)
@@ -401,19 +433,7 @@ def sync(uri: str, root: str | os.PathLike[str], keep: int = 3, *,
 
 def _download_version(store: RemoteStore, snap: SnapshotRoot, version: str, result: SyncResult,
                       workers: int) -> None:
-    manifest_url = store.url("versions", version, MANIFEST)
-    try:
-        manifest_bytes = store.read_bytes("versions", version, MANIFEST)
-    except ObjectNotFound:
-        raise ObjectNotFound(f"{manifest_url}: missing although LATEST names {version}: "
-                             "the publish did not finish; rerun `quiver publish`") from None
-    try:
-        manifest = Manifest.from_json(json.loads(manifest_bytes))
-    except (ManifestError, ValueError, KeyError, TypeError) as e:
-        raise IntegrityError(f"{manifest_url}: unusable manifest: {e}") from None
-    if manifest.version != version:
-        raise IntegrityError(f"{manifest_url}: describes version {manifest.version}, not {version}")
-
+    manifest, manifest_bytes = _remote_manifest(store, version)
     stage = snap.staging_dir / f"sync-{version}"
     _clean_staging(snap, keep=stage)
     need = 0
@@ -576,7 +596,8 @@ def watch(uri: str, root: str | os.PathLike[str], every: float, keep: int = 3, *
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("publish", help="upload a version to object storage and point LATEST at it")
-    p.add_argument("--root", required=True, help="local snapshot root")
+    p.add_argument("--root", help="local snapshot root; without it, --version must already be published "
+                   "and only LATEST moves (a data rollback)")
     p.add_argument("--to", required=True, dest="uri", help="s3://bucket/prefix or file:///dir")
     p.add_argument("--version", help="version id (default: the root's CURRENT); an older one rolls back")
     p.set_defaults(handler=_cmd_publish)
@@ -596,6 +617,17 @@ def _setup_logging() -> None:
 
 def _cmd_publish(args: argparse.Namespace) -> int:
     _setup_logging()
+    if not args.root:
+        if not args.version:
+            print("quiver publish: give --root (upload a version) or --version (move LATEST to it)", file=sys.stderr)
+            return 2
+        try:
+            moved = point_latest(args.uri, args.version)
+        except DistributionError as e:
+            print(f"quiver publish: {e}", file=sys.stderr)
+            return e.exit_code
+        print(f"LATEST at {args.uri} {'moved to' if moved else 'already'} {args.version}")
+        return 0
     try:
         r = publish(args.root, args.uri, args.version)
     except DistributionError as e:

@@ -291,7 +291,7 @@ def test_latest_without_manifest_is_refused(make_version,
 
     r = quiver("sync", "--from", uri, "--root", str(rep), env=env)
     assert r.returncode == dist.ObjectNotFound.exit_code, r.stderr
-    assert f"s3://{bucket}/versions/{v2}/manifest.json: missing although LATEST names {v2}" in r.stderr
+    assert f"s3://{bucket}/versions/{v2}/manifest.json: missing: {v2} was never published there" in r.stderr
     assert SnapshotRoot(rep).current() == v1
     assert SnapshotRoot(rep).versions() == [v1]
 
@@ -492,8 +492,12 @@ def test_keep_prunes_old_versions_but_never_current_or_previous(make_version, s3
     assert r.version == vs[1] and r.downloaded == [] and r.pruned == []
     assert SnapshotRoot(rep).versions() == vs[1:]
 
-    # Rolling back to a pruned version downloads it again; the previous CURRENT stays.
-    dist.publish(pub, uri, version=vs[0], endpoint=s3_endpoint)
+    # Rolling back to a pruned version downloads it again; the previous CURRENT stays. Moving LATEST
+    # needs no local copy, only a complete published version.
+    r = quiver("publish", "--to", uri, "--version", "20261127T000000Z-000000000000", env=env)
+    assert r.returncode == dist.ObjectNotFound.exit_code and "was never published there" in r.stderr
+    r = quiver("publish", "--to", uri, "--version", vs[0], env=env, check=True)
+    assert f"LATEST at {uri} moved to {vs[0]}" in r.stdout
     r = dist.sync(uri, rep, keep=2, endpoint=s3_endpoint)
     assert r.version == vs[0] and r.downloaded and r.pruned == []
     assert SnapshotRoot(rep).versions() == vs
