@@ -34,10 +34,16 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 # ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def users(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> UsersSnapshots:
-    # pytest imports tests/conftest.py as a plugin named by its path, not as an importable module
-    shared = pytestconfig.pluginmanager.get_plugin(str(Path(__file__).parents[1] / "conftest.py"))
-    assert shared is not None
+def shared(pytestconfig: pytest.Config) -> Any:
+    """tests/conftest.py as a module (its data sets and bit-exact readers): pytest imports it as a plugin
+    named by its path, not as an importable module."""
+    module = pytestconfig.pluginmanager.get_plugin(str(Path(__file__).parents[1] / "conftest.py"))
+    assert module is not None
+    return module
+
+
+@pytest.fixture(scope="session")
+def users(tmp_path_factory: pytest.TempPathFactory, shared: Any) -> UsersSnapshots:
     base = tmp_path_factory.mktemp("users")
     template = base / "root"
     sources, versions = {}, []
