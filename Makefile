@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 USERS ?= 1000000
 DEMO := demo-data
 
-.PHONY: setup proto test lint typecheck pytest rust-test deploy-check demo bench clean system-deps
+.PHONY: setup proto test lint typecheck pytest rust-test deploy-check demo bench clean system-deps tools
 
 # redis-server for the tests that compare against Redis; iproute2 for the netem hop in bench/.
 system-deps:
@@ -42,7 +42,16 @@ deploy-check: setup
 
 test: lint pytest rust-test deploy-check
 
-demo: setup
+GHZ_VERSION := v0.121.0
+TOOLS := $(CURDIR)/.tools/bin
+
+# Load generators and manifest tools, as pinned Go modules in a project-local folder.
+$(TOOLS)/ghz:
+	GOBIN=$(TOOLS) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+
+tools: $(TOOLS)/ghz
+
+demo: setup tools
 	$(PY) -m quiver.demo --users $(USERS) --dir $(DEMO)
 
 bench: setup
