@@ -62,7 +62,7 @@ class FeatureClient:
 
     def get_raw(self, ids: Sequence[int] | Sequence[str], views: Sequence[str] = (), version: str = "",
                 timeout: float | None = 10) -> pb.GetFeaturesResponse:
-        if ids and isinstance(ids[0], str):
+        if len(ids) and isinstance(ids[0], str):  # len(): a numpy array of ids has no truth value
             req = pb.GetFeaturesRequest(string_ids=ids, views=views, version=version)
         else:
             req = pb.GetFeaturesRequest(int64_ids=ids, views=views, version=version)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_process import (
@@ -146,6 +147,18 @@ def test_feature_client_decodes_by_name(server: ServerProcess, target: str, user
             assert decoded == expected, f"user {uid} in {view}"
             nan_seen |= view == "profile" and got["churn_score"] is not None and math.isnan(got["churn_score"])
     assert nan_seen, "the sample should include a NaN churn_score"
+
+
+def test_feature_client_takes_numpy_ids(server: ServerProcess, users: UsersSnapshots) -> None:
+    """Training code holds ids as numpy arrays (a Parquet column's to_numpy())."""
+    ids = np.array([3, 1, 2000], dtype=np.int64)
+    with FeatureClient(server.target) as c:
+        result = c.get_features(ids, ["profile"])
+        assert [r["profile"] is not None for r in result.rows] == [True, True, False]
+        assert result.rows[0] == c.get_features([3], ["profile"]).rows[0]
+        with pytest.raises(grpc.RpcError) as e:
+            c.get_features(np.array(["3"]), ["profile"])
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_order_duplicates_and_view_subset(server: ServerProcess, target: str, users: UsersSnapshots) -> None:
