@@ -169,7 +169,7 @@ def _link_view(root: SnapshotRoot, prev: Manifest, view: str, dest: Path) -> Non
 
 def _encode_tasks(features: FeatureSet, view: ViewDef, files: list[SourceFile], spill: Path, offline_dir: Path,
                   bounds: list[int] | list[bytes], opts: LoadOptions, workers: int) -> list[tasks.EncodeTask]:
-    out = []
+    out: list[tasks.EncodeTask] = []
     total_groups = sum(f.row_groups for f in files)
     per_task = max(1, math.ceil(total_groups / (workers * 4)))
     for i, f in enumerate(files):

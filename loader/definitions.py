@@ -122,7 +122,7 @@ def _feature(d: Any, where: str) -> FeatureDef:
     return FeatureDef(name, ftype, length, default, column)
 
 
-def _check_default(ftype: str, length: int, value: Any, where: str) -> None:
+def _check_default(ftype: Any, length: int, value: Any, where: str) -> None:
     ok: bool
     if ftype == "bool":
         ok = isinstance(value, bool)

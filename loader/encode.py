@@ -8,6 +8,7 @@ so fixed parts first is still a valid ViewRow.
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +19,7 @@ from quiver.snapshot.schema import ViewDef
 # wire type 2 (length-delimited) tags of ViewRow's fields
 _TAG = {f: (f << 3) | 2 for f in range(1, 11)}
 _FIXED_WIDTH = {"bool": 1, "int32": 4, "int64": 8, "float32": 4, "float64": 8}
-_NUMPY = {"bool": np.uint8, "int32": "<i4", "int64": "<i8", "float32": "<f4", "float64": "<f8"}
+_NUMPY: dict[str, Any] = {"bool": np.uint8, "int32": "<i4", "int64": "<i8", "float32": "<f4", "float64": "<f8"}
 
 
 def varint(n: int) -> bytes:
@@ -95,7 +96,7 @@ class _Segment:
 
 def _fixed_segments(view: ViewDef) -> list[tuple[str, _Segment, list[int]]]:
     """(kind, segment, feature indices) for each fixed-width part, in wire order."""
-    segs = []
+    segs: list[tuple[str, _Segment, list[int]]] = []
     nf = len(view.features)
     nbytes = (nf + 7) // 8
     segs.append(("nulls", _Segment(bytes([_TAG[1]]) + varint(nbytes), nbytes), []))

@@ -35,7 +35,8 @@ def definitions() -> dict[str, Any]:
     activity = [{"name": f"act_{i:03d}", "type": "float32"} for i in range(ACTIVITY)]
     embedding = [{"name": "user_embedding", "type": "list<float32>", "length": EMBEDDING},
                  {"name": "embedding_norm", "type": "float32"}]
-    ads = [{"name": f"ad_{i:02d}", "type": "int32" if i % 2 else "int64"} for i in range(AD_COUNTS)]
+    ads: list[dict[str, Any]] = [{"name": f"ad_{i:02d}", "type": "int32" if i % 2 else "int64"}
+                                 for i in range(AD_COUNTS)]
     ads += [{"name": "ctr_7d", "type": "float64"}, {"name": "recent_ad_ids", "type": "list<int64>"},
             {"name": "opted_out", "type": "bool", "default": False}]
     return {
