@@ -67,9 +67,11 @@ class VerifyReport:
 
 
 def _show(v: Any) -> str:
+    if isinstance(v, FloatBits):
+        return str(v)
     if isinstance(v, tuple | list):
         return "[" + ", ".join(_show(x) for x in v) + "]"
-    return str(v) if isinstance(v, FloatBits) else repr(v)
+    return repr(v)
 
 
 # ---------------------------------------------------------------------------------------------
