@@ -3,6 +3,8 @@ rollback, and several workers following CURRENT together."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from collections import Counter
 from pathlib import Path
@@ -162,4 +164,30 @@ def test_two_workers_serve_and_metrics_add_up(start_server: Any, users: UsersSna
         stub = s.stub(target)
         wait_for(lambda stub=stub: current_version(stub) == users.v2, what=f"{target} to swap")
     wait_for(lambda: s.metric("quiver_snapshot_swaps_total") == 4, what="two swaps per worker")
+    assert s.stop() == 0
+
+
+def worker_pids(supervisor: int) -> set[int]:
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return {int(p) for p in children if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()}
+
+
+def test_a_killed_worker_is_restarted(start_server: Any, users: UsersSnapshots, tmp_path: Path) -> None:
+    """SIGKILL leaves the worker's Unix socket file behind: the replacement must bind it again and serve."""
+    sock = short_tmpdir() / "q.sock"
+    s = start_server(users.root(tmp_path / "root"), "--workers", "2", "--uds", str(sock))
+    workers = [f"unix:{sock}", f"unix:{sock}.1"]
+    for target in workers:
+        s.wait_health(SERVING, target=target)
+    before = worker_pids(s.proc.pid)
+    assert len(before) == 2
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: len(worker_pids(s.proc.pid) - before) == 1 and victim not in worker_pids(s.proc.pid),
+             what="a replacement worker")
+    for target in workers:
+        s.wait_health(SERVING, target=target)
+        resp = s.stub(target).GetFeatures(pb.GetFeaturesRequest(int64_ids=[1, 2]), timeout=10)
+        assert resp.version == users.v1 and len(resp.rows) == 2
+    assert "restarting it" in s.logs()
     assert s.stop() == 0
