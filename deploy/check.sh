@@ -13,7 +13,7 @@ KUSTOMIZE=$TOOLS/kustomize
 if ! [ -x "$KUSTOMIZE" ] || ! "$KUSTOMIZE" version 2>/dev/null | grep -q "$KUSTOMIZE_VERSION"; then
   echo "== installing kustomize $KUSTOMIZE_VERSION into $TOOLS"
   mkdir -p "$TOOLS"
-  GOBIN=$TOOLS GOFLAGS=-mod=mod go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
+  GOBIN=$TOOLS GOTOOLCHAIN=local go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
 fi
 
 out=$(mktemp -d)
