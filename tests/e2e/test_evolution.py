@@ -7,6 +7,9 @@ the previous one published; each reads the current definitions rather than assum
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from server_process import QUIVER, ServerProcess, wait_for
+from server_process import QUIVER, ServerProcess, free_port, wait_for
 
 from quiver.client import FeatureClient
 from quiver.snapshot import Manifest, SnapshotRoot
@@ -222,3 +225,43 @@ def test_changing_a_type_needs_allow_type_change(store: Store) -> None:
         store.features([uid], ["ads"], version=first)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert store.server.proc.poll() is None  # the same server process throughout
+
+
+# ---------------------------------------------------------------------------------------------
+# The README walkthrough, run as written
+# ---------------------------------------------------------------------------------------------
+
+README = Path(__file__).parents[2] / "README.md"
+WALKTHROUGH = "## Walkthrough: add a feature"
+README_TARGET = "127.0.0.1:50051"
+
+
+def walkthrough_blocks() -> list[str]:
+    text = README.read_text()
+    assert WALKTHROUGH in text, f"README.md has no section {WALKTHROUGH!r}"
+    section = text.split(WALKTHROUGH, 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```bash\n(.*?)^```$", section, flags=re.S | re.M)
+    assert len(blocks) >= 5
+    return blocks
+
+
+def test_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
+    """The section's bash blocks in one shell, in a scratch folder (so data/ and snapshots/ land there), with
+    the venv first on PATH and a free port in place of the README's."""
+    port = free_port()
+    script = "\n".join(walkthrough_blocks()).replace(README_TARGET, f"127.0.0.1:{port}")
+    env = {**os.environ, "PATH": f"{Path(QUIVER).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        try:  # the walkthrough's background server, if a step failed before `kill $SERVER`
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    assert proc.returncode == 0, out + (tmp_path / "serve.log").read_text(errors="replace")
+    assert "reused unchanged view(s) without re-encoding: activity, embedding, ads" in out
+    assert re.search(r"^\S+ \[10, 7\]$", out, flags=re.M), out
+    assert "ok: " in out and "online and offline agree" in out
