@@ -102,11 +102,12 @@ class FeatureReader:
     def get_features(self, req: GetFeaturesRequest) -> bytes:
         """The serialized GetFeaturesResponse; raises ServiceError subclasses."""
         version = self.snapshots.pick(req.version)
-        views = tuple(req.views) or version.view_names
-        header = self._header(version, views)
-        keys = self._keys(req, version)
-        version.acquire()
+        while not version.acquire():  # retired by a swap since the pick (this may run on a thread): pick again
+            version = self.snapshots.pick(req.version)
         try:
+            views = tuple(req.views) or version.view_names
+            header = self._header(version, views)
+            keys = self._keys(req, version)
             columns = [version.get(v, keys) for v in views]
         finally:
             version.release()

@@ -39,9 +39,13 @@ class LoadedVersion:
             raise RuntimeError(f"version {self.version} is closed")
         return self._dbs[view].get(keys)  # type: ignore[no-any-return]
 
-    def acquire(self) -> None:
+    def acquire(self) -> bool:
+        """Registers a reader; False when the version is already retired (its handles may be closed)."""
         with self._lock:
+            if self._retired:
+                return False
             self._readers += 1
+            return True
 
     def release(self) -> None:
         with self._lock:
