@@ -9,7 +9,7 @@
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -63,9 +63,9 @@ class FeatureClient:
     def get_raw(self, ids: Sequence[int] | Sequence[str], views: Sequence[str] = (), version: str = "",
                 timeout: float | None = 10) -> pb.GetFeaturesResponse:
         if len(ids) and isinstance(ids[0], str):  # len(): a numpy array of ids has no truth value
-            req = pb.GetFeaturesRequest(string_ids=ids, views=views, version=version)
+            req = pb.GetFeaturesRequest(string_ids=cast(Sequence[str], ids), views=views, version=version)
         else:
-            req = pb.GetFeaturesRequest(int64_ids=ids, views=views, version=version)
+            req = pb.GetFeaturesRequest(int64_ids=cast(Sequence[int], ids), views=views, version=version)
         resp: pb.GetFeaturesResponse = self.stub.GetFeatures(req, timeout=timeout)
         return resp
 

@@ -4,6 +4,7 @@ import argparse
 import sys
 
 import grpc
+
 from quiver.service.config import add_arguments, from_sources
 
 
@@ -40,7 +41,7 @@ def _get(args: argparse.Namespace) -> int:
         try:
             key_type = c.schema(args.version, timeout=args.timeout).entity_key_type
             entity: int | str = int(args.entity) if key_type == "int64" else args.entity
-            print(dumps(c.get_features([entity], views, args.version, timeout=args.timeout)))  # type: ignore[list-item]
+            print(dumps(c.get_features([entity], views, args.version, timeout=args.timeout)))  # type: ignore[arg-type]
         except ValueError:
             print(f"quiver get: error: entity {args.entity!r} is not an int64 id", file=sys.stderr)
             return 2

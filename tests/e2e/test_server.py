@@ -364,7 +364,8 @@ def test_sigterm_drains_in_flight_requests(start_server: Any, users: UsersSnapsh
     request = pb.GetFeaturesRequest(int64_ids=range(MAX_ENTITIES))
     with ThreadPoolExecutor(8) as pool:
         calls = [stub.GetFeatures.future(request, timeout=30) for _ in range(16)]
-        time.sleep(0.05)  # let the calls reach the server; SIGTERM must find some of them in flight
+        # the first answer means the server is working through the batch: the rest are in flight
+        wait_for(calls[0].done, what="the first answer")
         s.proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
         results = list(pool.map(lambda f: f.exception() or f.result(), calls))
