@@ -127,6 +127,8 @@ class DataSet:
 
 
 def _keys(rng: np.random.Generator, key_type: str, n: int) -> list[Any]:
+    edge: list[Any]
+    rest: list[Any]
     if key_type == "int64":
         edge = [I64_MIN, I64_MIN + 1, -(2**32), -256, -1, 0, 1, 255, 256, 2**32, I64_MAX - 1, I64_MAX]
         rest = rng.integers(I64_MIN, I64_MAX, n, dtype=np.int64, endpoint=True).tolist()
@@ -166,12 +168,12 @@ def _column(rng: np.random.Generator, f: dict[str, Any], n: int) -> pa.Array:
         bits[: len(edge)] = edge
         return pa.array(v, mask=nulls)
     if t == "string":
-        v = [STRINGS[i] if i < len(STRINGS) else "".join(rng.choice(list("abcé日"), int(rng.integers(0, 9))))
-             for i in range(n)]
-        return pa.array(v, pa.string(), mask=nulls)
+        strings = [STRINGS[i] if i < len(STRINGS) else "".join(rng.choice(list("abcé日"), int(rng.integers(0, 9))))
+                   for i in range(n)]
+        return pa.array(strings, pa.string(), mask=nulls)
     if t == "bytes":
-        v = [BYTES[i] if i < len(BYTES) else rng.bytes(int(rng.integers(0, 20))) for i in range(n)]
-        return pa.array(v, pa.binary(), mask=nulls)
+        blobs = [BYTES[i] if i < len(BYTES) else rng.bytes(int(rng.integers(0, 20))) for i in range(n)]
+        return pa.array(blobs, pa.binary(), mask=nulls)
     if t == "list<float32>":
         length = f["length"]
         flat = rng.standard_normal(n * length).astype(np.float32)
@@ -365,7 +367,8 @@ def read_online(root: Path | str, view: str, version: str | None = None) -> list
     vdef = features.view(view)
     db = Rdict(str(r.online_dir(version, view)), Options(raw_mode=True), access_type=AccessType.read_only())
     try:
-        return [(decode_key(features.entity.key_type, k), decode_view_row(vdef, v)) for k, v in db.items()]
+        return [(decode_key(features.entity.key_type, bytes(k)), decode_view_row(vdef, bytes(v)))  # type: ignore[arg-type]
+                for k, v in db.items()]
     finally:
         db.close()
 
@@ -376,7 +379,7 @@ def read_online_keys(root: Path | str, view: str, keys: list[bytes]) -> list[byt
     assert version is not None
     db = Rdict(str(r.online_dir(version, view)), Options(raw_mode=True), access_type=AccessType.read_only())
     try:
-        return list(db[keys])
+        return list(db[keys])  # type: ignore[index, arg-type]  # raw mode: bytes in, bytes out
     finally:
         db.close()
 
