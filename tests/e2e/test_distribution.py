@@ -25,6 +25,8 @@ import pytest
 
 from quiver import distribution as dist
 from quiver.snapshot import Manifest, SnapshotRoot
+from quiver.snapshot.layout import write_atomic
+from quiver.snapshot.manifest import list_files
 
 VENV_BIN = Path(sys.executable).parent
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -579,3 +581,40 @@ def open_view(path: Path):  # type: ignore[no-untyped-def]
 
     from quiver.snapshot.rocks import reader_options
     return Rdict(str(path), reader_options(Cache(8 << 20)), access_type=AccessType.read_only())
+
+
+def test_sync_killed_midway_resumes(make_version, s3_endpoint: str, bucket: str, pub: Path, rep: Path) -> None:
+    """SIGKILL during a real download: nothing becomes visible, and the rerun finishes the version."""
+    uri = f"s3://{bucket}"
+    env = {"QUIVER_S3_ENDPOINT": s3_endpoint}
+    v1 = make_version(pub, 1)
+    dist.publish(pub, uri, endpoint=s3_endpoint)
+    dist.sync(uri, rep, endpoint=s3_endpoint)
+    v2 = make_version(pub, 2)
+    snap = SnapshotRoot(pub)
+    blob = snap.version_dir(v2) / "offline" / "zz-blob" / "part-00000.parquet"   # big enough to be caught mid-way
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(os.urandom(16 << 20))
+    m = Manifest.load(snap.manifest_path(v2))
+    m.files = list_files(snap.version_dir(v2))
+    write_atomic(snap.manifest_path(v2), m.dumps())
+    dist.publish(pub, uri, endpoint=s3_endpoint)
+
+    stage = rep / "staging" / f"sync-{v2}"
+    proc = subprocess.Popen([str(VENV_BIN / "quiver"), "sync", "--from", uri, "--root", str(rep)],
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        part = stage / "offline" / "zz-blob" / "part-00000.parquet.part"
+        wait_for(lambda: part.exists() or proc.poll() is not None)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, "sync finished before it could be killed"
+    rsnap = SnapshotRoot(rep)
+    assert rsnap.current() == v1 and rsnap.versions() == [v1]
+
+    r = dist.sync(uri, rep, endpoint=s3_endpoint)
+    assert r.version == v2 and r.resumed and "offline/zz-blob/part-00000.parquet" in r.downloaded
+    same_version(snap, rsnap, v2)
