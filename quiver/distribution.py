@@ -292,8 +292,8 @@ def publish(root: str | os.PathLike[str], uri: str, version: str | None = None, 
             endpoint: str | None = None, workers: int = 4) -> PublishResult:
     """Upload `version` (default: the root's CURRENT) and point LATEST at it.
 
-    Order is the invariant: data files, then the manifest, then LATEST. Publishing an older
-    version that is still in the root is how data is rolled back.
+    Order is the invariant: data files, then the manifest, then LATEST. Publishing an older version
+    rolls data back (so does `point_latest`, without the files at hand).
     """
     snap = SnapshotRoot(root)
     version = version or snap.current()
