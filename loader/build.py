@@ -195,7 +195,8 @@ def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str]
         clean_staging(root)
         files = {v.name: inspect(features.entity, v, base) for v in features.views}
         ctx = get_context("spawn")
-        with ProcessPoolExecutor(max_workers=opts.workers, mp_context=ctx, initializer=die_with_parent) as pool:
+        with ProcessPoolExecutor(max_workers=opts.workers, mp_context=ctx, initializer=die_with_parent) as pool, \
+                pending_cancelled_on_error(pool):
             paths = [s.path for v in features.views for s in files[v.name]]
             sums = dict(zip(paths, pool.map(file_checksum, paths), strict=True))
             sources = {v.name: [FileEntry(os.path.abspath(s.path), s.size, sums[s.path]) for s in files[v.name]]
@@ -231,6 +232,16 @@ def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str]
                             {v.name: stats[v.name] for v in features.views}, entries)
         _publish(root, stage, out, manifest)
         return LoadResult(vid, manifest, True, reused, time.monotonic() - started)
+
+
+@contextmanager
+def pending_cancelled_on_error(pool: ProcessPoolExecutor) -> Iterator[None]:
+    """The first bad batch ends the load: queued tasks are dropped, not run to completion."""
+    try:
+        yield
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
 
 
 def _checksums(pool: ProcessPoolExecutor, out: Path) -> list[FileEntry]:

@@ -5,7 +5,8 @@ A snapshot root holds immutable versions and one pointer::
     ROOT/CURRENT                       the served version id (replaced atomically)
     ROOT/versions/<id>/manifest.json   written last inside the version, published by one rename
     ROOT/versions/<id>/online/<view>/  one RocksDB per feature view (SST files ingested at L6)
-    ROOT/versions/<id>/offline/<view>/ the same rows as Parquet, sorted by key
+    ROOT/versions/<id>/offline/<view>/ the same rows as Parquet (sorted by key for views with an event
+                                       timestamp, whose older duplicates are dropped; in source order otherwise)
     ROOT/staging/                      loads in progress; never read, cleaned by the next load
 
 This package imports neither grpc nor pyarrow.
