@@ -39,6 +39,11 @@ from quiver.snapshot.layout import SnapshotRoot
 
 log = logging.getLogger("quiver.server")
 MAX_MESSAGE = 64 << 20
+# A worker that dies this soon after it started, this many times in a row, cannot start (an unreadable
+# certificate, a socket path it cannot bind): the supervisor exits 1 rather than restart it forever, so
+# the orchestrator sees a crash loop.
+STARTUP_SECONDS = 10.0
+STARTUP_FAILURES = 3
 
 
 def _server_credentials(config: ServeConfig) -> grpc.ServerCredentials:
@@ -178,6 +183,12 @@ def run(config: ServeConfig) -> int:
     """The supervisor. Returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s quiver[main] %(levelname)s %(message)s")
     config = _resolve_port(config)
+    try:  # fail here, once, rather than in every worker
+        for path in filter(None, (config.tls_cert, config.tls_key, config.tls_client_ca)):
+            Path(path).read_bytes()
+    except OSError as e:
+        print(f"quiver serve: error: TLS: {e}", file=sys.stderr)
+        return 2
     metrics_dir = tempfile.mkdtemp(prefix="quiver-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by the spawned workers
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
@@ -188,11 +199,13 @@ def run(config: ServeConfig) -> int:
         start_http_server(config.metrics_port, addr=config.metrics_host, registry=registry)
     ctx = multiprocessing.get_context("spawn")
     workers: dict[int, multiprocessing.process.BaseProcess] = {}
+    started_at: dict[int, float] = {}
 
     def start(i: int) -> None:
         p = ctx.Process(target=run_worker, args=(config, i), name=f"quiver-worker-{i}", daemon=False)
         p.start()
         workers[i] = p
+        started_at[i] = time.monotonic()
 
     stopping = False
 
@@ -211,6 +224,8 @@ def run(config: ServeConfig) -> int:
           f"{' unix:' + config.uds if config.uds else ''} with {config.workers} worker(s)"
           f"{f'; metrics on :{config.metrics_port}' if config.metrics_port else ''}", flush=True)
     deadline = None
+    exit_code = 0
+    quick_failures = 0
     while True:
         time.sleep(0.2)
         if stopping and deadline is None:
@@ -221,11 +236,19 @@ def run(config: ServeConfig) -> int:
             multiprocess.mark_process_dead(p.pid)
             if stopping:
                 del workers[i]
-            else:
-                log.error("worker %d exited with %s; restarting it", i, p.exitcode)
-                start(i)
+                continue
+            quick_failures = quick_failures + 1 if time.monotonic() - started_at[i] < STARTUP_SECONDS else 0
+            if quick_failures >= STARTUP_FAILURES:
+                log.error("worker %d exited with %s within %.0f s of starting, %d times in a row; giving up",
+                          i, p.exitcode, STARTUP_SECONDS, quick_failures)
+                del workers[i]
+                exit_code = 1
+                on_signal(signal.SIGTERM, None)
+                continue
+            log.error("worker %d exited with %s; restarting it", i, p.exitcode)
+            start(i)
         if stopping and not workers:
-            return 0
+            return exit_code
         if deadline is not None and time.monotonic() > deadline:
             for p in workers.values():
                 p.kill()

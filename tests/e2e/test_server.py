@@ -395,3 +395,21 @@ def test_quiver_get_cli(server: ServerProcess, users: UsersSnapshots) -> None:
     r = subprocess.run([QUIVER, "get", "--target", server.target, "--entity", "x"], capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 2 and "not an int64" in r.stderr
+
+
+def test_unreadable_tls_file_is_a_usage_error(users: UsersSnapshots, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    r = subprocess.run([QUIVER, "serve", "--root", str(users.template), "--listen", "127.0.0.1:0", "--metrics-port",
+                        "0", "--tls-cert", str(missing), "--tls-key", str(missing)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and str(missing) in r.stderr, r.stderr
+
+
+def test_a_worker_that_cannot_start_ends_the_server(users: UsersSnapshots, tmp_path: Path) -> None:
+    """Not restarted forever: the supervisor gives up and exits 1, so an orchestrator sees a crash loop."""
+    not_a_socket = short_tmpdir() / "regular-file"
+    not_a_socket.write_text("")
+    r = subprocess.run([QUIVER, "serve", "--root", str(users.template), "--listen", "127.0.0.1:0", "--metrics-port",
+                        "0", "--uds", str(not_a_socket)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert "3 times in a row; giving up" in r.stderr
