@@ -413,3 +413,14 @@ def test_a_worker_that_cannot_start_ends_the_server(users: UsersSnapshots, tmp_p
                         "0", "--uds", str(not_a_socket)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1, r.stderr
     assert "3 times in a row; giving up" in r.stderr
+
+
+def test_unix_socket_only(start_server: Any, users: UsersSnapshots, tmp_path: Path) -> None:
+    """The sidecar layout: no TCP listener at all."""
+    sock = short_tmpdir() / "only.sock"
+    s = start_server(users.root(tmp_path / "root"), "--listen", "", "--uds", str(sock))
+    s.wait_health(SERVING, target=f"unix:{sock}")
+    with FeatureClient(f"unix:{sock}") as c:
+        assert c.get_features([1], ["profile"]).version == users.v1
+    assert s.health() is None  # nothing on the TCP port
+    assert s.stop() == 0
