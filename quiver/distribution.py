@@ -52,6 +52,7 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
+from quiver.gc import LEASE_FRESH_SECONDS, GcError, read_leases
 from quiver.snapshot import FileEntry, Manifest, ManifestError, SnapshotRoot
 from quiver.snapshot.layout import VERSION_ID, fsync_dir, write_atomic
 
@@ -519,45 +520,33 @@ def _sync_lock(snap: SnapshotRoot) -> Iterator[None]:
         yield
 
 
-# service/lease.py rewrites a server's lease every 30 s. A lease this fresh is trusted even when its
-# pid cannot be checked: in Kubernetes the sync sidecar and the server are separate containers with
-# the same hostname but separate PID namespaces.
-LEASE_FRESH_SECONDS = 120.0
+def leased_versions(snap: SnapshotRoot) -> set[str] | None:
+    """Versions that running servers hold open (ROOT/leases/, written by `quiver serve`); None when a
+    lease is unreadable and so might hold anything.
 
-
-def leased_versions(snap: SnapshotRoot) -> set[str]:
-    """Versions that running servers hold open (ROOT/leases/*.json, written by the server)."""
-    held: set[str] = set()
-    for p in (snap.path / "leases").glob("*.json"):
-        try:
-            lease = json.loads(p.read_bytes())
-            fresh = time.time() - float(lease.get("updated", 0)) < LEASE_FRESH_SECONDS
-            alive = lease.get("host") == socket.gethostname() and _pid_alive(int(lease.get("pid", 0)))
-        except (OSError, ValueError, TypeError, AttributeError):
-            continue
-        if fresh or alive:
-            held.update(str(v) for v in lease.get("versions", []))
-    return held
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
+    A lease counts when `quiver gc` would count it, or when it is fresh: in Kubernetes the sync
+    sidecar and the server share a hostname but, without shareProcessNamespace, not a PID namespace,
+    so a live server's pid looks dead from here.
+    """
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        leases = read_leases(snap)
+    except GcError as e:
+        log.error("not pruning: %s", e)
+        return None
+    now, host = time.time(), socket.gethostname()
+    return {v for lease in leases if lease.live(now, host) or now - lease.updated < LEASE_FRESH_SECONDS
+            for v in lease.versions}
 
 
 def prune(snap: SnapshotRoot, keep: int, protect: frozenset[str] | set[str] = frozenset()) -> list[str]:
     """Delete all but the newest `keep` versions; never CURRENT, the version before it, a version a
     running server holds (its lease), or `protect`."""
+    held = leased_versions(snap)
+    if held is None:
+        return []
     versions = snap.versions()
     current = snap.current()
-    keepers = set(versions[-keep:]) | set(protect) | leased_versions(snap)
+    keepers = set(versions[-keep:]) | set(protect) | held
     if current in versions:
         i = versions.index(current)
         keepers |= set(versions[max(0, i - 1): i + 1])

@@ -515,6 +515,9 @@ def test_keep_prunes_old_versions_but_never_current_or_previous(make_version, s3
     assert dist.prune(snap, 2) == [] and snap.versions() == vs
     (leases / "other-host-1.json").write_text(json.dumps(
         {"host": "other-host", "pid": 1, "versions": [vs[0]], "updated": time.time() - 3600}))
+    (leases / "broken-host-3.json").write_text("{not json")   # might hold anything: prune nothing
+    assert dist.prune(snap, 2) == [] and snap.versions() == vs
+    (leases / "broken-host-3.json").unlink()
     assert dist.prune(snap, 2) == [vs[0]] and snap.versions() == vs[1:]
 
     r = quiver("sync", "--from", uri, "--root", str(rep), "--keep", "1", env=env)
