@@ -5,6 +5,7 @@ servicer maps them in one place (servicer.abort_with); tests check every class h
     ├── InvalidRequest      INVALID_ARGUMENT     malformed request, empty or oversized batch, wrong id type
     ├── UnknownView         NOT_FOUND            a view the answering version does not have
     ├── VersionNotLoaded    FAILED_PRECONDITION  a pin to a version this replica has not loaded
+    ├── Overloaded          RESOURCE_EXHAUSTED   more GetFeatures calls at once than --max-concurrent
     └── NotReady            UNAVAILABLE          no snapshot loaded yet
 """
 
@@ -25,6 +26,10 @@ class UnknownView(ServiceError):
 
 class VersionNotLoaded(ServiceError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Overloaded(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class NotReady(ServiceError):

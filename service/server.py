@@ -67,8 +67,9 @@ def create_server(config: ServeConfig, servicer: FeatureStoreServicer, worker: i
         options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", MAX_MESSAGE),
                  ("grpc.max_send_message_length", MAX_MESSAGE),
                  # rebalance long-lived client connections across SO_REUSEPORT workers and pods
-                 ("grpc.max_connection_age_ms", 5 * 60_000), ("grpc.max_connection_age_grace_ms", 30_000)],
-        maximum_concurrent_rpcs=config.max_concurrent)
+                 ("grpc.max_connection_age_ms", 5 * 60_000), ("grpc.max_connection_age_grace_ms", 30_000)])
+    # --max-concurrent is enforced by the servicer (GetFeatures only, counted in the errors metric):
+    # grpc's own limiter rejects before any handler, uncounted, and sheds health checks too
     handlers = servicer.handlers()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)
@@ -120,7 +121,7 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
     snapshots = Snapshots(root, Cache(config.cache_bytes_per_worker), config.verify,
                           on_swap=on_swap, on_refused=lambda v, why: metrics.REFUSED.inc())
     reader = FeatureReader(snapshots, config.max_entities)
-    servicer = FeatureStoreServicer(reader, snapshots)
+    servicer = FeatureStoreServicer(reader, snapshots, config.max_concurrent)
     server, hs, port = create_server(config, servicer, worker)
     await _set_health(hs, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()

@@ -9,7 +9,7 @@ from typing import NoReturn
 import grpc
 
 from quiver.service import metrics
-from quiver.service.errors import ServiceError
+from quiver.service.errors import Overloaded, ServiceError
 from quiver.service.reader import FeatureReader
 from quiver.service.snapshots import Snapshots
 from quiver.service.store import LoadedVersion
@@ -49,9 +49,10 @@ def version_info(v: LoadedVersion) -> pb.VersionInfo:
 
 
 class FeatureStoreServicer:
-    def __init__(self, reader: FeatureReader, snapshots: Snapshots) -> None:
+    def __init__(self, reader: FeatureReader, snapshots: Snapshots, max_concurrent: int = 512) -> None:
         self.reader = reader
         self.snapshots = snapshots
+        self.max_concurrent = max_concurrent
         self._schemas: dict[str, pb.GetSchemaResponse] = {}
         # GetFeatures calls started so far and running now: the drain waits for both to settle
         self.started = 0
@@ -62,6 +63,9 @@ class FeatureStoreServicer:
         self.started += 1
         self.active += 1
         try:
+            if self.active > self.max_concurrent:  # shed here, not in grpc's limiter, so it is counted
+                raise Overloaded(f"more than {self.max_concurrent} GetFeatures calls at once on this worker; "
+                                 "retry with backoff or on another replica")
             req = self.reader.parse(raw)
             if len(req.int64_ids) + len(req.string_ids) > OFFLOAD_ENTITIES:
                 body = await asyncio.to_thread(self.reader.get_features, req)

@@ -306,7 +306,7 @@ def test_metrics_endpoint(server: ServerProcess, users: UsersSnapshots) -> None:
 
 def test_beyond_max_concurrent_is_resource_exhausted(start_server: Any, users: UsersSnapshots,
                                                      tmp_path: Path) -> None:
-    s = start_server(users.root(tmp_path / "root"), "--max-concurrent", "1")
+    s = start_server(users.root(tmp_path / "root"), "--max-concurrent", "1", metrics=True)
     s.wait_health(SERVING)
     request = pb.GetFeaturesRequest(int64_ids=range(MAX_ENTITIES)).SerializeToString()
 
@@ -324,6 +324,9 @@ def test_beyond_max_concurrent_is_resource_exhausted(start_server: Any, users: U
     assert grpc.StatusCode.OK in codes, codes
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
     assert len(s.stub().GetFeatures(pb.GetFeaturesRequest(int64_ids=[1, 2]), timeout=10).rows) == 2
+    # load shedding shows in the errors metric, and health checks are not shed
+    assert s.metric("quiver_rpc_errors_total", method="GetFeatures", code="RESOURCE_EXHAUSTED") == codes.count(
+        grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 def test_not_serving_until_the_first_snapshot_then_serving(start_server: Any, users: UsersSnapshots,
