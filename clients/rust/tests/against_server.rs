@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use quiver_client::proto::GetFeaturesRequest;
 use quiver_client::{EntityId, FeatureType, KeyType, QuiverClient, Value};
-use support::server::{Dataset, Server, USERS, dataset, serial};
+use support::server::{Dataset, Server, USERS, dataset, load, serial};
 use support::source::{Definitions, expected_view, read_definitions};
 
 /// Each test holds the serial lock for its whole run, outside its own runtime.
@@ -219,4 +219,57 @@ async fn loadgen_runs_against_the_server_async() {
         assert!(json.contains("\"count\": 100,") && json.contains("\"errors\": 0,"), "{addr}: {json}");
         assert!(json.contains("\"p99_9_us\": "), "{json}");
     }
+}
+
+#[test]
+fn a_swap_keeps_the_previous_version_pinnable_and_decodes_each_with_its_schema() {
+    let _one_at_a_time = serial();
+    runtime().block_on(a_swap_async());
+}
+
+async fn a_swap_async() {
+    let data = dataset();
+    let root = data.root.with_file_name("root-swap");
+    let _ = std::fs::remove_dir_all(&root);
+    let first = load(&data.features_yaml(), &root);
+    let mut server = Server::start_on(&root, &["--poll-seconds", "0.2"]);
+    let tcp = server.tcp.clone();
+    let client = server.ready_client(&tcp).await;
+    let ids = [EntityId::Int64(11), EntityId::Int64(12)];
+    let before = client.get_features(&ids, &[]).await.unwrap();
+    assert_eq!(before.version(), first);
+
+    let second = load(&data.features_yaml(), &root);
+    assert_ne!(first, second);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while client.snapshot_info().await.unwrap().current_version != second {
+        assert!(std::time::Instant::now() < deadline, "the server did not swap to {second}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let info = client.snapshot_info().await.unwrap();
+    let loaded: Vec<&str> = info.loaded.iter().map(|v| v.version.as_str()).collect();
+    assert_eq!(loaded, [second.as_str(), first.as_str()], "current first, then the previous one");
+
+    // Unpinned reads move to the new version (its schema fetched and cached); a pin still
+    // reads the previous one. Same source data, so the same values.
+    let after = client.get_features(&ids, &[]).await.unwrap();
+    assert_eq!(after.version(), second);
+    let pinned = client.get_features_at(&ids, &[], &first).await.unwrap();
+    assert_eq!(pinned.version(), first);
+    for batch in [&after, &pinned] {
+        for (b, a) in batch.rows().iter().zip(before.rows()) {
+            for (x, y) in b.views().iter().zip(a.views()) {
+                let (x, y) = (x.as_ref().map(|v| v.values()), y.as_ref().map(|v| v.values()));
+                assert!(match (x, y) {
+                    (Some(x), Some(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.bit_eq(q)),
+                    (None, None) => true,
+                    _ => false,
+                });
+            }
+        }
+    }
+    assert_eq!(client.schema(&first).await.unwrap().version, first);
+    assert_eq!(client.schema(&second).await.unwrap().version, second);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&root);
 }

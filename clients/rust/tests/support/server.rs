@@ -26,7 +26,7 @@ pub fn quiver_bin() -> PathBuf {
     bin
 }
 
-fn run(args: &[&str]) -> String {
+pub fn run(args: &[&str]) -> String {
     let out = Command::new(quiver_bin()).args(args).output().expect("run quiver");
     assert!(
         out.status.success(),
@@ -62,13 +62,18 @@ pub fn dataset() -> &'static Dataset {
         let root = base.join("root");
         std::fs::create_dir_all(&base).unwrap();
         run(&["generate", "--users", &USERS.to_string(), "--out", dir.to_str().unwrap(), "--seed", &SEED.to_string()]);
-        let features = dir.join("features.yaml");
-        let out = run(&["load", "--features", features.to_str().unwrap(), "--root", root.to_str().unwrap()]);
-        // stdout is the version id alone (the progress notes go to stderr).
-        let version = out.lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default().to_owned();
-        assert!(!version.is_empty(), "`quiver load` printed no version id");
+        let version = load(&dir.join("features.yaml"), &root);
         Dataset { dir, root, version }
     })
+}
+
+/// `quiver load`; returns the version id it published.
+pub fn load(features: &Path, root: &Path) -> String {
+    let out = run(&["load", "--features", features.to_str().unwrap(), "--root", root.to_str().unwrap()]);
+    // stdout is the version id alone (the progress notes go to stderr).
+    let version = out.lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default().to_owned();
+    assert!(!version.is_empty(), "`quiver load` printed no version id");
+    version
 }
 
 /// Tests share one machine with two cores and one snapshot root: run their servers one at a time.
@@ -87,13 +92,19 @@ pub struct Server {
 
 impl Server {
     pub fn start(data: &Dataset) -> Server {
+        Self::start_on(&data.root, &[])
+    }
+
+    /// Serves `root`, with extra `quiver serve` flags.
+    pub fn start_on(root: &Path, extra: &[&str]) -> Server {
         let port = free_port();
         let uds_path = std::env::temp_dir().join(format!("quiver-rs-{}-{port}.sock", std::process::id()));
         let _ = std::fs::remove_file(&uds_path);
-        let log = std::fs::File::create(data.root.with_extension(format!("serve-{port}.log"))).unwrap();
+        let log = std::fs::File::create(root.with_extension(format!("serve-{port}.log"))).unwrap();
         let child = Command::new(quiver_bin())
-            .args(["serve", "--root", data.root.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+            .args(["serve", "--root", root.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
             .args(["--uds", uds_path.to_str().unwrap(), "--workers", "1", "--metrics-port", "0"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
