@@ -2,8 +2,9 @@
 
 Kept, whatever --keep says:
   - the CURRENT version (read again just before each removal, in case a load moved it);
-  - the previous one: the newest version published before CURRENT (by as-of time, then publish time), which
-    a server keeps open for pinned requests and rollback;
+  - the previous one: ROOT/PREVIOUS (what CURRENT named before its last move), and the newest version
+    published before CURRENT (by as-of time, then publish time): a server keeps it open for pinned requests
+    and rollback;
   - every version a live lease holds: ROOT/leases/<host>-<pid>.json, written by each `quiver serve` worker.
     A lease is live when it is from this host and its process is alive, or from another host and rewritten
     within the last LEASE_FRESH_SECONDS (servers rewrite it every 30 s);
@@ -145,16 +146,16 @@ def collect(root_dir: str | os.PathLike[str], keep: int, dry_run: bool = False) 
         elif lease.host == host and not dry_run:
             lease.path.unlink(missing_ok=True)
             result.notes.append(f"removed lease {lease.path.name}: process {lease.pid} is gone")
-    previous = None
+    previous = {root.previous()}
     if current in order:
         i = order.index(current)
-        previous = order[i - 1] if i > 0 else None
+        previous.add(order[i - 1] if i > 0 else None)
     newest = set(order[len(order) - keep:]) if keep else set()
     for v in order:
         reasons = []
         if v == current:
             reasons.append("current")
-        if v == previous:
+        if v in previous:
             reasons.append("previous (before current)")
         if v in held:
             reasons.append(f"leased by {', '.join(held[v])}")

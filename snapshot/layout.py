@@ -45,6 +45,17 @@ class SnapshotRoot:
     def current_file(self) -> Path:
         return self.path / "CURRENT"
 
+    @property
+    def previous_file(self) -> Path:
+        return self.path / "PREVIOUS"
+
+    def previous(self) -> str | None:
+        """The version CURRENT named before its last move (the rollback target), if any."""
+        try:
+            return self.previous_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
     def version_dir(self, version: str) -> Path:
         return self.versions_dir / version
 
@@ -67,6 +78,9 @@ class SnapshotRoot:
     def set_current(self, version: str) -> None:
         if not self.manifest_path(version).is_file():
             raise FileNotFoundError(f"{self.manifest_path(version)}: no such published version")
+        old = self.current()
+        if old and old != version:
+            write_atomic(self.previous_file, (old + "\n").encode())
         write_atomic(self.current_file, (version + "\n").encode())
 
     def versions(self) -> list[str]:

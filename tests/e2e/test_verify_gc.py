@@ -133,7 +133,7 @@ def test_gc_keeps_current_previous_and_leased_versions(users: UsersSnapshots, tm
     assert f"kept {v[2]}: current; leased by {host}-{server.proc.pid}" in out or \
         f"kept {v[2]}: current; leased by {host}-" in out
     assert f"kept {v[3]}: leased by other-host-1" in out
-    assert f"kept {v[5]}: leased by {host}-" in out
+    assert f"kept {v[5]}: previous (before current); leased by {host}-" in out  # ROOT/PREVIOUS names it
     assert "removed stale staging load-crashed-123" in out
     assert not dead.exists() and not list((root / "staging").iterdir())
     assert not list((root / "trash").iterdir())
