@@ -8,8 +8,8 @@ ROOT = Path(__file__).parent
 
 
 def generate_protos() -> None:
-    from grpc_tools import protoc  # build requirement (pyproject.toml)
     import grpc_tools
+    from grpc_tools import protoc  # build requirement (pyproject.toml)
 
     include = str(Path(grpc_tools.__file__).parent / "_proto")
     protos = sorted(str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto").rglob("*.proto"))

@@ -47,9 +47,11 @@ class Lease:
     updated: float
 
     def live(self, now: float, host: str) -> bool:
-        if self.host == host:
-            return _pid_alive(self.pid)
-        return now - self.updated < LEASE_FRESH_SECONDS
+        # A fresh lease counts even when its pid looks dead: gc may run in another container of the
+        # pod (another pid namespace), where the server's pid means nothing.
+        if now - self.updated < LEASE_FRESH_SECONDS:
+            return True
+        return self.host == host and _pid_alive(self.pid)
 
 
 @dataclass

@@ -117,7 +117,7 @@ def test_gc_keeps_current_previous_and_leased_versions(users: UsersSnapshots, tm
     wait_for(leased, what="the server's lease on the rolled-back version")
     _lease(root, "other-host", 1, [v[3]], age=60)                        # fresh: holds v[3]
     _lease(root, "gone-host", 2, [v[4]], age=11 * 60)                    # stale: holds nothing
-    dead = _lease(root, host, _dead_pid(), [v[0], v[4]], age=0)          # process gone: holds nothing
+    dead = _lease(root, host, _dead_pid(), [v[0], v[4]], age=11 * 60)  # process gone, lease stale: holds nothing
     (root / "staging" / "load-crashed-123").mkdir(parents=True)
 
     dry = run("gc", "--root", str(root), "--keep", "0", "--dry-run")
