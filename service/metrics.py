@@ -6,6 +6,7 @@ import calendar
 import time
 
 from prometheus_client import Counter, Gauge, Histogram
+
 from quiver.service.reader import ViewStats
 from quiver.service.store import LoadedVersion
 

@@ -5,10 +5,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from rocksdict import Cache
+
 from quiver.service.errors import NotReady, VersionNotLoaded, VersionRefused
 from quiver.service.store import LoadedVersion, open_version
 from quiver.snapshot.layout import SnapshotRoot
-from rocksdict import Cache
 
 log = logging.getLogger("quiver.snapshots")
 

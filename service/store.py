@@ -6,12 +6,13 @@ import os
 import tempfile
 import threading
 
+from rocksdict import AccessType, Cache, Rdict
+
 from quiver.service.errors import VersionRefused
 from quiver.snapshot import rocks
 from quiver.snapshot.layout import SnapshotRoot
 from quiver.snapshot.manifest import Manifest, ManifestError
 from quiver.snapshot.schema import FeatureSet
-from rocksdict import AccessType, Cache, Rdict
 
 log = logging.getLogger("quiver.store")
 # RocksDB's info logs go here, not into the version folders, whose files the manifest checksums.
@@ -37,7 +38,11 @@ class LoadedVersion:
         """Stored ViewRow bytes per key (None when absent). Callers hold a reader (acquire)."""
         if self._closed:  # the guard: never touch a closed handle
             raise RuntimeError(f"version {self.version} is closed")
-        return self._dbs[view].get(keys)  # type: ignore[no-any-return]
+        db = self._dbs[view]
+        if len(keys) == 1:
+            # a single get keeps the GIL: cheaper than the batched call's release and re-acquire
+            return [db.get(keys[0])]
+        return db.get(keys)  # type: ignore[arg-type, return-value]
 
     def acquire(self) -> bool:
         """Registers a reader; False when the version is already retired (its handles may be closed)."""
