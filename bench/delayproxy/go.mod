@@ -1,0 +1,3 @@
+module quiver/bench/delayproxy
+
+go 1.22
