@@ -1,0 +1,162 @@
+"""Renders a results JSON of bench/harness.py as markdown, into bench/README.md between markers.
+
+    python bench/report.py bench/results/DATE-NAME.json [--readme bench/README.md] [--title TEXT]
+
+A serve result replaces the text between `<!-- results:start -->` and `<!-- results:end -->`, a load
+result the text between `<!-- load:start -->` and `<!-- load:end -->`. Without --readme the markdown is
+printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+MARKERS = {"serve": ("<!-- results:start -->", "<!-- results:end -->"),
+           "load": ("<!-- load:start -->", "<!-- load:end -->")}
+
+
+def f(x: Any, digits: int = 0, scale: float = 1.0) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, (int, float)):
+        v = x / scale
+        return f"{v:,.{digits}f}"
+    return str(x)
+
+
+def ms(us: Any) -> str:
+    return f(us, 3, 1000)
+
+
+def met(t: dict[str, Any]) -> str:
+    return {True: "met", False: "**missed**", None: "see note"}[t["met"]]
+
+
+def table(head: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def machine(res: dict[str, Any]) -> list[str]:
+    m, v = res["machine"], res["versions"]
+    mem = next((line.split()[1] for line in m["free_g"].splitlines() if line.startswith("Mem:")), "?")
+    return [f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {mem} GB RAM, kernel {m['kernel']}; "
+            f"load average at start `{m['loadavg_start']}`, at end `{m.get('loadavg_end', '?')}`.",
+            f"Versions: quiver {v['quiver']} ({v['git_commit'][:10]}), {v['redis']}, ghz {v['ghz']}, "
+            f"{v['rustc']}, {v['go']}, Python {v['python']}.", ""]
+
+
+def targets(res: dict[str, Any]) -> list[str]:
+    return table(["issue", "target", "goal", "this run", "", "note"],
+                 [[f"#{t['issue']}", t["what"], t["target"], f(t["value"]), met(t), t["note"]]
+                  for t in res["targets"]])
+
+
+def serve(res: dict[str, Any], title: str) -> list[str]:
+    ql, rl = res["load_quiver"], res["load_redis"]
+    sq, sp, mem = res["serve_quiver"], res["serve_quiver_pinned"], res["ratios"]["memory"]
+    out = [f"### {title}", "",
+           f"{res['users']:,} users; {res['seconds']:g} s measured after {res['warmup_s']:g} s warm-up per run, "
+           f"median of {res['runs']} run(s); quiver `--workers {res['workers']} --cache-mb {res['cache_mb']}`; "
+           f"result file `{res.get('file', '')}`.", ""]
+    out += machine(res)
+    hop = res["hop"]
+    out += [f"Network hop for the status-quo Redis rows: **{hop['method']}** ({hop['detail']})"
+            + (f"; netns+netem was not possible: `{hop['netns_failure']}`." if hop.get("netns_failure") else "."),
+            "", "**Targets**", ""]
+    out += targets(res)
+    out += ["", "**Loading**", ""]
+    out += table(["system", "wall s", "users/s", "MB/s (source Parquet)", "peak RSS MB", "size"], [
+        ["quiver load", f(ql["wall_s"], 1), f(ql["users_per_s"]), f(ql["source_mb_per_s"], 1),
+         f"{f(ql['peak_rss_mb'])} (PSS {f(ql['peak_pss_mb'])})",
+         f"source Parquet {f(ql['source_mb'], 1)} MB; online {f(ql['online_mb'], 1)} MB "
+         f"({f(ql['online_vs_source'], 2)}x); offline {f(ql['offline_mb'], 1)} MB ({f(ql['offline_vs_source'], 2)}x)"],
+        ["Redis (redis-cli --pipe, 2 views at a time)", f(rl["load_s"], 1), f(rl["users_per_s"]), "–", "–",
+         f"used_memory {f(rl['used_memory_mb'], 1)} MB, RSS {f(rl['used_memory_rss_mb'], 1)} MB, "
+         f"{f(rl['bytes_per_user'])} B/user ({f(rl['keys'])} keys)"]])
+    out += ["", "**Memory while serving**", ""]
+    out += table(["", "RSS MB (sum of processes)", "PSS MB (shared pages split)", "note"], [
+        [f"quiver, {sq['workers']} workers, peak under load", f(sq["under_load"]["peak_rss_mb"]),
+         f(sq["under_load"]["peak_pss_mb"]), f"{sq['under_load']['processes']} processes; idle RSS "
+         f"{f(sq['idle']['rss_mb'])} MB; online data on disk {f(sq['online_disk_mb'], 1)} MB"],
+        ["quiver, 1 worker (pinned), peak under load", f(sp["under_load"]["peak_rss_mb"]),
+         f(sp["under_load"]["peak_pss_mb"]), ""],
+        ["Redis", f(mem["redis_rss_mb"]), "–", f"used_memory {f(mem['redis_used_memory_mb'])} MB"],
+        ["ratio quiver / Redis used_memory", f(mem["quiver_rss_vs_redis_used_memory"], 3),
+         f(mem["quiver_pss_vs_redis_used_memory"], 3), "target <= 0.10 (10M users)"]])
+    out += ["", "**Latency** (ms; Rust generator: from each request's scheduled time; ghz: from the actual send, "
+            "no p99.9)", ""]
+    rows = []
+    for r in res["rows"]:
+        rate = "max" if r["rate"] is None else f(r["rate"])
+        rows.append([r["label"], str(r["entities"]), rate, f(r["achieved_rate"]), ms(r["p50_us"]),
+                     ms(r["p90_us"]), ms(r["p99_us"]), ms(r["p99_9_us"]), ms(r["max_us"]),
+                     f"{r['errors']}" + (f" ({r['failed_runs']} failed runs)" if r["failed_runs"] else "")])
+    out += table(["system, path (generator)", "entities", "rate/s", "achieved/s", "P50", "P90", "P99", "P99.9",
+                  "max", "errors"], rows)
+    out += ["", "**Sub-millisecond capacity** (highest swept rate with P99 <= 1 ms, no errors, rate achieved)", ""]
+    out += table(["series", "req/s"], [[k.replace("|", " · "), f(v["rate"]) + (" (top of sweep)" if
+                                        v["at_top_of_sweep"] else "")] for k, v in res["capacity"].items()])
+    out += ["", "**quiver / Redis P99 at the same rate** (< 1: quiver faster)", ""]
+    out += table(["entities", "rate/s", "quiver TCP", "quiver UDS", "Redis loopback", "Redis hop",
+                  "TCP / hop", "UDS / hop", "TCP / loopback"],
+                 [[str(p["entities"]), f(p["rate"]), ms(p["quiver_tcp_p99_us"]), ms(p["quiver_uds_p99_us"]),
+                   ms(p["redis_loopback_p99_us"]), ms(p["redis_hop_p99_us"]), f(p["quiver_tcp_vs_redis_hop"], 2),
+                   f(p["quiver_uds_vs_redis_hop"], 2), f(p["quiver_tcp_vs_redis_loopback"], 2)]
+                  for p in res["ratios"]["p99"]])
+    return out
+
+
+def load(res: dict[str, Any], title: str) -> list[str]:
+    out = [f"### {title}", "", f"`quiver load --workers {res['workers']} --no-reuse` into an empty root; "
+           f"result file `{res.get('file', '')}`.", ""]
+    out += machine(res)
+    out += table(["users", "wall s", "users/s", "source MB", "MB/s", "peak RSS MB (tree)", "peak PSS MB",
+                  "online MB (x source)", "offline MB (x source)"],
+                 [[f(s["users"]), f(s["wall_s"], 1), f(s["users_per_s"]), f(s["source_mb"], 1),
+                   f(s["source_mb_per_s"], 1), f(s["peak_rss_mb"]), f(s["peak_pss_mb"]),
+                   f"{f(s['online_mb'], 1)} ({f(s['online_vs_source'], 2)}x)",
+                   f"{f(s['offline_mb'], 1)} ({f(s['offline_vs_source'], 2)}x)"] for s in res["sizes"]])
+    out += ["", "**Targets**", ""]
+    out += targets(res)
+    return out
+
+
+def render(res: dict[str, Any], title: str) -> str:
+    return "\n".join(serve(res, title) if res["kind"] == "serve" else load(res, title)) + "\n"
+
+
+def splice(readme: Path, kind: str, body: str) -> None:
+    start, end = MARKERS[kind]
+    text = readme.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme}: markers {start} ... {end} missing")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{body}{end}{tail}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results")
+    p.add_argument("--readme")
+    p.add_argument("--title", default="")
+    a = p.parse_args()
+    res = json.loads(Path(a.results).read_text())
+    res["file"] = str(Path(a.results).name)
+    title = a.title or f"{res['date']} {res['name'] or res['kind']}"
+    body = render(res, title)
+    if a.readme:
+        splice(Path(a.readme), res["kind"], body)
+    else:
+        sys.stdout.write(body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
