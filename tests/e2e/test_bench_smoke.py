@@ -1,0 +1,49 @@
+"""The benchmark harness end to end at toy size (bench/smoke.sh): every row is produced without errors
+and the report renders. No timing is asserted: benchmarks live in bench/, never as timed tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    # CI has cargo, go and redis-server; a machine without them fails here on purpose, naming what is missing.
+    missing = [tool for tool in ("cargo", "go", "redis-server", "redis-cli", "taskset") if not shutil.which(tool)]
+    assert not missing, f"bench smoke needs {', '.join(missing)} on PATH"
+    r = subprocess.run(["bash", "bench/smoke.sh"], cwd=REPO, env={**os.environ, "OUT": str(tmp_path)},
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads((tmp_path / "smoke.json").read_text())
+
+    expected = set()
+    for pinned, workers in ((False, 2), (True, 1)):
+        uds = "unix socket (worker 0 of 2)" if workers == 2 else "unix socket"
+        for path, generator in (("tcp loopback", "rust"), (uds, "rust"), ("tcp loopback", "ghz")):
+            for k, rate in ((1, 300), (100, 50)):
+                expected.add(("quiver", path, generator, k, rate, pinned))
+    for path in ("loopback", "hop +0.5 ms RTT"):
+        for k, rate in ((1, 300), (100, 50)):
+            expected.add(("redis", path, "rust", k, rate, False))
+    expected.add(("quiver", "tcp loopback", "ghz", 1, None, False))  # peak throughput, unpaced
+    got = {(r["system"], r["path"], r["generator"], r["entities"], r["rate"], r["pinned"]) for r in res["rows"]}
+    assert got == expected
+
+    for row in res["rows"]:
+        assert row["failed_runs"] == 0, row
+        assert row["errors"] == 0, row
+        assert row["count"] > 0 and row["p99_us"] is not None, row
+    assert res["load_quiver"]["users_per_s"] > 0 and res["load_quiver"]["online_mb"] > 0
+    assert res["load_redis"]["keys"] == 5000 and res["load_redis"]["used_memory_mb"] > 0
+    assert res["serve_quiver"]["under_load"]["peak_rss_mb"] > 0
+    assert res["hop"]["method"] in ("netns+netem", "userspace delay proxy")
+    assert {t["issue"] for t in res["targets"]} == {2, 3, 4}
+    assert all(k in res["machine"] for k in ("nproc", "cpu_model", "kernel", "free_g"))
+    assert all(res["versions"][k] for k in ("quiver", "redis", "ghz", "rustc"))
+    readme = (tmp_path / "README.md").read_text()
+    assert "**Targets**" in readme and "redis hop +0.5 ms RTT (rust)" in readme
