@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 USERS ?= 1000000
 DEMO := demo-data
 
-.PHONY: setup proto test lint typecheck pytest rust-test deploy-check demo bench clean system-deps tools
+.PHONY: setup proto test lint typecheck pytest rust-test deploy-check demo bench bench-load clean system-deps tools
 
 # redis-server for the tests that compare against Redis; iproute2 for the netem hop in bench/.
 system-deps:
@@ -54,8 +54,13 @@ tools: $(TOOLS)/ghz
 demo: setup tools
 	$(PY) -m quiver.demo --users $(USERS) --dir $(DEMO)
 
-bench: setup
+# quiver against Redis on the same data (QUICK=1: 200k users); results in bench/results/ and bench/README.md.
+bench: setup tools
 	bash bench/run.sh
+
+# The loader alone at 1M and 10M users (issue 2).
+bench-load: setup
+	bash bench/load.sh
 
 clean:
 	rm -rf $(VENV) quiver/v1 *.egg-info $(DEMO) bench/work
