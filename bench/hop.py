@@ -47,7 +47,9 @@ class Netns:
         all other traffic goes to an undelayed band of a prio qdisc."""
         tc = [*self.prefix, "tc"]
         steps = [
-            [*tc, "qdisc", "add", "dev", "lo", "root", "handle", "1:", "prio"],
+            # Every priority to band 1:2 (undelayed) unless a filter below picks 1:3.
+            [*tc, "qdisc", "add", "dev", "lo", "root", "handle", "1:", "prio", "bands", "3", "priomap",
+             *["1"] * 16],
             [*tc, "qdisc", "add", "dev", "lo", "parent", "1:3", "handle", "30:", "netem", "delay", f"{DELAY_US}us"],
             [*tc, "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
              "match", "ip", "dport", str(port), "0xffff", "flowid", "1:3"],

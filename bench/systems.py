@@ -146,7 +146,8 @@ def load_redis(redis: RedisServer, root: Path, version: str, log: Path, parallel
     at a time; returns load time and memory."""
     views = views_of(root, version)
     t = time.monotonic()
-    pending, running, replies = list(views), [], 0
+    pending, replies = list(views), 0
+    running: list[tuple[str, subprocess.Popen[bytes], subprocess.Popen[bytes]]] = []
     with open(log, "ab") as err:
         while pending or running:
             while pending and len(running) < parallel:
