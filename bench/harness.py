@@ -35,6 +35,7 @@ from procs import MemorySampler, Processes, disk_mb, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 CAPACITY_P99_US = 1000
+REDIS_BYTES_PER_USER = 1900  # used_memory per user of the generated data: 1,840 B at 5,000 users, 1,650 at 200,000
 
 
 def sh(*cmd: str) -> str:
@@ -153,6 +154,13 @@ def serve_bench(args: argparse.Namespace) -> dict[str, Any]:
     print(f"   {result['hop']['method']}" + (f" (netem unavailable: {why})" if why else ""), flush=True)
 
     print("== Redis: same bytes, one hash per user", flush=True)
+    need_mb = N * REDIS_BYTES_PER_USER / (1 << 20)
+    avail_mb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                        if line.startswith("MemAvailable:"))) / 1024
+    if need_mb > 0.85 * avail_mb:
+        raise SystemExit(f"Redis would need about {need_mb:,.0f} MB for {N:,} users ({REDIS_BYTES_PER_USER} B/user "
+                         f"measured) but only {avail_mb:,.0f} MB are available: use a machine with more memory "
+                         "or fewer USERS")
     redis = systems.serve_redis(procs, redis_prefix, tmp, bench.logs / "redis.log")
     result["load_redis"] = rl = systems.load_redis(redis, root, ql["version"], bench.logs / "redis-load.log")
     print(f"   {rl['load_s']:.1f} s, used_memory {rl['used_memory_mb']:.0f} MB", flush=True)
