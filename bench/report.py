@@ -32,6 +32,13 @@ def ms(us: Any) -> str:
     return f(us, 3, 1000)
 
 
+def value(x: Any) -> str:
+    """A target's figure: whole numbers as such, small fractions (ms, ratios) with 3 decimals."""
+    if isinstance(x, float) and not x.is_integer():
+        return f(x, 3 if abs(x) < 100 else 0)
+    return f(x)
+
+
 def met(t: dict[str, Any]) -> str:
     return {True: "met", False: "**missed**", None: "see note"}[t["met"]]
 
@@ -53,7 +60,7 @@ def machine(res: dict[str, Any]) -> list[str]:
 
 def targets(res: dict[str, Any]) -> list[str]:
     return table(["issue", "target", "goal", "this run", "", "note"],
-                 [[f"#{t['issue']}", t["what"], t["target"], f(t["value"]), met(t), t["note"]]
+                 [[f"#{t['issue']}", t["what"], t["target"], value(t["value"]), met(t), t["note"]]
                   for t in res["targets"]])
 
 
