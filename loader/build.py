@@ -195,7 +195,8 @@ def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str]
         clean_staging(root)
         files = {v.name: inspect(features.entity, v, base) for v in features.views}
         ctx = get_context("spawn")
-        with ProcessPoolExecutor(max_workers=opts.workers, mp_context=ctx, initializer=die_with_parent) as pool, \
+        with ProcessPoolExecutor(max_workers=opts.workers, mp_context=ctx, initializer=die_with_parent,
+                                 initargs=(os.getpid(),)) as pool, \
                 pending_cancelled_on_error(pool):
             paths = [s.path for v in features.views for s in files[v.name]]
             sums = dict(zip(paths, pool.map(file_checksum, paths), strict=True))

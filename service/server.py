@@ -156,8 +156,8 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
     lease.release()
 
 
-def run_worker(config: ServeConfig, worker: int) -> None:
-    die_with_parent()
+def run_worker(config: ServeConfig, worker: int, supervisor: int | None = None) -> None:
+    die_with_parent(supervisor)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s quiver[w{worker}] %(levelname)s %(message)s")
     if config.loop == "uvloop":
         import uvloop
@@ -203,7 +203,7 @@ def run(config: ServeConfig) -> int:
     started_at: dict[int, float] = {}
 
     def start(i: int) -> None:
-        p = ctx.Process(target=run_worker, args=(config, i), name=f"quiver-worker-{i}", daemon=False)
+        p = ctx.Process(target=run_worker, args=(config, i, os.getpid()), name=f"quiver-worker-{i}", daemon=False)
         p.start()
         workers[i] = p
         started_at[i] = time.monotonic()
