@@ -95,7 +95,11 @@ def open_version(root: SnapshotRoot, version: str, cache: Cache, verify: str) ->
         for view in manifest.schema.view_names:
             opts = rocks.reader_options(cache)
             opts.set_db_log_dir(_LOG_DIR)
-            db = Rdict(str(root.online_dir(version, view)), opts, access_type=AccessType.read_only())
+            # The default column family's options must be passed explicitly: otherwise rocksdict takes
+            # them from the OPTIONS file on disk (the loader's, without this process's block cache), and
+            # the shared cache configured here would never be used.
+            db = Rdict(str(root.online_dir(version, view)), opts, column_families={"default": opts},
+                       access_type=AccessType.read_only())
             dbs[view] = db
             entries = sum(int(f["num_entries"]) for f in db.live_files())
             if entries != manifest.views[view].rows:
