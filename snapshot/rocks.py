@@ -4,7 +4,7 @@ The SST writer's table options are what the files hold: bloom filters and compre
 here once, so what the loader writes is what the server expects to read.
 """
 
-from rocksdict import BlockBasedOptions, Cache, DataBlockIndexType, DBCompressionType, Options
+from rocksdict import BlockBasedIndexType, BlockBasedOptions, Cache, DataBlockIndexType, DBCompressionType, Options
 
 BLOCK_SIZE = 8 << 10
 BLOOM_BITS_PER_KEY = 10
@@ -21,13 +21,18 @@ def table_options(cache: Cache | None = None) -> BlockBasedOptions:
     b.set_block_size(BLOCK_SIZE)
     b.set_bloom_filter(BLOOM_BITS_PER_KEY, False)  # full filter: a miss costs no data block read
     b.set_data_block_index_type(DataBlockIndexType.binary_and_hash())
+    # Partitioned index and filters: a lookup that misses the cache loads one small partition, not a
+    # whole file's index and filter, so a cache much smaller than the data does not thrash on them.
+    b.set_index_type(BlockBasedIndexType.two_level_index_search())
+    b.set_partition_filters(True)
+    b.set_metadata_block_size(4096)
     if cache is None:
         b.disable_cache()
     else:
         b.set_block_cache(cache)
         # index and filter blocks count against the cache, so memory is bounded by its size
         b.set_cache_index_and_filter_blocks(True)
-        b.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        b.set_pin_top_level_index_and_filter(True)
     return b
 
 
