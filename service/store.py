@@ -101,7 +101,14 @@ def open_version(root: SnapshotRoot, version: str, cache: Cache, verify: str) ->
             db = Rdict(str(root.online_dir(version, view)), opts, column_families={"default": opts},
                        access_type=AccessType.read_only())
             dbs[view] = db
-            entries = sum(int(f["num_entries"]) for f in db.live_files())
+            live = db.live_files()
+            listed = {f.path.rsplit("/", 1)[1] for f in manifest.files
+                      if f.path.startswith(f"online/{view}/") and f.path.endswith(".sst")}
+            opened = {str(f["name"]).lstrip("/") for f in live}
+            if opened != listed:
+                raise VersionRefused(f"version {version}: view {view!r} opens SST files {sorted(opened ^ listed)[:5]} "
+                                     "that differ from the manifest's")
+            entries = sum(int(f["num_entries"]) for f in live)
             if entries != manifest.views[view].rows:
                 raise VersionRefused(f"version {version}: view {view!r} holds {entries} rows, "
                                      f"the manifest says {manifest.views[view].rows}")

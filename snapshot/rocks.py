@@ -43,10 +43,13 @@ def writer_options(compression: str = "lz4") -> Options:
     return o
 
 
-def reader_options(cache: Cache, max_open_files: int = 256) -> Options:
+def reader_options(cache: Cache) -> Options:
     o = Options(raw_mode=True)
     o.set_block_based_table_factory(table_options(cache))
-    o.set_max_open_files(max_open_files)
+    # Every table reader opened at once (index and filter blocks live in the cache, so each costs
+    # little): no table-cache lookup per read, and RocksDB loads every file's statistics at open
+    # (with a limit it loads 20, and the row count check below would see a fraction of the rows).
+    o.set_max_open_files(-1)
     o.set_keep_log_file_num(1)
     return o
 
