@@ -131,11 +131,14 @@ class Manifest:
         except (KeyError, TypeError) as e:
             raise ManifestError(f"{path}: malformed, missing {e}") from None
 
-    def verify_files(self, version_dir: str | os.PathLike[str], full: bool = True) -> list[str]:
-        """Problems with the files beside this manifest: missing, wrong size, or (full) wrong checksum."""
+    def verify_files(self, version_dir: str | os.PathLike[str], full: bool = True, prefix: str = "") -> list[str]:
+        """Problems with the files beside this manifest (those under `prefix`): missing, wrong size,
+        or (full) wrong checksum."""
         base = Path(version_dir)
         problems = []
         for f in self.files:
+            if not f.path.startswith(prefix):
+                continue
             p = base / f.path
             try:
                 size = p.stat().st_size
