@@ -38,7 +38,7 @@ from quiver.snapshot.schema import FeatureSet, ViewDef
 
 log = logging.getLogger("quiver.loader")
 SAMPLE_TARGET = 200_000       # keys sampled per view to draw partition boundaries
-PARTITION_BYTES = 96 << 20    # uncompressed source bytes per partition: bounds a worker's memory
+PARTITION_BYTES = 48 << 20    # uncompressed source bytes per partition: bounds a worker's memory
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,12 @@ def sample_keys(entity: EntityDef, view: ViewDef, path: str, stride: int) -> pa.
     return pa.concat_arrays([p.cast(t) for p in parts if len(p)]) if parts else pa.array([], t)
 
 
+def _return_memory() -> None:
+    """Give the allocator's freed pages back between tasks, so a worker's RSS is what it holds now,
+    not the high-water mark of every task it ran."""
+    pa.default_memory_pool().release_unused()
+
+
 @dataclass(frozen=True)
 class EncodeTask:
     view: ViewDef
@@ -109,6 +115,7 @@ def encode_task(t: EncodeTask) -> list[int]:
             w.close()
         if offline is not None:
             offline.close()
+    _return_memory()
     return counts
 
 
@@ -157,7 +164,9 @@ def partition_task(t: PartitionTask) -> PartitionResult:
     """Sorts one key range, drops older duplicates, writes its SST file(s) and its offline Parquet."""
     files = sorted(Path(t.spill_dir).glob("*.arrow"))
     tables = [ipc.open_file(str(f)).read_all() for f in files]
-    table, dropped = _sorted_deduplicated(t, pa.concat_tables(tables).combine_chunks())
+    # no combine_chunks: the sort's take makes the one contiguous copy this needs
+    table, dropped = _sorted_deduplicated(t, pa.concat_tables(tables))
+    del tables
     Path(t.sst_dir).mkdir(parents=True, exist_ok=True)
     ssts: list[str] = []
     writer: SstFileWriter | None = None
@@ -184,7 +193,10 @@ def partition_task(t: PartitionTask) -> PartitionResult:
                        row_group_size=1 << 17)
     for f in files:
         os.unlink(f)
-    return PartitionResult(table.num_rows, dropped, ssts)
+    rows = table.num_rows
+    del table
+    _return_memory()
+    return PartitionResult(rows, dropped, ssts)
 
 
 def ingest_task(db_dir: str, sst_files: list[str]) -> None:
