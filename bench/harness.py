@@ -191,11 +191,13 @@ def serve_bench(args: argparse.Namespace) -> dict[str, Any]:
     def quiver_rows(server: systems.QuiverServer, pinned: bool, k: int, rate: float) -> None:
         pin = ["taskset", "-c", "0"] if pinned else []
         w = server.workers
-        uds_path = f"unix socket{' (worker 0 of ' + str(w) + ')' if w > 1 else ''}"
+        uds_path = f"unix socket{' (' + str(w) + ' worker sockets)' if w > 1 else ''}"
+        # worker k > 0 listens on <uds>.k: the generator spreads its connections over all of them
+        uds_addrs = ",".join(f"unix://{server.uds}" + (f".{i}" if i else "") for i in range(w))
         bench.measure(row_meta("quiver", "tcp loopback", "rust", k, rate, pinned, w),
                       lambda o: generators.loadgen("quiver", f"http://{server.target}", rate, k, D, WU, N, w, o, pin))
         bench.measure(row_meta("quiver", uds_path, "rust", k, rate, pinned, w),
-                      lambda o: generators.loadgen("quiver", f"unix://{server.uds}", rate, k, D, WU, N, w, o, pin))
+                      lambda o: generators.loadgen("quiver", uds_addrs, rate, k, D, WU, N, w, o, pin))
         bench.measure(row_meta("quiver", "tcp loopback", "ghz", k, rate, pinned, w),
                       lambda o: generators.ghz(server.target, rate, datafile[k], D, WU, w, o, pin))
 

@@ -23,7 +23,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
 
     expected = set()
     for pinned, workers in ((False, 2), (True, 1)):
-        uds = "unix socket (worker 0 of 2)" if workers == 2 else "unix socket"
+        uds = "unix socket (2 worker sockets)" if workers == 2 else "unix socket"
         for path, generator in (("tcp loopback", "rust"), (uds, "rust"), ("tcp loopback", "ghz")):
             for k, rate in ((1, 300), (100, 50)):
                 expected.add(("quiver", path, generator, k, rate, pinned))

@@ -12,7 +12,8 @@ coordinated omission).
 
 USAGE: quiver-loadgen [FLAGS]
   --target quiver|redis        what to load (default quiver)
-  --addr ADDR                  quiver: http://127.0.0.1:50051 or unix:///path.sock;
+  --addr ADDR[,ADDR...]        quiver: http://127.0.0.1:50051 or unix:///path.sock (several, comma-
+                               separated, are used round-robin: one per worker socket);
                                redis: redis://127.0.0.1:6379 (default per target)
   --rate R                     requests per second (default 1000)
   --duration SECONDS           measured time (default 10)

@@ -17,12 +17,17 @@ impl Target {
         match args.target {
             TargetKind::Quiver => {
                 let options = ClientOptions::default();
-                let mut clients = Vec::with_capacity(args.connections);
-                for _ in 0..args.connections {
+                // Several addresses (comma-separated) are used round-robin: a server with N workers
+                // on Unix sockets listens on PATH, PATH.1, ... since sockets cannot share a port.
+                let addrs: Vec<&str> = args.addr.split(',').filter(|a| !a.is_empty()).collect();
+                let count = args.connections.max(addrs.len());
+                let mut clients = Vec::with_capacity(count);
+                for i in 0..count {
                     // A separate connect() is a separate HTTP/2 connection, which the kernel can
                     // hand to a different SO_REUSEPORT process.
-                    let ep = endpoint(&args.addr, &options).map_err(|e| format!("--addr {}: {e}", args.addr))?;
-                    let channel = ep.connect().await.map_err(|e| format!("cannot connect to {}: {e:?}", args.addr))?;
+                    let addr = addrs[i % addrs.len()];
+                    let ep = endpoint(addr, &options).map_err(|e| format!("--addr {addr}: {e}"))?;
+                    let channel = ep.connect().await.map_err(|e| format!("cannot connect to {addr}: {e:?}"))?;
                     clients.push(QuiverClient::from_channel(channel, &options));
                 }
                 let schema = clients[0].schema("").await.map_err(|e| e.to_string())?;
