@@ -109,7 +109,8 @@ def definition_hash(view: ViewDef) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(view.definition_json(), sort_keys=True).encode()).hexdigest()
 
 
-def _previous(root: SnapshotRoot) -> Manifest | None:
+def _current_manifest(root: SnapshotRoot) -> Manifest | None:
+    """The manifest CURRENT names: what this load may reuse and must not change types against."""
     cur = root.current()
     if cur is None:
         return None
@@ -211,7 +212,7 @@ def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str]
             stage = root.staging_dir / f"load-{vid}-{os.getpid()}"
             out = stage / "version"
             out.mkdir(parents=True)
-            current = _previous(root)
+            current = _current_manifest(root)
             if not opts.allow_type_change:
                 check_type_changes(current, features)
             prev = current if opts.reuse else None
