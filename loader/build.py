@@ -31,14 +31,13 @@ from quiver.loader.definitions import load_definitions
 from quiver.loader.errors import DefinitionError, LoadError
 from quiver.loader.partition import Partitioner
 from quiver.loader.sources import SourceFile, inspect
-from quiver.process import die_with_parent
 from quiver.snapshot.layout import FORMAT_VERSION, SnapshotRoot, fsync_dir
 from quiver.snapshot.manifest import FileEntry, Manifest, ManifestError, ViewStats, data_files, file_checksum
 from quiver.snapshot.schema import FeatureSet, ViewDef
 
 log = logging.getLogger("quiver.loader")
 SAMPLE_TARGET = 200_000       # keys sampled per view to draw partition boundaries
-PARTITION_BYTES = 48 << 20    # uncompressed source bytes per partition: bounds a worker's memory
+PARTITION_BYTES = 64 << 20    # spilled (in-memory) bytes per key range: bounds a sort worker's memory
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class LoadOptions:
     workers: int = 2
     as_of: datetime | None = None
     compression: str = "lz4"
-    batch_rows: int = 1 << 16
+    batch_rows: int = 1 << 14  # rows read, normalized and encoded at a time: bounds a worker's memory
     partition_bytes: int = PARTITION_BYTES
     reuse: bool = True           # link unchanged views from the current version instead of re-encoding
     allow_type_change: bool = False  # a feature whose type differs from the current version's fails the load
@@ -196,7 +195,7 @@ def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str]
         clean_staging(root)
         files = {v.name: inspect(features.entity, v, base) for v in features.views}
         ctx = get_context("spawn")
-        with ProcessPoolExecutor(max_workers=opts.workers, mp_context=ctx, initializer=die_with_parent,
+        with ProcessPoolExecutor(max_workers=opts.workers, mp_context=ctx, initializer=tasks.worker_init,
                                  initargs=(os.getpid(),)) as pool, \
                 pending_cancelled_on_error(pool):
             paths = [s.path for v in features.views for s in files[v.name]]
@@ -272,10 +271,12 @@ def _build_views(pool: ProcessPoolExecutor, features: FeatureSet, views: list[Vi
         stride = max(1, rows // SAMPLE_TARGET)
         sample_jobs.append([pool.submit(tasks.sample_keys, features.entity, v, f.path, stride) for f in files[v.name]])
     for v, jobs in zip(views, sample_jobs, strict=True):
-        sample = pa.concat_arrays([j.result() for j in jobs])
-        nbytes = sum(f.uncompressed_bytes for f in files[v.name])
-        parts = max(opts.workers, math.ceil(nbytes / opts.partition_bytes))
-        bounds[v.name] = Partitioner.from_sample(sample, parts).boundaries
+        samples: list[tasks.Sample] = [j.result() for j in jobs]
+        rows = sum(f.rows for f in files[v.name])
+        row_bytes = sum(s.spill_bytes for s in samples) / max(1, sum(s.spill_rows for s in samples))
+        parts = max(opts.workers, math.ceil(rows * row_bytes / opts.partition_bytes))
+        bounds[v.name] = Partitioner.from_sample(pa.concat_arrays([s.keys for s in samples]), parts).boundaries
+        log.debug("view %s: %d rows of ~%.0f spilled bytes -> %d key ranges", v.name, rows, row_bytes, parts)
     phase("sample")
     # 2. encode and spill by key range
     encode = []

@@ -19,7 +19,6 @@ class SourceFile:
     size: int
     rows: int
     row_groups: int
-    uncompressed_bytes: int
 
 
 def resolve(view: ViewDef, base_dir: Path) -> list[str]:
@@ -36,8 +35,10 @@ def resolve(view: ViewDef, base_dir: Path) -> list[str]:
 
 
 def open_parquet(path: str, view: ViewDef) -> pq.ParquetFile:
+    """No pre-buffering: it keeps every row group read so far in memory until the file is closed,
+    so a task reading many row groups would grow by each one's compressed size."""
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path, pre_buffer=False)
     except (pa.ArrowException, OSError) as e:
         raise SourceError(f"{path}: view {view.name!r}: not a readable Parquet file "
                           f"(truncated or corrupt?): {e}") from None
@@ -49,8 +50,7 @@ def inspect(entity: EntityDef, view: ViewDef, base_dir: Path) -> list[SourceFile
         pf = open_parquet(path, view)
         check_source_schema(entity, view, pf.schema_arrow, path)
         md = pf.metadata
-        uncompressed = sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
-        out.append(SourceFile(path, os.path.getsize(path), md.num_rows, md.num_row_groups, uncompressed))
+        out.append(SourceFile(path, os.path.getsize(path), md.num_rows, md.num_row_groups))
     if sum(s.rows for s in out) == 0:
         raise SourceError(f"view {view.name!r}: source {view.source!r} has no rows "
                           f"({len(out)} file(s): {', '.join(s.path for s in out[:3])})")

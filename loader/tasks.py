@@ -1,7 +1,10 @@
 """The work a load hands to its worker processes. Module-level functions, so they pickle under
 the spawn start method; each raises LoadError subclasses with file, view and key named."""
 
+import ctypes
+import ctypes.util
 import os
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,16 +20,31 @@ from quiver.loader.errors import DataError, SourceError
 from quiver.loader.normalize import normalize, normalized_schema
 from quiver.loader.partition import Partitioner, encoded_keys
 from quiver.loader.sources import open_parquet
+from quiver.process import die_with_parent
 from quiver.snapshot import rocks
 from quiver.snapshot.schema import EntityDef, ViewDef
 
 SST_ROLL_BYTES = 256 << 20
+PUT_ROWS = 8192             # values turned into Python bytes at a time for the SST writer
 OFFLINE_COMPRESSION = "zstd"
+OFFLINE_ROW_GROUP = 1 << 17
 _INTERNAL = ["__key", "__value", "__file"]
 
 
-def sample_keys(entity: EntityDef, view: ViewDef, path: str, stride: int) -> pa.Array:
-    """Every stride-th key of one file: reads the key column only."""
+@dataclass(frozen=True)
+class Sample:
+    keys: pa.Array        # every stride-th key of one file
+    spill_bytes: int      # in-memory bytes of the spilled rows of its first batch...
+    spill_rows: int       # ...and how many rows that batch had
+
+
+SIZE_ROWS = 2048
+
+
+def sample_keys(entity: EntityDef, view: ViewDef, path: str, stride: int) -> Sample:
+    """Every stride-th key of one file (reads the key column only), and the spilled size of its first
+    rows: partitions are sized by what a worker will hold in memory, not by Parquet's encoded size
+    (a dictionary-encoded column is a fraction of its decoded width)."""
     pf = open_parquet(path, view)
     key_col = view.entity_column or entity.name
     parts = []
@@ -34,16 +52,69 @@ def sample_keys(entity: EntityDef, view: ViewDef, path: str, stride: int) -> pa.
         for batch in pf.iter_batches(batch_size=1 << 16, columns=[key_col]):
             keys = batch.column(0)
             parts.append(keys.take(pa.array(np.arange(0, len(keys), stride))))
+        head = next(pf.iter_batches(batch_size=SIZE_ROWS, columns=source_columns(entity, view)), None)
     except (pa.ArrowException, OSError) as e:
         raise SourceError(f"{path}: view {view.name!r}: cannot read column {key_col!r}: {e}") from None
     t = pa.int64() if entity.key_type == "int64" else pa.string()
-    return pa.concat_arrays([p.cast(t) for p in parts if len(p)]) if parts else pa.array([], t)
+    sample = pa.concat_arrays([p.cast(t) for p in parts if len(p)]) if parts else pa.array([], t)
+    if head is None or head.num_rows == 0:
+        return Sample(sample, 0, 0)
+    batch = normalize(entity, view, head, path)
+    spilled = SpillRows(entity, view).of(batch, 0)
+    return Sample(sample, spilled.nbytes, spilled.num_rows)
+
+
+def source_columns(entity: EntityDef, view: ViewDef) -> list[str]:
+    return sorted({view.entity_column or entity.name, *([view.event_timestamp] if view.event_timestamp else []),
+                   *(f.column for f in view.features)})
 
 
 def _return_memory() -> None:
-    """Give the allocator's freed pages back between tasks, so a worker's RSS is what it holds now,
-    not the high-water mark of every task it ran."""
+    """Give the allocators' freed pages back between tasks, so a worker's RSS is what it holds now,
+    not the high-water mark of every task it ran: Arrow's pool, and glibc's heap (the values handed
+    to the SST writer are Python bytes, allocated by malloc)."""
     pa.default_memory_pool().release_unused()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018 (musl has none)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _libc()
+
+
+def worker_init(parent_pid: int) -> None:
+    """Each encode task keeps one spill file open per key range: lift the soft open-files limit to
+    the hard one, so a large load's hundreds of ranges do not hit the usual 1024."""
+    die_with_parent(parent_pid)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class SpillRows:
+    """A normalized batch as the rows spilled to key-range partitions: the kept columns, the RocksDB
+    key, the encoded value and the source file's index (named in a duplicate-key error)."""
+
+    def __init__(self, entity: EntityDef, view: ViewDef) -> None:
+        self.encoder = ViewEncoder(view)
+        normalized = normalized_schema(entity, view)
+        self.kept = normalized if spills_all_columns(view) else pa.schema([normalized.field(0)])
+        self.schema = self.kept.append(pa.field("__key", pa.binary())).append(
+            pa.field("__value", pa.large_binary())).append(pa.field("__file", pa.int32()))
+
+    def of(self, batch: pa.RecordBatch, file_index: int) -> pa.RecordBatch:
+        keys = batch.column(0)
+        extra = [encoded_keys(keys), self.encoder.encode(batch),
+                 pa.array(np.full(len(keys), file_index, np.int32))]
+        return pa.RecordBatch.from_arrays(batch.columns[:len(self.kept)] + extra, schema=self.schema)
 
 
 @dataclass(frozen=True)
@@ -72,28 +143,22 @@ def encode_task(t: EncodeTask) -> list[int]:
     Returns the rows written per partition."""
     pf = open_parquet(t.path, t.view)
     part = Partitioner(t.boundaries, t.entity.key_type == "int64")
-    encoder = ViewEncoder(t.view)
-    normalized = normalized_schema(t.entity, t.view)
-    kept = normalized if spills_all_columns(t.view) else pa.schema([normalized.field(0)])
-    schema = kept.append(pa.field("__key", pa.binary())).append(
-        pa.field("__value", pa.large_binary())).append(pa.field("__file", pa.int32()))
+    rows = SpillRows(t.entity, t.view)
     offline: pq.ParquetWriter | None = None
     if t.offline_path:
         Path(t.offline_path).parent.mkdir(parents=True, exist_ok=True)
-        offline = pq.ParquetWriter(t.offline_path, normalized, compression=OFFLINE_COMPRESSION)
+        offline = offline_writer(t.offline_path, normalized_schema(t.entity, t.view))
     writers: dict[int, ipc.RecordBatchFileWriter] = {}
     counts = [0] * part.count
-    columns = sorted({t.view.entity_column or t.entity.name, *( [t.view.event_timestamp] if t.view.event_timestamp
-                      else []), *(f.column for f in t.view.features)})
     try:
-        batches = pf.iter_batches(batch_size=t.batch_rows, row_groups=list(t.row_groups), columns=columns)
+        batches = pf.iter_batches(batch_size=t.batch_rows, row_groups=list(t.row_groups),
+                                  columns=source_columns(t.entity, t.view))
         for raw in batches:
             batch = normalize(t.entity, t.view, raw, t.path)
             if offline is not None:
-                offline.write_batch(batch, row_group_size=1 << 17)
+                offline.write_batch(batch, row_group_size=OFFLINE_ROW_GROUP)
             keys = batch.column(0)
-            extra = [encoded_keys(keys), encoder.encode(batch), pa.array(np.full(len(keys), t.file_index, np.int32))]
-            full = pa.RecordBatch.from_arrays(batch.columns[:len(kept)] + extra, schema=schema)
+            full = rows.of(batch, t.file_index)
             assignment = part.assign(keys)
             order = np.argsort(assignment, kind="stable")
             sorted_parts = assignment[order]
@@ -104,7 +169,7 @@ def encode_task(t: EncodeTask) -> list[int]:
                 if p not in writers:
                     d = Path(t.spill_dir) / f"p{p:05d}"
                     d.mkdir(parents=True, exist_ok=True)
-                    writers[p] = ipc.new_file(str(d / f"t{t.task_id:05d}.arrow"), schema)
+                    writers[p] = ipc.new_file(str(d / f"t{t.task_id:05d}.arrow"), rows.schema)
                 writers[p].write_batch(taken.slice(lo, hi - lo))
                 counts[p] += int(hi - lo)
     except (pa.ArrowException, OSError) as e:
@@ -117,6 +182,10 @@ def encode_task(t: EncodeTask) -> list[int]:
             offline.close()
     _return_memory()
     return counts
+
+
+def offline_writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:
+    return pq.ParquetWriter(path, schema, compression=OFFLINE_COMPRESSION)
 
 
 @dataclass(frozen=True)
@@ -172,7 +241,7 @@ def partition_task(t: PartitionTask) -> PartitionResult:
     writer: SstFileWriter | None = None
     opts = rocks.writer_options(t.compression)
     part = Path(t.spill_dir).name
-    for batch in table.select(["__key", "__value"]).to_batches(max_chunksize=1 << 16):
+    for batch in table.select(["__key", "__value"]).to_batches(max_chunksize=PUT_ROWS):
         keys = batch.column(0).to_pylist()
         values = batch.column(1).to_pylist()
         for k, v in zip(keys, values, strict=True):
@@ -189,8 +258,8 @@ def partition_task(t: PartitionTask) -> PartitionResult:
         writer.finish()
     if t.offline_path:
         Path(t.offline_path).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table.drop_columns(_INTERNAL), t.offline_path, compression=OFFLINE_COMPRESSION,
-                       row_group_size=1 << 17)
+        with offline_writer(t.offline_path, normalized_schema(t.entity, t.view)) as w:
+            w.write_table(table.drop_columns(_INTERNAL), row_group_size=OFFLINE_ROW_GROUP)
     for f in files:
         os.unlink(f)
     rows = table.num_rows
