@@ -147,11 +147,15 @@ def _reusable(prev: Manifest | None, view: ViewDef, sources: list[FileEntry]) ->
         (s.size, s.checksum) for s in sources]
 
 
+def _view_prefixes(view: str) -> tuple[str, str]:
+    return f"online/{view}/", f"offline/{view}/"
+
+
 def _link_view(root: SnapshotRoot, prev: Manifest, view: str, dest: Path) -> None:
     """Immutable data files are hard-linked (copied across filesystems); small metadata is copied."""
     src = root.version_dir(prev.version)
     for f in prev.files:
-        if not f.path.startswith((f"online/{view}/", f"offline/{view}/")):
+        if not f.path.startswith(_view_prefixes(view)):
             continue
         target = dest / f.path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -217,17 +221,18 @@ def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str]
             prev = current if opts.reuse else None
             reused = [v.name for v in features.views if _reusable(prev, v, sources[v.name])]
             build = [v for v in features.views if v.name not in reused]
-            stats = _build_views(pool, features, build, files, stage, out, opts)
+            stats, known = _build_views(pool, features, build, files, stage, out, opts)
             for name in reused:
                 assert prev is not None
                 _link_view(root, prev, name, out)
+                known |= {f.path: f.checksum for f in prev.files if f.path.startswith(_view_prefixes(name))}
                 old = prev.views[name]
                 stats[name] = ViewStats(old.rows, sources[name], old.definition, old.dropped_duplicates,
                                         old.reused_from or prev.version)
             for v in build:
                 stats[v.name].sources = sources[v.name]
             t = time.monotonic()
-            entries = _checksums(pool, out)
+            entries = _checksums(pool, out, known)
             log.info("%-10s %6.1f s", "checksums", time.monotonic() - t)
         manifest = Manifest(vid, utc_text(datetime.now(UTC)), utc_text(as_of), features,
                             {v.name: stats[v.name] for v in features.views}, entries)
@@ -245,16 +250,22 @@ def pending_cancelled_on_error(pool: ProcessPoolExecutor) -> Iterator[None]:
         raise
 
 
-def _checksums(pool: ProcessPoolExecutor, out: Path) -> list[FileEntry]:
+def _checksums(pool: ProcessPoolExecutor, out: Path, known: dict[str, str]) -> list[FileEntry]:
+    """Every file of the version; those not checksummed as they were written (RocksDB's own small
+    files, reused views' links) are read now."""
     listed = data_files(out)
-    sums = pool.map(file_checksum, [out / p for p, _ in listed])
-    return [FileEntry(p, size, s) for (p, size), s in zip(listed, sums, strict=True)]
+    todo = [p for p, _ in listed if p not in known]
+    sums = dict(zip(todo, pool.map(file_checksum, [out / p for p in todo]), strict=True))
+    return [FileEntry(p, size, known.get(p) or sums[p]) for p, size in listed]
 
 
 def _build_views(pool: ProcessPoolExecutor, features: FeatureSet, views: list[ViewDef],
-                 files: dict[str, list[SourceFile]], stage: Path, out: Path, opts: LoadOptions) -> dict[str, ViewStats]:
+                 files: dict[str, list[SourceFile]], stage: Path, out: Path,
+                 opts: LoadOptions) -> tuple[dict[str, ViewStats], dict[str, str]]:
+    """Builds the views' files under out; returns their stats and the checksums taken as each data
+    file was written (relative path -> checksum), so they need not be read back from disk."""
     if not views:
-        return {}
+        return {}, {}
     clock = time.monotonic()
 
     def phase(name: str) -> None:
@@ -283,8 +294,9 @@ def _build_views(pool: ProcessPoolExecutor, features: FeatureSet, views: list[Vi
     for v in views:
         encode += _encode_tasks(features, v, files[v.name], stage / "spill" / v.name, out / "offline" / v.name,
                                 bounds[v.name], opts, opts.workers)
-    for counts in pool.map(tasks.encode_task, encode):
-        del counts
+    known: dict[str, str] = {}
+    for encoded in pool.map(tasks.encode_task, encode):
+        known |= encoded.checksums
     phase("encode")
     # 3. sort, dedup, write SST and offline Parquet per range
     part_jobs = []
@@ -298,17 +310,19 @@ def _build_views(pool: ProcessPoolExecutor, features: FeatureSet, views: list[Vi
     results: dict[str, list[tasks.PartitionResult]] = {v.name: [] for v in views}
     for name, job in part_jobs:
         results[name].append(job.result())
+        known |= results[name][-1].checksums
     phase("sort+sst")
     # 4. one RocksDB per view
     ingest = [pool.submit(tasks.ingest_task, str(out / "online" / v.name),
                           [s for r in results[v.name] for s in r.sst_files]) for v in views]
     for j in ingest:
-        j.result()
+        known |= j.result()
     phase("ingest")
     shutil.rmtree(stage / "spill", ignore_errors=True)
     shutil.rmtree(stage / "sst", ignore_errors=True)
-    return {v.name: ViewStats(sum(r.rows for r in results[v.name]), [], definition_hash(v),
-                              sum(r.dropped for r in results[v.name])) for v in views}
+    stats = {v.name: ViewStats(sum(r.rows for r in results[v.name]), [], definition_hash(v),
+                               sum(r.dropped for r in results[v.name])) for v in views}
+    return stats, {Path(p).relative_to(out).as_posix(): c for p, c in known.items()}
 
 
 def _publish(root: SnapshotRoot, stage: Path, out: Path, manifest: Manifest) -> None:

@@ -22,6 +22,7 @@ from quiver.loader.partition import Partitioner, encoded_keys
 from quiver.loader.sources import open_parquet
 from quiver.process import die_with_parent
 from quiver.snapshot import rocks
+from quiver.snapshot.manifest import file_checksum
 from quiver.snapshot.schema import EntityDef, ViewDef
 
 SST_ROLL_BYTES = 256 << 20
@@ -138,9 +139,15 @@ def spills_all_columns(view: ViewDef) -> bool:
     return bool(view.event_timestamp)
 
 
-def encode_task(t: EncodeTask) -> list[int]:
-    """Reads some row groups, normalizes, encodes and spills rows to their key-range partitions.
-    Returns the rows written per partition."""
+@dataclass(frozen=True)
+class EncodeResult:
+    counts: list[int]              # rows spilled per partition
+    checksums: dict[str, str]      # file written -> checksum, taken while it is in the page cache
+
+
+def encode_task(t: EncodeTask) -> EncodeResult:
+    """Reads some row groups, normalizes, encodes and spills rows to their key-range partitions;
+    writes the offline rows when the view keeps every row."""
     pf = open_parquet(t.path, t.view)
     part = Partitioner(t.boundaries, t.entity.key_type == "int64")
     rows = SpillRows(t.entity, t.view)
@@ -181,7 +188,7 @@ def encode_task(t: EncodeTask) -> list[int]:
         if offline is not None:
             offline.close()
     _return_memory()
-    return counts
+    return EncodeResult(counts, {t.offline_path: file_checksum(t.offline_path)} if t.offline_path else {})
 
 
 def offline_writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:
@@ -200,10 +207,20 @@ class PartitionTask:
 
 
 @dataclass(frozen=True)
+class SstFile:
+    path: str
+    first_key: bytes        # with the last key, names the file again once RocksDB has renamed it
+    last_key: bytes
+    size: int
+    checksum: str
+
+
+@dataclass(frozen=True)
 class PartitionResult:
     rows: int
     dropped: int
-    sst_files: list[str]
+    sst_files: list[SstFile]
+    checksums: dict[str, str]      # the offline file, when this range wrote it
 
 
 def _sorted_deduplicated(t: PartitionTask, table: pa.Table) -> tuple[pa.Table, int]:
@@ -237,45 +254,72 @@ def partition_task(t: PartitionTask) -> PartitionResult:
     table, dropped = _sorted_deduplicated(t, pa.concat_tables(tables))
     del tables
     Path(t.sst_dir).mkdir(parents=True, exist_ok=True)
-    ssts: list[str] = []
-    writer: SstFileWriter | None = None
-    opts = rocks.writer_options(t.compression)
-    part = Path(t.spill_dir).name
-    for batch in table.select(["__key", "__value"]).to_batches(max_chunksize=PUT_ROWS):
-        keys = batch.column(0).to_pylist()
-        values = batch.column(1).to_pylist()
-        for k, v in zip(keys, values, strict=True):
-            if writer is None:
-                path = str(Path(t.sst_dir) / f"{part}-{len(ssts):03d}.sst")
-                writer = SstFileWriter(opts)
-                writer.open(path)
-                ssts.append(path)
-            writer[k] = v
-        if writer is not None and writer.file_size() > SST_ROLL_BYTES:
-            writer.finish()
-            writer = None
-    if writer is not None:
-        writer.finish()
+    ssts = _write_ssts(t, table.select(["__key", "__value"]))
+    checksums = {}
     if t.offline_path:
         Path(t.offline_path).parent.mkdir(parents=True, exist_ok=True)
         with offline_writer(t.offline_path, normalized_schema(t.entity, t.view)) as w:
             w.write_table(table.drop_columns(_INTERNAL), row_group_size=OFFLINE_ROW_GROUP)
+        checksums[t.offline_path] = file_checksum(t.offline_path)
     for f in files:
         os.unlink(f)
     rows = table.num_rows
     del table
     _return_memory()
-    return PartitionResult(rows, dropped, ssts)
+    return PartitionResult(rows, dropped, ssts, checksums)
 
 
-def ingest_task(db_dir: str, sst_files: list[str]) -> None:
-    """One fresh RocksDB per view; its key ranges are disjoint, so every file lands in L6."""
+def _write_ssts(t: PartitionTask, table: pa.Table) -> list[SstFile]:
+    """Sorted (key, value) rows into SST files of up to SST_ROLL_BYTES each."""
+    out: list[SstFile] = []
+    opts = rocks.writer_options(t.compression)
+    part = Path(t.spill_dir).name
+    writer: SstFileWriter | None = None
+    path, first, last = "", b"", b""
+
+    def finish(w: SstFileWriter) -> None:
+        w.finish()
+        out.append(SstFile(path, first, last, os.path.getsize(path), file_checksum(path)))
+
+    for batch in table.to_batches(max_chunksize=PUT_ROWS):
+        keys = batch.column(0).to_pylist()
+        values = batch.column(1).to_pylist()
+        if not keys:
+            continue
+        if writer is None:
+            path = str(Path(t.sst_dir) / f"{part}-{len(out):03d}.sst")
+            writer = SstFileWriter(opts)
+            writer.open(path)
+            first = keys[0]
+        for k, v in zip(keys, values, strict=True):
+            writer[k] = v
+        last = keys[-1]
+        if writer.file_size() > SST_ROLL_BYTES:
+            finish(writer)
+            writer = None
+    if writer is not None:
+        finish(writer)
+    return out
+
+
+def ingest_task(db_dir: str, sst_files: list[SstFile]) -> dict[str, str]:
+    """One fresh RocksDB per view; its key ranges are disjoint, so every file lands in L6. Returns
+    the checksum of each ingested file under its new name (RocksDB renumbers the files it moves in,
+    so they are matched by key range and size)."""
     db = Rdict(db_dir, rocks.empty_db_options())
     try:
         io = IngestExternalFileOptions()
         io.set_move_files(True)
         if sst_files:
-            db.ingest_external_file(sst_files, io)
+            db.ingest_external_file([f.path for f in sst_files], io)
         db.flush()
+        by_range = {(f.first_key, f.last_key, f.size): f.checksum for f in sst_files}
+        live = db.live_files()
     finally:
         db.close()
+    out = {}
+    for f in live:
+        checksum = by_range.get((f["start_key"], f["end_key"], f["size"]))
+        if checksum is not None:
+            out[os.path.join(db_dir, f["name"].lstrip("/"))] = checksum
+    return out
