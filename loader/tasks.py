@@ -192,7 +192,18 @@ def encode_task(t: EncodeTask) -> EncodeResult:
 
 
 def offline_writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:
-    return pq.ParquetWriter(path, schema, compression=OFFLINE_COMPRESSION)
+    """Floats (scalars and embeddings) are written byte-stream-split, not dictionary-encoded: a
+    dictionary of random floats never pays and costs a hash per value (it was a third of a load's
+    CPU); every other column keeps Parquet's dictionary, which falls back by itself when it grows."""
+    floats, others = [], []
+    for f in schema:
+        t = f.type.value_type if pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type) else f.type
+        if pa.types.is_floating(t):
+            floats.append(f.name if t is f.type else f"{f.name}.list.element")
+        else:
+            others.append(f.name)
+    return pq.ParquetWriter(path, schema, compression=OFFLINE_COMPRESSION, use_dictionary=others,
+                            use_byte_stream_split=floats)
 
 
 @dataclass(frozen=True)
