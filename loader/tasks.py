@@ -93,8 +93,10 @@ _LIBC = _libc()
 
 def worker_init(parent_pid: int) -> None:
     """Each encode task keeps one spill file open per key range: lift the soft open-files limit to
-    the hard one, so a large load's hundreds of ranges do not hit the usual 1024."""
+    the hard one, so a large load's hundreds of ranges do not hit the usual 1024. The load already
+    runs a process per core, so Arrow's own pool gets one thread, not one per core in each worker."""
     die_with_parent(parent_pid)
+    pa.set_cpu_count(1)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
