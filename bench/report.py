@@ -129,6 +129,12 @@ def load(res: dict[str, Any], title: str) -> list[str]:
                    f(s["source_mb_per_s"], 1), f(s["peak_rss_mb"]), f(s["peak_pss_mb"]),
                    f"{f(s['online_mb'], 1)} ({f(s['online_vs_source'], 2)}x)",
                    f"{f(s['offline_mb'], 1)} ({f(s['offline_vs_source'], 2)}x)"] for s in res["sizes"]])
+    phased = [s for s in res["sizes"] if s.get("phases_s")]
+    if phased:
+        names = list(dict.fromkeys(n for s in phased for n in s["phases_s"]))
+        out += ["", "Loader phases, seconds (from its log):", ""]
+        out += table(["users", *names], [[f(s["users"]), *(f(s["phases_s"].get(n), 1) for n in names)]
+                                          for s in phased])
     out += ["", "**Targets**", ""]
     out += targets(res)
     return out

@@ -4,6 +4,7 @@ loaded from it and served, and Redis holding the same bytes in the layout Redis 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -44,6 +45,7 @@ def load_quiver(source: Path, root: Path, users: int, workers: int, log: Path) -
            "--workers", str(workers), "--no-reuse"]
     t = time.monotonic()
     with open(log, "ab") as err:
+        start = err.tell()
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
         with MemorySampler(p.pid, interval=0.2) as mem:
             out, _ = p.communicate(timeout=3 * 3600)
@@ -62,7 +64,16 @@ def load_quiver(source: Path, root: Path, users: int, workers: int, log: Path) -
         "online_mb": online_mb, "offline_mb": offline_mb,
         "online_vs_source": online_mb / source_mb, "offline_vs_source": offline_mb / source_mb,
         "rows": manifest.get("rows") or manifest.get("row_counts"),
+        "phases_s": load_phases(log, start),
     }
+
+
+def load_phases(log: Path, offset: int) -> dict[str, float]:
+    """The loader's own phase timings ("quiver[load] encode 53.7 s") from this run's part of the log."""
+    with open(log, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"quiver\[load\] (\S+)\s+([\d.]+) s", text)}
 
 
 def views_of(root: Path, version: str) -> list[str]:
