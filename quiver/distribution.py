@@ -12,6 +12,11 @@ objects already present with the manifest's size are skipped, so a rerun finishe
 upload. `sync` downloads into ``ROOT/staging/sync-<id>/``, checks every file's sha256 as it streams,
 renames the whole directory into ``versions/<id>`` once complete, and only then moves CURRENT.
 
+Versions share files: a view the loader reused keeps its files' paths and checksums. `publish`
+copies such a file from the version LATEST names inside the object store (a server-side copy, no
+upload), and `sync` hard-links it from a version the replica already holds (no download), so a
+change to one view moves that view's bytes only.
+
 Errors (each class carries the exit code of the CLI)::
 
     DistributionError              1
@@ -226,6 +231,18 @@ class RemoteStore:
         with _errors(f"uploading {local} to {self.url(*parts)}"):
             self._write(self.path(*parts), copy)
 
+    def copy(self, src: tuple[str, ...], dst: tuple[str, ...]) -> None:
+        """One object to another inside the store (S3: a server-side copy, whole when it appears)."""
+        with _errors(f"copying {self.url(*src)} to {self.url(*dst)}"):
+            if not self.is_local:
+                self.fs.copy_file(self.path(*src), self.path(*dst))
+                return
+            path = self.path(*dst)
+            self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+            self.fs.copy_file(self.path(*src), tmp)
+            self.fs.move(tmp, path)
+
     def _write(self, path: str, fill: Callable[[Any], Any]) -> None:
         # An S3 object appears whole when its (multipart) upload completes; a local file would be
         # visible half-written, so it is written beside and moved into place.
@@ -285,6 +302,7 @@ def open_store(uri: str, endpoint: str | None = None) -> RemoteStore:
 class PublishResult:
     version: str
     uploaded: list[str] = field(default_factory=list)
+    copied: list[str] = field(default_factory=list)    # same file in the version LATEST named: copied there
     skipped: list[str] = field(default_factory=list)
     latest_moved: bool = False
 
@@ -316,12 +334,25 @@ def publish(root: str | os.PathLike[str], uri: str, version: str | None = None, 
     todo = [f for f in manifest.files if present.get(f.path) != f.size]
     result.skipped = [f.path for f in manifest.files if present.get(f.path) == f.size]
 
+    base, shared = _shared_with_latest(store, version, todo)
+    copied: set[str] = set()
+
     def put(f: FileEntry) -> None:
-        _upload_file(store, vdir / f.path, "versions", version, *f.path.split("/"))
+        dst = ("versions", version, *f.path.split("/"))
+        if f.path in shared:
+            try:
+                store.copy(("versions", base, *f.path.split("/")), dst)
+                copied.add(f.path)
+                log.info("copied %s from %s (%d bytes)", f.path, base, f.size)
+                return
+            except ObjectNotFound:
+                pass  # pruned since it was listed: upload it
+        _upload_file(store, vdir / f.path, *dst)
         log.info("uploaded %s (%d bytes)", f.path, f.size)
 
     _run_all(put, todo, workers)
-    result.uploaded = [f.path for f in todo]
+    result.copied = [f.path for f in todo if f.path in copied]
+    result.uploaded = [f.path for f in todo if f.path not in copied]
     manifest_bytes = snap.manifest_path(version).read_bytes()
     if present.get(MANIFEST) != len(manifest_bytes):
         store.write_bytes(manifest_bytes, "versions", version, MANIFEST)
@@ -333,6 +364,20 @@ def publish(root: str | os.PathLike[str], uri: str, version: str | None = None, 
         store.write_bytes((version + "\n").encode(), LATEST)
         result.latest_moved = True
     return result
+
+
+def _shared_with_latest(store: RemoteStore, version: str, files: list[FileEntry]) -> tuple[str, set[str]]:
+    """The version LATEST names, and which of `files` it holds byte for byte (same path, size and
+    checksum in its manifest). Nothing when there is no usable LATEST."""
+    try:
+        base = store.latest()
+        manifest, _ = _remote_manifest(store, base)
+    except (ObjectNotFound, IntegrityError):
+        return "", set()
+    if base == version:
+        return "", set()
+    theirs = {(f.path, f.size, f.checksum) for f in manifest.files}
+    return base, {f.path for f in files if (f.path, f.size, f.checksum) in theirs}
 
 
 def point_latest(uri: str, version: str, *, endpoint: str | None = None) -> bool:
@@ -397,6 +442,7 @@ class SyncResult:
     version: str
     previous: str | None
     downloaded: list[str] = field(default_factory=list)
+    linked: list[str] = field(default_factory=list)    # hard-linked from a version this root already has
     resumed: list[str] = field(default_factory=list)   # already verified in staging by an earlier run
     pruned: list[str] = field(default_factory=list)
 
@@ -439,11 +485,14 @@ def _download_version(store: RemoteStore, snap: SnapshotRoot, version: str, resu
     _clean_staging(snap, keep=stage)
     need = 0
     todo: list[FileEntry] = []
+    held = _held_locally(snap)
     for f in manifest.files:
         done = stage / f.path
         # A file at its final name in staging was verified before it was renamed there.
         if done.is_file() and done.stat().st_size == f.size:
             result.resumed.append(f.path)
+        elif (src := held.get((f.path, f.size, f.checksum))) is not None and _link(src, done, f.size):
+            result.linked.append(f.path)
         else:
             todo.append(f)
             need += f.size
@@ -469,6 +518,33 @@ def _download_version(store: RemoteStore, snap: SnapshotRoot, version: str, resu
         os.rename(stage, dest)
         fsync_dir(snap.versions_dir)
         shutil.rmtree(snap.staging_dir / f"trash-{version}-{os.getpid()}", ignore_errors=True)
+
+
+def _held_locally(snap: SnapshotRoot) -> dict[tuple[str, int, str], Path]:
+    """(path, size, checksum) -> file, for every file of the versions this root holds (each was
+    verified when it arrived and is never written again). CURRENT's first."""
+    out: dict[tuple[str, int, str], Path] = {}
+    current = snap.current()
+    for v in sorted(snap.versions(), key=lambda v: v != current):
+        try:
+            manifest = Manifest.load(snap.manifest_path(v))
+        except ManifestError:
+            continue
+        for f in manifest.files:
+            out.setdefault((f.path, f.size, f.checksum), snap.version_dir(v) / f.path)
+    return out
+
+
+def _link(src: Path, dest: Path, size: int) -> bool:
+    """Hard-link a file another version holds; False (download it instead) when that is not possible."""
+    try:
+        if src.stat().st_size != size:
+            return False
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.link(src, dest)
+        return True
+    except OSError:
+        return False
 
 
 def _clean_staging(snap: SnapshotRoot, keep: Path) -> None:
@@ -622,7 +698,8 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     except DistributionError as e:
         print(f"quiver publish: {e}", file=sys.stderr)
         return e.exit_code
-    print(f"published {r.version} to {args.uri}: {len(r.uploaded)} files uploaded, "
+    print(f"published {r.version} to {args.uri}: {len(r.uploaded)} files uploaded, {len(r.copied)} copied "
+          f"from the previous version, "
           f"{len(r.skipped)} already there"
           + ("; LATEST moved" if r.latest_moved else "; LATEST unchanged"))
     return 0
@@ -645,6 +722,6 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     except DistributionError as e:
         print(f"quiver sync: {e}", file=sys.stderr)
         return e.exit_code
-    print(f"CURRENT {r.version} (was {r.previous}): {len(r.downloaded)} files downloaded, "
+    print(f"CURRENT {r.version} (was {r.previous}): {len(r.downloaded)} files downloaded, {len(r.linked)} linked, "
           f"{len(r.resumed)} resumed, {len(r.pruned)} old versions pruned in {time.monotonic() - t0:.1f}s")
     return 0

@@ -10,6 +10,7 @@ import errno
 import filecmp
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+import yaml
 
 from quiver import distribution as dist
 from quiver.snapshot import Manifest, SnapshotRoot
@@ -89,7 +91,7 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture
 def bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
-    name = "q-" + request.node.name.lower().replace("_", "-")[:50].strip("-")
+    name = "q-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:50].strip("-")
     boto3.client("s3", endpoint_url=s3_endpoint, **_boto_creds()).create_bucket(Bucket=name)
     return name
 
@@ -144,8 +146,18 @@ def n_files(root: Path, v: str) -> int:
     return len(Manifest.load(SnapshotRoot(root).manifest_path(v)).files)
 
 
-def biggest_file(root: Path, v: str) -> str:
-    return max(Manifest.load(SnapshotRoot(root).manifest_path(v)).files, key=lambda f: f.size).path
+def biggest_file(root: Path, v: str, but: set[str] | None = None) -> str:
+    files = Manifest.load(SnapshotRoot(root).manifest_path(v)).files
+    return max((f for f in files if f.path not in (but or set())), key=lambda f: f.size).path
+
+
+def shared_files(root: Path, old: str, new: str) -> set[str]:
+    """Files of `new` byte-identical to `old`'s (same path, size, checksum): publish copies them inside
+    the store and sync links them, instead of moving their bytes. Versions 1-3 differ only in as-of
+    time, so e.g. their offline Parquet files are identical."""
+    before = {(f.path, f.size, f.checksum) for f in Manifest.load(SnapshotRoot(root).manifest_path(old)).files}
+    return {f.path for f in Manifest.load(SnapshotRoot(root).manifest_path(new)).files
+            if (f.path, f.size, f.checksum) in before}
 
 
 def quiver(*args: str, env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -206,7 +218,7 @@ def test_round_trip_s3_cli(make_version, s3_endpoint: str, bucket: str, pub: Pat
 
     # Both sides are idempotent.
     r = quiver("publish", "--root", str(pub), "--to", uri, env=env, check=True)
-    assert f"0 files uploaded, {n} already there; LATEST unchanged" in r.stdout
+    assert f"0 files uploaded, 0 copied from the previous version, {n} already there; LATEST unchanged" in r.stdout
     r = quiver("sync", "--from", uri, "--root", str(rep), env=env, check=True)
     assert "0 files downloaded" in r.stdout
 
@@ -221,6 +233,60 @@ def test_round_trip_file_uri(make_version, tmp_path: Path, pub: Path, rep: Path)
     r = dist.sync(remote.as_uri(), rep)
     assert r.version == v1 and SnapshotRoot(rep).current() == v1
     same_version(SnapshotRoot(pub), SnapshotRoot(rep), v1)
+
+
+@pytest.mark.parametrize("store", ["s3", "file"])
+def test_changing_one_view_moves_only_its_files(store: str, s3_endpoint: str, request: pytest.FixtureRequest,
+                                                tmp_path: Path, pub: Path, rep: Path) -> None:
+    """A feature added to one view: publish copies the other views' files inside the store and sync
+    hard-links them from the version the replica has; only the changed view's bytes travel."""
+    if store == "s3":
+        uri = f"s3://{request.getfixturevalue('bucket')}/snapshots"
+    else:
+        (tmp_path / "remote").mkdir()
+        uri = (tmp_path / "remote").as_uri()
+    data = tmp_path / "data"
+    run([str(VENV_BIN / "quiver"), "generate", "--users", "1500", "--out", str(data), "--seed", "3"])
+    features = data / "features.yaml"
+    spec = yaml.safe_load(features.read_text())
+    ads = next(v for v in spec["views"] if v["name"] == "ads")
+    last = ads["features"].pop()
+    features.write_text(yaml.safe_dump(spec, sort_keys=False))
+    run([str(VENV_BIN / "quiver"), "load", "--features", str(features), "--root", str(pub), "--as-of", as_of(1)])
+    v1 = SnapshotRoot(pub).current()
+    first = dist.publish(pub, uri, endpoint=s3_endpoint)
+    assert first.copied == [] and len(first.uploaded) == n_files(pub, v1)
+    assert dist.sync(uri, rep, endpoint=s3_endpoint).linked == []
+
+    ads["features"].append(last)
+    features.write_text(yaml.safe_dump(spec, sort_keys=False))
+    run([str(VENV_BIN / "quiver"), "load", "--features", str(features), "--root", str(pub), "--as-of", as_of(2)])
+    v2 = SnapshotRoot(pub).current()
+    assert v2 is not None and v2 != v1
+    m2 = Manifest.load(SnapshotRoot(pub).manifest_path(v2))
+    assert {n for n, v in m2.views.items() if v.reused_from == v1} == {"profile", "activity", "embedding"}
+    m1 = Manifest.load(SnapshotRoot(pub).manifest_path(v1))
+    before = {(f.path, f.size, f.checksum) for f in m1.files}
+    shared = {f.path for f in m2.files if (f.path, f.size, f.checksum) in before}
+    changed = {f.path for f in m2.files} - shared
+    # the reused views are all shared; of ads, only RocksDB's byte-identical small files (CURRENT, OPTIONS)
+    assert {f.path for f in m2.files if not f.path.startswith(("online/ads/", "offline/ads/"))} <= shared
+    assert changed and all(p.startswith(("online/ads/", "offline/ads/")) for p in changed)
+    assert any(p.endswith(".sst") for p in changed) and any(p.endswith(".parquet") for p in changed)
+    # a file the replica lost is downloaded again rather than linked
+    lost = next(p for p in sorted(shared) if p.endswith(".sst"))
+    (SnapshotRoot(rep).version_dir(v1) / lost).unlink()
+
+    r = dist.publish(pub, uri, endpoint=s3_endpoint)
+    assert set(r.copied) == shared and set(r.uploaded) == changed and r.latest_moved
+    s = dist.sync(uri, rep, endpoint=s3_endpoint)
+    assert s.version == v2 and SnapshotRoot(rep).current() == v2
+    assert set(s.linked) == shared - {lost} and set(s.downloaded) == changed | {lost}
+    same_version(SnapshotRoot(pub), SnapshotRoot(rep), v2)
+    assert Manifest.load(SnapshotRoot(rep).manifest_path(v2)).verify_files(SnapshotRoot(rep).version_dir(v2)) == []
+    for p in shared - {lost}:
+        assert (SnapshotRoot(rep).version_dir(v2) / p).stat().st_ino == \
+            (SnapshotRoot(rep).version_dir(v1) / p).stat().st_ino
 
 
 def test_endpoint_from_env_is_used_for_s3(make_version,
@@ -268,14 +334,17 @@ def test_interrupted_upload_is_invisible_and_finishes_on_rerun(make_version,
     for k, v in CREDS.items():
         monkeypatch.setenv(k, v)
     keys = {o["Key"] for o in s3(s3_endpoint).list_objects_v2(Bucket=bucket)["Contents"]}
-    assert len([k for k in keys if k.startswith(f"versions/{v2}/")]) == 3
-    assert f"versions/{v2}/manifest.json" not in keys
+    there = {k.removeprefix(f"versions/{v2}/") for k in keys if k.startswith(f"versions/{v2}/")}
+    assert len(there - shared_files(pub, v1, v2)) == 3   # uploaded before the kill; the rest were copies
+    assert "manifest.json" not in there
 
     # A replica sees only the complete version.
     assert dist.sync(uri, rep, endpoint=s3_endpoint).version == v1
 
     r = dist.publish(pub, uri, endpoint=s3_endpoint)
-    assert len(r.skipped) == 3 and len(r.uploaded) == n_files(pub, v2) - 3 and r.latest_moved
+    assert set(r.skipped) == there and r.latest_moved
+    assert set(r.uploaded) | set(r.copied) == {f.path for f in Manifest.load(
+        SnapshotRoot(pub).manifest_path(v2)).files} - there
     assert dist.sync(uri, rep, endpoint=s3_endpoint).version == v2
 
 
@@ -323,15 +392,16 @@ def test_interrupted_download_resumes(make_version, monkeypatch: pytest.MonkeyPa
     assert snap.current() == v1 and snap.versions() == [v1]
     assert not snap.version_dir(v2).exists()
     staged = [p for p in (rep / "staging" / f"sync-{v2}").rglob("*") if p.is_file()]
-    assert len(staged) == 5 and not [p for p in staged if p.name.endswith(".part")]
+    linked = shared_files(pub, v1, v2)    # linked from v1 before any download
+    assert len(staged) == 5 + len(linked) and not [p for p in staged if p.name.endswith(".part")]
 
     # A half-written file from the kill is discarded, not trusted.
-    half = rep / "staging" / f"sync-{v2}" / (biggest_file(pub, v2) + ".part")
+    half = rep / "staging" / f"sync-{v2}" / (biggest_file(pub, v2, but=linked) + ".part")
     half.parent.mkdir(parents=True, exist_ok=True)
     half.write_bytes(b"half")
 
     r = dist.sync(uri, rep, endpoint=s3_endpoint)
-    assert len(r.resumed) == 5 and len(r.downloaded) == n_files(pub, v2) - 5
+    assert len(r.resumed) == 5 + len(linked) and len(r.downloaded) == n_files(pub, v2) - 5 - len(linked)
     assert snap.current() == v2
     same_version(SnapshotRoot(pub), snap, v2)
     assert not (rep / "staging" / f"sync-{v2}").exists()
@@ -346,7 +416,7 @@ def test_corrupt_object_refused_and_current_untouched(make_version,
     dist.sync(uri, rep, endpoint=s3_endpoint)
     v2 = make_version(pub, 2)
     dist.publish(pub, uri, endpoint=s3_endpoint)
-    rel = biggest_file(pub, v2)
+    rel = biggest_file(pub, v2, but=shared_files(pub, v1, v2))  # one the replica must download
     key = f"versions/{v2}/{rel}"
     body = bytearray(s3(s3_endpoint).get_object(Bucket=bucket, Key=key)["Body"].read())
     body[1000] ^= 0xFF  # same size, one bit pattern off: only the checksum can tell
