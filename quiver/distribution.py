@@ -87,6 +87,7 @@ log = logging.getLogger("quiver.distribution")
 _CHUNK = 8 << 20
 LATEST = "LATEST"
 MANIFEST = "manifest.json"
+ONLINE = "online/"
 ENDPOINT_ENV = ("QUIVER_S3_ENDPOINT", "AWS_ENDPOINT_URL")
 
 
@@ -443,6 +444,7 @@ class SyncResult:
     previous: str | None
     downloaded: list[str] = field(default_factory=list)
     linked: list[str] = field(default_factory=list)    # hard-linked from a version this root already has
+    left_out: list[str] = field(default_factory=list)  # offline files not fetched (online_only)
     resumed: list[str] = field(default_factory=list)   # already verified in staging by an earlier run
     pruned: list[str] = field(default_factory=list)
 
@@ -452,9 +454,11 @@ class SyncResult:
 
 
 def sync(uri: str, root: str | os.PathLike[str], keep: int = 3, *,
-         endpoint: str | None = None, workers: int = 4) -> SyncResult:
+         endpoint: str | None = None, workers: int = 4, online_only: bool = False) -> SyncResult:
     """Make the root serve the remote LATEST: download it if needed, verify, publish, move CURRENT.
 
+    `online_only`: fetch the RocksDB form only (all a server reads, ~60% of a version's bytes); the
+    manifest still lists the offline files, which training reads from the store itself.
     On any error CURRENT and versions/ are as before; verified files stay in staging for the next run.
     """
     if keep < 2:
@@ -469,7 +473,7 @@ def sync(uri: str, root: str | os.PathLike[str], keep: int = 3, *,
         previous = snap.current()
         result = SyncResult(target, previous)
         if not snap.manifest_path(target).is_file():
-            _download_version(store, snap, target, result, workers)
+            _download_version(store, snap, target, result, workers, online_only)
         if previous != target:
             with _errors(f"moving {snap.current_file} to {target}"):
                 snap.set_current(target)
@@ -479,7 +483,7 @@ def sync(uri: str, root: str | os.PathLike[str], keep: int = 3, *,
 
 
 def _download_version(store: RemoteStore, snap: SnapshotRoot, version: str, result: SyncResult,
-                      workers: int) -> None:
+                      workers: int, online_only: bool) -> None:
     manifest, manifest_bytes = _remote_manifest(store, version)
     stage = snap.staging_dir / f"sync-{version}"
     _clean_staging(snap, keep=stage)
@@ -487,6 +491,9 @@ def _download_version(store: RemoteStore, snap: SnapshotRoot, version: str, resu
     todo: list[FileEntry] = []
     held = _held_locally(snap)
     for f in manifest.files:
+        if online_only and not f.path.startswith(ONLINE):
+            result.left_out.append(f.path)
+            continue
         done = stage / f.path
         # A file at its final name in staging was verified before it was renamed there.
         if done.is_file() and done.stat().st_size == f.size:
@@ -641,12 +648,12 @@ def prune(snap: SnapshotRoot, keep: int, protect: frozenset[str] | set[str] = fr
 
 
 def watch(uri: str, root: str | os.PathLike[str], every: float, keep: int = 3, *,
-          endpoint: str | None = None, stop: threading.Event | None = None) -> None:
+          endpoint: str | None = None, stop: threading.Event | None = None, online_only: bool = False) -> None:
     """Sync every `every` seconds until `stop` is set; a failed round is logged and retried."""
     stop = stop or threading.Event()
     while not stop.is_set():
         try:
-            r = sync(uri, root, keep, endpoint=endpoint)
+            r = sync(uri, root, keep, endpoint=endpoint, online_only=online_only)
             if r.changed:
                 log.warning("serving %s (was %s); %d files downloaded",
                             r.version, r.previous, len(r.downloaded))
@@ -672,6 +679,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("--root", required=True, help="local snapshot root")
     s.add_argument("--watch", type=float, metavar="SECONDS", help="keep syncing at this interval")
     s.add_argument("--keep", type=int, default=3, help="versions kept locally (>= 2, default 3)")
+    s.add_argument("--online-only", action="store_true",
+                   help="fetch only the RocksDB form a server reads, not the offline Parquet (training reads "
+                   "that from the store)")
     s.set_defaults(handler=_cmd_sync)
 
 
@@ -714,14 +724,15 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        watch(args.uri, args.root, args.watch, args.keep, stop=stop)
+        watch(args.uri, args.root, args.watch, args.keep, stop=stop, online_only=args.online_only)
         return 0
     try:
         t0 = time.monotonic()
-        r = sync(args.uri, args.root, args.keep)
+        r = sync(args.uri, args.root, args.keep, online_only=args.online_only)
     except DistributionError as e:
         print(f"quiver sync: {e}", file=sys.stderr)
         return e.exit_code
     print(f"CURRENT {r.version} (was {r.previous}): {len(r.downloaded)} files downloaded, {len(r.linked)} linked, "
-          f"{len(r.resumed)} resumed, {len(r.pruned)} old versions pruned in {time.monotonic() - t0:.1f}s")
+          f"{len(r.resumed)} resumed, " + (f"{len(r.left_out)} offline left out, " if r.left_out else "")
+          + f"{len(r.pruned)} old versions pruned in {time.monotonic() - t0:.1f}s")
     return 0

@@ -78,13 +78,17 @@ class SnapshotFiles:
         return data
 
     def current(self) -> str:
-        try:
-            text = self._read("CURRENT").decode().strip()
-        except FileNotFoundError:
-            text = ""
-        if not text:
-            raise TrainingDataError(f"{self.base}: no CURRENT version; load one or name a version")
-        return text
+        """The served version: CURRENT of a snapshot root, or LATEST of a store `quiver publish` writes
+        (the version every replica syncs to)."""
+        for name in ("CURRENT", "LATEST"):
+            try:
+                text = self._read(name).decode().strip()
+            except FileNotFoundError:
+                continue
+            if text:
+                return text
+        raise TrainingDataError(f"{self.base}: no CURRENT (snapshot root) or LATEST (published store) version; "
+                                "load or publish one, or name a version")
 
     def versions(self) -> list[str]:
         """Published version ids (a manifest present), in id order."""
@@ -116,6 +120,12 @@ class SnapshotFiles:
                                                                                           vdef.features]
         if not paths:
             return pa.table({c: pa.array([], _column_type(m, vdef, entity, c)) for c in columns})
+        absent = [i.path for i in self.fs.get_file_info(paths) if i.type == pafs.FileType.NotFound]
+        if absent:
+            raise TrainingDataError(
+                f"{self.base}: version {version} has no offline form here ({absent[0]} is missing): a root "
+                f"synced with `quiver sync --online-only` holds only what the server reads; read training "
+                f"data from the store it syncs from")
         dataset = ds.dataset(paths, format="parquet", filesystem=self.fs)
         filt = None if ids is None else ds.field(entity).isin(ids)
         return dataset.to_table(columns=columns, filter=filt)

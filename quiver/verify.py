@@ -234,6 +234,13 @@ def verify(root_dir: str | Path, version: str | None = None, sample: int | None 
     if version is None:
         raise FileNotFoundError(f"{root.path}: no CURRENT version; name one with --version")
     m = Manifest.load(root.manifest_path(version))
+    vdir = root.version_dir(version)
+    absent = [f.path for f in m.files if f.path.startswith("offline/") and not (vdir / f.path).is_file()]
+    if absent:
+        raise FileNotFoundError(
+            f"{vdir}: no offline form here ({len(absent)} file(s) missing, e.g. {absent[0]}): a root synced "
+            f"with `quiver sync --online-only` holds only what the server reads; verify where the version "
+            f"was loaded")
     report = VerifyReport(version)
     for view in m.schema.views:
         _verify_view(root, m, view, sample, seed, report)

@@ -24,11 +24,14 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
+from rocksdict import Cache
 
 from quiver import distribution as dist
-from quiver.snapshot import Manifest, SnapshotRoot
+from quiver.service.store import open_version
+from quiver.snapshot import Manifest, SnapshotRoot, encode_int64_key
 from quiver.snapshot.layout import write_atomic
 from quiver.snapshot.manifest import list_files
+from quiver.training import TrainingDataError, training_frame
 
 VENV_BIN = Path(sys.executable).parent
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -287,6 +290,41 @@ def test_changing_one_view_moves_only_its_files(store: str, s3_endpoint: str, re
     for p in shared - {lost}:
         assert (SnapshotRoot(rep).version_dir(v2) / p).stat().st_ino == \
             (SnapshotRoot(rep).version_dir(v1) / p).stat().st_ino
+
+
+def test_online_only_sync_serves_and_training_reads_the_store(make_version, tmp_path: Path, pub: Path,
+                                                              rep: Path) -> None:
+    """A replica needs the online form only; the offline files stay in the store, where training reads
+    the version LATEST names (the one every replica serves)."""
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    v1 = make_version(pub, 1)
+    dist.publish(pub, remote.as_uri())
+    r = quiver("sync", "--from", remote.as_uri(), "--root", str(rep), "--online-only", check=True)
+    snap = SnapshotRoot(rep)
+    m = Manifest.load(snap.manifest_path(v1))
+    offline = [f.path for f in m.files if f.path.startswith("offline/")]
+    assert offline and f"{len(offline)} offline left out" in r.stdout
+    assert snap.current() == v1 and not (snap.version_dir(v1) / "offline").exists()
+    assert snap.manifest_path(v1).read_bytes() == SnapshotRoot(pub).manifest_path(v1).read_bytes()
+    assert m.verify_files(snap.version_dir(v1), prefix="online/") == []
+
+    # what the server does with a new version: open it, check every online checksum, read a row
+    uid = training_frame(pub).column("user_id")[0].as_py()
+    loaded = open_version(snap, v1, Cache(8 << 20), "full")
+    try:
+        assert loaded.get("profile", [encode_int64_key(uid)])[0]
+    finally:
+        loaded.retire()
+
+    with pytest.raises(TrainingDataError, match="online-only"):
+        training_frame(rep)
+    r = quiver("verify", "--root", str(rep))
+    assert r.returncode != 0 and "--online-only" in r.stderr
+    from_store, from_root = training_frame(remote.as_uri()), training_frame(pub)   # LATEST; CURRENT
+    assert from_store.schema == from_root.schema and from_store.num_rows == from_root.num_rows > 0
+    for column in ("user_id", "profile__country", "activity__act_000", "ads__recent_ad_ids"):
+        assert from_store.column(column).equals(from_root.column(column)), column
 
 
 def test_endpoint_from_env_is_used_for_s3(make_version,
