@@ -13,13 +13,14 @@ use crate::proto::{
     GetFeaturesRequest, GetFeaturesResponse, GetSchemaRequest, GetSnapshotInfoRequest, GetSnapshotInfoResponse,
 };
 use crate::schema::Schema;
+use crate::tls::TlsOptions;
 use crate::value::EntityId;
 
 /// Schemas kept per version; a replica holds two versions, so this bound is only a safety net
 /// for a long-lived client that sees many swaps.
 const MAX_CACHED_SCHEMAS: usize = 8;
 
-/// Connection settings. The defaults suit a client beside the server.
+/// Connection settings. The defaults suit a client beside the server: plaintext, no deadline.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     pub connect_timeout: Duration,
@@ -27,11 +28,20 @@ pub struct ClientOptions {
     pub request_timeout: Option<Duration>,
     /// Largest response accepted (tonic's default is 4 MiB, too small for big batches of embeddings).
     pub max_response_bytes: usize,
+    /// TLS (mutual TLS with a client identity) for `https://host:port` addresses; `None`:
+    /// plaintext. An `https://` address needs it (no system roots are used), and `http://` or
+    /// `unix://` addresses refuse it rather than silently sending plaintext.
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        ClientOptions { connect_timeout: Duration::from_secs(5), request_timeout: None, max_response_bytes: 64 << 20 }
+        ClientOptions {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: None,
+            max_response_bytes: 64 << 20,
+            tls: None,
+        }
     }
 }
 
@@ -43,25 +53,90 @@ pub struct QuiverClient {
     schemas: Arc<Mutex<HashMap<String, Arc<Schema>>>>,
 }
 
-/// Builds the endpoint for `http://host:port` or `unix:///path/to.sock`.
-pub fn endpoint(addr: &str, options: &ClientOptions) -> Result<Endpoint, tonic::transport::Error> {
-    let mut ep = Endpoint::from_shared(addr.to_owned())?.connect_timeout(options.connect_timeout).tcp_nodelay(true);
+/// Builds the endpoint for `http://host:port`, `https://host:port` (with [`ClientOptions::tls`])
+/// or `unix:///path/to.sock`. Checks the TLS settings (files parse, key fits certificate) and that
+/// they agree with the address, without connecting.
+pub fn endpoint(addr: &str, options: &ClientOptions) -> Result<Endpoint> {
+    let connect_err = |source| Error::Connect { addr: addr.to_owned(), source };
+    let mut ep = Endpoint::from_shared(addr.to_owned())
+        .map_err(connect_err)?
+        .connect_timeout(options.connect_timeout)
+        .tcp_nodelay(true);
     if let Some(t) = options.request_timeout {
         ep = ep.timeout(t);
+    }
+    // tonic decides by the scheme alone: TLS settings on an http:// endpoint would be ignored.
+    let https = !addr.starts_with("unix:") && ep.uri().scheme_str() == Some("https");
+    match &options.tls {
+        Some(tls) if https => {
+            ep = ep
+                .tls_config(tls.client_config()?)
+                .map_err(|e| Error::Tls(format!("cannot set up TLS for {addr}: {}", crate::error::chain(&e))))?;
+        }
+        Some(_) if addr.starts_with("unix:") => {
+            return Err(Error::Tls(format!(
+                "{addr}: TLS options given for a Unix socket, which quiver serves in plaintext only \
+                 (TLS is for TCP: use https://host:port)"
+            )));
+        }
+        Some(_) => {
+            return Err(Error::Tls(format!(
+                "{addr}: TLS options given for a plaintext address: use https://host:port for TLS"
+            )));
+        }
+        None if https => {
+            return Err(Error::Tls(format!(
+                "{addr}: https needs ClientOptions::tls with the CA that signed the server's certificate \
+                 (system roots are not used)"
+            )));
+        }
+        None => {}
     }
     Ok(ep)
 }
 
 impl QuiverClient {
-    /// Connects to `http://host:port` or `unix:///path/to.sock` with default options.
+    /// Connects to `http://host:port` or `unix:///path/to.sock` with default options (plaintext).
     pub async fn connect(addr: &str) -> Result<Self> {
         Self::connect_with(addr, &ClientOptions::default()).await
     }
 
+    /// Connects with `options`; `https://host:port` with [`ClientOptions::tls`] for TLS.
+    ///
+    /// Over TLS this also makes one GetSnapshotInfo call (deadline: the connect timeout) before
+    /// returning. Under TLS 1.3 a server judges the client certificate only after the handshake
+    /// completed on the client's side, and a quiver server that refuses it (mutual TLS) just
+    /// closes the connection: without this call the refusal would surface as a vague transport
+    /// error on the first request instead of an [`Error::Tls`] here. A server certificate the CA
+    /// did not sign fails the handshake itself ([`Error::Connect`]).
     pub async fn connect_with(addr: &str, options: &ClientOptions) -> Result<Self> {
-        let connect_err = |source| Error::Connect { addr: addr.to_owned(), source };
-        let channel = endpoint(addr, options).map_err(connect_err)?.connect().await.map_err(connect_err)?;
-        Ok(Self::from_channel(channel, options))
+        let channel = endpoint(addr, options)?
+            .connect()
+            .await
+            .map_err(|source| Error::Connect { addr: addr.to_owned(), source })?;
+        let client = Self::from_channel(channel, options);
+        if let Some(tls) = &options.tls {
+            let mut probe = tonic::Request::new(GetSnapshotInfoRequest {});
+            probe.set_timeout(options.connect_timeout);
+            // A status whose source is a transport error was made by the client from a broken
+            // connection (its code varies with the moment the connection broke: Unknown,
+            // Cancelled, ...); a status from the server, or a deadline, is not about TLS.
+            if let Err(status) = client.grpc.clone().get_snapshot_info(probe).await
+                && let Some(cause) = std::error::Error::source(&status)
+                && cause.is::<tonic::transport::Error>()
+            {
+                let presented = match &tls.identity {
+                    Some(id) => format!("did not accept the client certificate {}", id.cert.origin),
+                    None => "requires a client certificate (TlsOptions::with_identity)".to_owned(),
+                };
+                return Err(Error::Tls(format!(
+                    "{addr}: the TLS handshake completed but the connection failed on its first call ({}); \
+                     if the server runs with --tls-client-ca (mutual TLS), it {presented}",
+                    crate::error::chain(cause)
+                )));
+            }
+        }
+        Ok(client)
     }
 
     /// Wraps an existing channel (e.g. one built with [`endpoint`] and `connect_lazy`).
@@ -182,5 +257,7 @@ mod tests {
         assert!(endpoint("http://127.0.0.1:50051", &o).is_ok());
         assert!(endpoint("unix:///tmp/quiver.sock", &o).is_ok());
         assert!(endpoint("not a uri", &o).is_err());
+        // https without TLS settings (no system roots) is refused, not downgraded.
+        assert!(matches!(endpoint("https://127.0.0.1:50051", &o), Err(Error::Tls(_))));
     }
 }

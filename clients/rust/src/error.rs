@@ -7,7 +7,10 @@ use std::fmt;
 ///
 /// ```text
 /// Error
-/// ├── Connect   no channel to the address (bad address, refused, timeout)
+/// ├── Connect   no channel to the address (bad address, refused, timeout, TLS handshake failed)
+/// ├── Tls       TLS settings unusable (file unreadable or not PEM, key does not fit certificate),
+///               at odds with the address (TLS for http:// or unix://, https:// without TLS), or
+///               the connection dropped right after the handshake (client certificate refused)
 /// ├── Status    the server answered with a gRPC status (NOT_FOUND view, FAILED_PRECONDITION version, ...)
 /// ├── Request   the client refused to send it (mixed entity id types)
 /// └── Protocol  the answer breaks the contract in quiver.proto (row count, missing slot, bad schema)
@@ -15,6 +18,7 @@ use std::fmt;
 #[derive(Debug)]
 pub enum Error {
     Connect { addr: String, source: tonic::transport::Error },
+    Tls(String),
     Status(tonic::Status),
     Request(String),
     Protocol(String),
@@ -33,16 +37,20 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Connect { addr, source } => {
-                write!(f, "cannot connect to quiver at {addr}: {source}")?;
-                let mut cause = std::error::Error::source(source);
-                while let Some(c) = cause {
-                    write!(f, ": {c}")?;
-                    cause = c.source();
+            Error::Connect { addr, source } => write!(f, "cannot connect to quiver at {addr}: {}", chain(source)),
+            Error::Tls(m) => write!(f, "TLS: {m}"),
+            // A status with a source was made by the client from a transport failure (connection
+            // reset, TLS alert): the causes say what happened.
+            Error::Status(s) => match std::error::Error::source(s) {
+                None => write!(f, "quiver answered {:?}: {}", s.code(), s.message()),
+                Some(cause) => {
+                    let causes = chain(cause);
+                    match causes.strip_prefix(s.message()) {
+                        Some(rest) => write!(f, "call to quiver failed, {:?}: {}{rest}", s.code(), s.message()),
+                        None => write!(f, "call to quiver failed, {:?}: {}: {causes}", s.code(), s.message()),
+                    }
                 }
-                Ok(())
-            }
-            Error::Status(s) => write!(f, "quiver answered {:?}: {}", s.code(), s.message()),
+            },
             Error::Request(m) => write!(f, "invalid request: {m}"),
             Error::Protocol(m) => write!(f, "response breaks the quiver contract: {m}"),
         }
@@ -63,6 +71,22 @@ impl From<tonic::Status> for Error {
     fn from(s: tonic::Status) -> Self {
         Error::Status(s)
     }
+}
+
+/// An error and its causes, `: `-separated (tonic's transport errors say little at the top level).
+/// A cause that only repeats the text before it (an io::Error around a rustls error) is skipped.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

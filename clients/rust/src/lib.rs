@@ -13,6 +13,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Plaintext by default; for a server started with `--tls-cert`/`--tls-key` (and
+//! `--tls-client-ca`), connect to `https://host:port` with [`ClientOptions::tls`] set from
+//! [`TlsOptions`] (mutual TLS: [`TlsOptions::with_identity_files`]).
+//!
 //! The server sends each entity's stored ViewRow bytes untouched; this crate decodes them by
 //! feature name with the schema of the version that answered (GetSchema, cached per version).
 
@@ -20,6 +24,7 @@ mod client;
 mod decode;
 mod error;
 mod schema;
+mod tls;
 mod value;
 
 /// Code generated from proto/quiver/v1/quiver.proto at build time.
@@ -31,4 +36,5 @@ pub use client::{ClientOptions, QuiverClient, build_request, endpoint};
 pub use decode::{EntityFeatures, FeatureBatch, ViewValues, decode_response, decode_view_row};
 pub use error::{Error, Result};
 pub use schema::{FeatureSchema, FeatureType, KeyType, Schema, ViewSchema, group_field_of};
+pub use tls::{ClientIdentity, Pem, TlsOptions};
 pub use value::{EntityId, Value};
