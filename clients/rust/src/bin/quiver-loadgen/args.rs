@@ -1,4 +1,4 @@
-//! Command-line flags (hand-parsed: ten flags do not justify a parser dependency).
+//! Command-line flags (hand-parsed: a dozen flags do not justify a parser dependency).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,6 +27,14 @@ USAGE: quiver-loadgen [FLAGS]
   --timeout-ms MS              a request slower than this is an error (default 10000)
   --threads T                  tokio worker threads (default 1; pacing has its own thread)
   --json-out FILE              also write the summary as JSON
+  --tls-ca FILE                quiver only: TLS, verifying the server against this CA (PEM);
+                               the address is then https://host:port (the default becomes
+                               https://127.0.0.1:50051)
+  --tls-cert FILE --tls-key FILE
+                               quiver only: mutual TLS, presenting this client certificate and
+                               key (PEM); needs --tls-ca
+  --tls-domain NAME            quiver only: verify the server certificate for NAME instead of
+                               the address's host; needs --tls-ca
   -h, --help                   this text
 ";
 
@@ -60,6 +68,16 @@ pub struct Args {
     pub timeout: Duration,
     pub threads: usize,
     pub json_out: Option<PathBuf>,
+    pub tls: Option<TlsArgs>,
+}
+
+/// The --tls-* flags; files are read when connecting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsArgs {
+    pub ca: PathBuf,
+    /// Client certificate and key, both or neither.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    pub domain: Option<String>,
 }
 
 /// `Ok(None)` means help was asked for.
@@ -77,6 +95,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, Str
     let mut timeout_ms = 10_000u64;
     let mut threads = 1usize;
     let mut json_out = None;
+    let (mut tls_ca, mut tls_cert, mut tls_key, mut tls_domain) = (None, None, None, None);
 
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
@@ -108,6 +127,10 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, Str
             "--timeout-ms" => timeout_ms = number(&flag, &value()?)?,
             "--threads" => threads = number(&flag, &value()?)?,
             "--json-out" => json_out = Some(PathBuf::from(value()?)),
+            "--tls-ca" => tls_ca = Some(PathBuf::from(value()?)),
+            "--tls-cert" => tls_cert = Some(PathBuf::from(value()?)),
+            "--tls-key" => tls_key = Some(PathBuf::from(value()?)),
+            "--tls-domain" => tls_domain = Some(value()?),
             other => return Err(format!("unknown flag {other}; see --help")),
         }
     }
@@ -123,7 +146,23 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, Str
     if target == TargetKind::Redis && !views.is_empty() {
         return Err("--views applies to --target quiver only (Redis returns every view of a user)".into());
     }
+    let identity = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => return Err("--tls-cert and --tls-key go together (mutual TLS)".into()),
+    };
+    let tls = match tls_ca {
+        Some(ca) => Some(TlsArgs { ca, identity, domain: tls_domain }),
+        None if identity.is_some() || tls_domain.is_some() => {
+            return Err("--tls-cert, --tls-key and --tls-domain need --tls-ca (the CA of the server)".into());
+        }
+        None => None,
+    };
+    if target == TargetKind::Redis && tls.is_some() {
+        return Err("--tls-* flags apply to --target quiver only".into());
+    }
     let addr = addr.unwrap_or_else(|| match target {
+        TargetKind::Quiver if tls.is_some() => "https://127.0.0.1:50051".into(),
         TargetKind::Quiver => "http://127.0.0.1:50051".into(),
         TargetKind::Redis => "redis://127.0.0.1:6379".into(),
     });
@@ -141,6 +180,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, Str
         timeout: Duration::from_millis(timeout_ms),
         threads,
         json_out,
+        tls,
     }))
 }
 
@@ -170,6 +210,24 @@ mod tests {
         let a = args("--views profile,ads --addr unix:///tmp/q.sock").unwrap().unwrap();
         assert_eq!(a.views, ["profile", "ads"]);
         assert_eq!(a.addr, "unix:///tmp/q.sock");
+        assert_eq!(a.tls, None);
+    }
+
+    #[test]
+    fn tls_flags() {
+        let a = args("--tls-ca ca.pem --tls-cert c.pem --tls-key=k.pem --tls-domain quiver.internal").unwrap().unwrap();
+        let tls = a.tls.unwrap();
+        assert_eq!(tls.ca.to_str(), Some("ca.pem"));
+        assert_eq!(tls.identity, Some(("c.pem".into(), "k.pem".into())));
+        assert_eq!(tls.domain.as_deref(), Some("quiver.internal"));
+        assert_eq!(a.addr, "https://127.0.0.1:50051", "TLS changes the default address");
+        let a = args("--tls-ca ca.pem --addr https://10.0.0.1:7000").unwrap().unwrap();
+        assert_eq!(a.addr, "https://10.0.0.1:7000");
+        assert_eq!(a.tls.unwrap().identity, None);
+        assert!(args("--tls-ca ca.pem --tls-cert c.pem").is_err(), "a certificate without its key");
+        assert!(args("--tls-key k.pem --tls-cert c.pem").is_err(), "mutual TLS without a CA");
+        assert!(args("--tls-domain x").is_err());
+        assert!(args("--target redis --tls-ca ca.pem").is_err());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The two systems under load, behind one `send` so the runner treats them alike.
 
 use quiver_client::proto::GetFeaturesRequest;
-use quiver_client::{ClientOptions, KeyType, QuiverClient, endpoint};
+use quiver_client::{ClientOptions, KeyType, QuiverClient, TlsOptions};
 
 use crate::args::{Args, TargetKind};
 
@@ -16,7 +16,17 @@ impl Target {
     pub async fn connect(args: &Args) -> Result<Target, String> {
         match args.target {
             TargetKind::Quiver => {
-                let options = ClientOptions::default();
+                let mut options = ClientOptions::default();
+                if let Some(tls) = &args.tls {
+                    let mut t = TlsOptions::from_files(&tls.ca).map_err(|e| format!("--tls-ca: {e}"))?;
+                    if let Some((cert, key)) = &tls.identity {
+                        t = t.with_identity_files(cert, key).map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+                    }
+                    if let Some(domain) = &tls.domain {
+                        t = t.with_domain(domain);
+                    }
+                    options.tls = Some(t);
+                }
                 // Several addresses (comma-separated) are used round-robin: a server with N workers
                 // on Unix sockets listens on PATH, PATH.1, ... since sockets cannot share a port.
                 let addrs: Vec<&str> = args.addr.split(',').filter(|a| !a.is_empty()).collect();
@@ -26,9 +36,7 @@ impl Target {
                     // A separate connect() is a separate HTTP/2 connection, which the kernel can
                     // hand to a different SO_REUSEPORT process.
                     let addr = addrs[i % addrs.len()];
-                    let ep = endpoint(addr, &options).map_err(|e| format!("--addr {addr}: {e}"))?;
-                    let channel = ep.connect().await.map_err(|e| format!("cannot connect to {addr}: {e:?}"))?;
-                    clients.push(QuiverClient::from_channel(channel, &options));
+                    clients.push(QuiverClient::connect_with(addr, &options).await.map_err(|e| e.to_string())?);
                 }
                 let schema = clients[0].schema("").await.map_err(|e| e.to_string())?;
                 for v in &args.views {
