@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use quiver_client::QuiverClient;
+use quiver_client::{ClientOptions, QuiverClient};
 
 pub const USERS: u64 = 2000;
 pub const SEED: u64 = 7;
@@ -55,8 +55,9 @@ impl Dataset {
 pub fn dataset() -> &'static Dataset {
     static DATASET: OnceLock<Dataset> = OnceLock::new();
     DATASET.get_or_init(|| {
-        // One fixed folder, emptied first, so repeated runs do not pile up data.
-        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("quiver-e2e");
+        // One fixed folder per test binary, emptied first, so repeated runs do not pile up data
+        // and two binaries never share one.
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("quiver-e2e").join(env!("CARGO_CRATE_NAME"));
         let _ = std::fs::remove_dir_all(&base);
         let dir = base.join("source");
         let root = base.join("root");
@@ -122,13 +123,18 @@ impl Server {
 
     /// A client once the server answers GetSnapshotInfo with a current version.
     pub async fn ready_client(&mut self, addr: &str) -> QuiverClient {
+        self.ready_client_with(addr, &ClientOptions::default()).await
+    }
+
+    /// Like [`Server::ready_client`], connecting with `options` (TLS, say).
+    pub async fn ready_client_with(&mut self, addr: &str, options: &ClientOptions) -> QuiverClient {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut last;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("quiver serve exited early with {status}; see the serve-*.log beside the snapshot root");
             }
-            match QuiverClient::connect(addr).await {
+            match QuiverClient::connect_with(addr, options).await {
                 Ok(client) => match client.snapshot_info().await {
                     Ok(info) if !info.current_version.is_empty() => return client,
                     Ok(_) => last = "no current version yet".into(),
