@@ -38,6 +38,7 @@ from quiver.snapshot.schema import FeatureSet, ViewDef
 log = logging.getLogger("quiver.loader")
 SAMPLE_TARGET = 200_000       # keys sampled per view to draw partition boundaries
 PARTITION_BYTES = 64 << 20    # spilled (in-memory) bytes per key range: bounds a sort worker's memory
+PROGRESS_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,24 @@ def _checksums(pool: ProcessPoolExecutor, out: Path, known: dict[str, str]) -> l
     return [FileEntry(p, size, known.get(p) or sums[p]) for p, size in listed]
 
 
+class Progress:
+    """A log line at most every PROGRESS_SECONDS while a phase runs: a 90M-user load takes minutes."""
+
+    def __init__(self, phase: str, tasks: int, what: str) -> None:
+        self.phase, self.tasks, self.what = phase, tasks, what
+        self.finished = self.count = 0
+        self.started = self.logged = time.monotonic()
+
+    def done(self, count: int) -> None:
+        self.finished += 1
+        self.count += count
+        now = time.monotonic()
+        if now - self.logged >= PROGRESS_SECONDS and self.finished < self.tasks:
+            self.logged = now
+            log.info("%-10s %d/%d tasks, %s %s (%.0f/s)", self.phase, self.finished, self.tasks,
+                     f"{self.count:,}", self.what, self.count / (now - self.started))
+
+
 def _build_views(pool: ProcessPoolExecutor, features: FeatureSet, views: list[ViewDef],
                  files: dict[str, list[SourceFile]], stage: Path, out: Path,
                  opts: LoadOptions) -> tuple[dict[str, ViewStats], dict[str, str]]:
@@ -295,8 +314,10 @@ def _build_views(pool: ProcessPoolExecutor, features: FeatureSet, views: list[Vi
         encode += _encode_tasks(features, v, files[v.name], stage / "spill" / v.name, out / "offline" / v.name,
                                 bounds[v.name], opts, opts.workers)
     known: dict[str, str] = {}
+    encoded_rows = Progress("encode", len(encode), "rows spilled")
     for encoded in pool.map(tasks.encode_task, encode):
         known |= encoded.checksums
+        encoded_rows.done(sum(encoded.counts))
     phase("encode")
     # 3. sort, dedup, write SST and offline Parquet per range
     part_jobs = []
@@ -308,9 +329,11 @@ def _build_views(pool: ProcessPoolExecutor, features: FeatureSet, views: list[Vi
                 str(out / "offline" / v.name / f"part-{p.name[1:]}.parquet") if tasks.spills_all_columns(v) else "",
                 tuple(f.path for f in files[v.name]), opts.compression))))
     results: dict[str, list[tasks.PartitionResult]] = {v.name: [] for v in views}
+    stored = Progress("sort+sst", len(part_jobs), "rows stored")
     for name, job in part_jobs:
         results[name].append(job.result())
         known |= results[name][-1].checksums
+        stored.done(results[name][-1].rows)
     phase("sort+sst")
     # 4. one RocksDB per view
     ingest = [pool.submit(tasks.ingest_task, str(out / "online" / v.name),
