@@ -458,7 +458,8 @@ def sync(uri: str, root: str | os.PathLike[str], keep: int = 3, *,
     """Make the root serve the remote LATEST: download it if needed, verify, publish, move CURRENT.
 
     `online_only`: fetch the RocksDB form only (all a server reads, ~60% of a version's bytes); the
-    manifest still lists the offline files, which training reads from the store itself.
+    manifest still lists the offline files, which training reads from the store itself. A later sync
+    without it fetches what such a version lacks.
     On any error CURRENT and versions/ are as before; verified files stay in staging for the next run.
     """
     if keep < 2:
@@ -474,6 +475,8 @@ def sync(uri: str, root: str | os.PathLike[str], keep: int = 3, *,
         result = SyncResult(target, previous)
         if not snap.manifest_path(target).is_file():
             _download_version(store, snap, target, result, workers, online_only)
+        elif not online_only:
+            _complete_version(store, snap, target, result, workers)
         if previous != target:
             with _errors(f"moving {snap.current_file} to {target}"):
                 snap.set_current(target)
@@ -525,6 +528,29 @@ def _download_version(store: RemoteStore, snap: SnapshotRoot, version: str, resu
         os.rename(stage, dest)
         fsync_dir(snap.versions_dir)
         shutil.rmtree(snap.staging_dir / f"trash-{version}-{os.getpid()}", ignore_errors=True)
+
+
+def _complete_version(store: RemoteStore, snap: SnapshotRoot, version: str, result: SyncResult,
+                      workers: int) -> None:
+    """Fetch the files a version present here lacks: the offline form of one synced --online-only. Each
+    file appears whole under its name once verified; the online files a server reads are untouched."""
+    vdir = snap.version_dir(version)
+    try:
+        manifest = Manifest.load(snap.manifest_path(version))
+    except ManifestError as e:
+        raise LocalSnapshotError(f"version {version} in {snap.path}: {e}") from None
+    todo = [f for f in manifest.files if not (vdir / f.path).is_file()]
+    if not todo:
+        return
+    need, free = sum(f.size for f in todo), shutil.disk_usage(snap.path).free
+    if need > free:
+        raise DiskFull(f"{snap.path}: completing version {version} needs {need} more bytes, {free} free")
+
+    def get(f: FileEntry) -> None:
+        _download_file(store, vdir / f.path, f, "versions", version, *f.path.split("/"))
+
+    _run_all(get, todo, workers)
+    result.downloaded = [f.path for f in todo]
 
 
 def _held_locally(snap: SnapshotRoot) -> dict[tuple[str, int, str], Path]:

@@ -326,6 +326,14 @@ def test_online_only_sync_serves_and_training_reads_the_store(make_version, tmp_
     for column in ("user_id", "profile__country", "activity__act_000", "ads__recent_ad_ids"):
         assert from_store.column(column).equals(from_root.column(column)), column
 
+    # a sync without the flag completes the version in place: the offline files arrive, verified
+    full = dist.sync(remote.as_uri(), rep)
+    assert full.version == v1 and sorted(full.downloaded) == sorted(offline)
+    for rel in offline:   # (same_version would also see the files opening it above wrote: LOG, config)
+        assert filecmp.cmp(SnapshotRoot(pub).version_dir(v1) / rel, snap.version_dir(v1) / rel, shallow=False)
+    assert quiver("verify", "--root", str(rep)).returncode == 0
+    assert training_frame(rep).num_rows == from_root.num_rows
+
 
 def test_endpoint_from_env_is_used_for_s3(make_version,
         monkeypatch: pytest.MonkeyPatch, s3_endpoint: str, bucket: str,
