@@ -490,7 +490,6 @@ def _download_version(store: RemoteStore, snap: SnapshotRoot, version: str, resu
     manifest, manifest_bytes = _remote_manifest(store, version)
     stage = snap.staging_dir / f"sync-{version}"
     _clean_staging(snap, keep=stage)
-    need = 0
     todo: list[FileEntry] = []
     held = _held_locally(snap)
     for f in manifest.files:
@@ -505,17 +504,7 @@ def _download_version(store: RemoteStore, snap: SnapshotRoot, version: str, resu
             result.linked.append(f.path)
         else:
             todo.append(f)
-            need += f.size
-    free = shutil.disk_usage(snap.path).free
-    if need > free:
-        raise DiskFull(f"{snap.path}: version {version} needs {need} more bytes, {free} free; "
-                       "free space or lower --keep")
-
-    def get(f: FileEntry) -> None:
-        _download_file(store, stage / f.path, f, "versions", version, *f.path.split("/"))
-
-    _run_all(get, todo, workers)
-    result.downloaded = [f.path for f in todo]
+    result.downloaded = _fetch(store, snap, version, todo, stage, workers)
 
     with _errors(f"publishing {version} into {snap.versions_dir}"):
         for p in stage.rglob("*.part"):
@@ -539,18 +528,23 @@ def _complete_version(store: RemoteStore, snap: SnapshotRoot, version: str, resu
         manifest = Manifest.load(snap.manifest_path(version))
     except ManifestError as e:
         raise LocalSnapshotError(f"version {version} in {snap.path}: {e}") from None
-    todo = [f for f in manifest.files if not (vdir / f.path).is_file()]
-    if not todo:
-        return
-    need, free = sum(f.size for f in todo), shutil.disk_usage(snap.path).free
+    result.downloaded = _fetch(store, snap, version, [f for f in manifest.files if not (vdir / f.path).is_file()],
+                               vdir, workers)
+
+
+def _fetch(store: RemoteStore, snap: SnapshotRoot, version: str, files: list[FileEntry], into: Path,
+           workers: int) -> list[str]:
+    """Download `files` of `version` under `into`, each verified; refuses up front if they cannot fit."""
+    need, free = sum(f.size for f in files), shutil.disk_usage(snap.path).free
     if need > free:
-        raise DiskFull(f"{snap.path}: completing version {version} needs {need} more bytes, {free} free")
+        raise DiskFull(f"{snap.path}: version {version} needs {need} more bytes, {free} free; "
+                       "free space or lower --keep")
 
     def get(f: FileEntry) -> None:
-        _download_file(store, vdir / f.path, f, "versions", version, *f.path.split("/"))
+        _download_file(store, into / f.path, f, "versions", version, *f.path.split("/"))
 
-    _run_all(get, todo, workers)
-    result.downloaded = [f.path for f in todo]
+    _run_all(get, files, workers)
+    return [f.path for f in files]
 
 
 def _held_locally(snap: SnapshotRoot) -> dict[tuple[str, int, str], Path]:
