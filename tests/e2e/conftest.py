@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from server_process import QUIVER, ServerProcess, UsersSnapshots, quiver_load
 
 from quiver.snapshot import SnapshotRoot
+from support.processes import QUIVER, ServerProcess, UsersSnapshots, quiver_load
 
 
 @pytest.fixture
@@ -34,16 +34,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 # ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def shared(pytestconfig: pytest.Config) -> Any:
-    """tests/conftest.py as a module (its data sets and bit-exact readers): pytest imports it as a plugin
-    named by its path, not as an importable module."""
-    module = pytestconfig.pluginmanager.get_plugin(str(Path(__file__).parents[1] / "conftest.py"))
-    assert module is not None
-    return module
-
-
-@pytest.fixture(scope="session")
-def users(tmp_path_factory: pytest.TempPathFactory, shared: Any) -> UsersSnapshots:
+def users(tmp_path_factory: pytest.TempPathFactory) -> UsersSnapshots:
     base = tmp_path_factory.mktemp("users")
     template = base / "root"
     sources, versions = {}, []
@@ -55,4 +46,4 @@ def users(tmp_path_factory: pytest.TempPathFactory, shared: Any) -> UsersSnapsho
         sources[v] = src
         versions.append(v)
     SnapshotRoot(template).set_current(versions[0])
-    return UsersSnapshots(template, sources, versions[0], versions[1], shared)
+    return UsersSnapshots(template, sources, versions[0], versions[1])

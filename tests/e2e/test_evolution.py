@@ -23,11 +23,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from server_process import QUIVER, ServerProcess, free_port, wait_for
 
 from quiver.client import FeatureClient
 from quiver.snapshot import Manifest, SnapshotRoot
 from quiver.v1 import quiver_pb2
+from support.processes import QUIVER, ServerProcess, free_port, wait_for
 
 VIEWS = ["profile", "activity", "embedding", "ads"]
 

@@ -19,6 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from quiver.snapshot import Manifest, SnapshotRoot, encode_int64_key, encode_string_key, file_checksum
+from support.oracle import decode_view_row
+from support.stored import mismatches, read_offline, read_online, read_online_keys
 
 VENV_BIN = Path(sys.executable).parent
 AS_OF = "2026-11-01T00:00:00Z"
@@ -43,7 +45,7 @@ def published(root: Path) -> list[str]:
 
 @pytest.mark.parametrize("key_type", ["int64", "string"])
 def test_every_value_round_trips_through_both_forms(request: pytest.FixtureRequest, key_type: str,
-                                                    tmp_path: Path, stored: Any) -> None:
+                                                    tmp_path: Path) -> None:
     data = request.getfixturevalue("every_type" if key_type == "int64" else "every_type_string_keys")
     root = tmp_path / "root"
     r = load(data.features_path, root, "--as-of", AS_OF)
@@ -51,10 +53,10 @@ def test_every_value_round_trips_through_both_forms(request: pytest.FixtureReque
     version = r.stdout.strip()
     assert SnapshotRoot(root).current() == version
     for view in ("every", "events"):
-        online = stored.online(root, view)
-        assert stored.mismatches(data.expected[view], online) == [], f"online {view}"
-        table, offline = stored.offline(root, view)
-        assert stored.mismatches(data.expected[view], offline) == [], f"offline {view}"
+        online = read_online(root, view)
+        assert mismatches(data.expected[view], online) == [], f"online {view}"
+        table, offline = read_offline(root, view)
+        assert mismatches(data.expected[view], offline) == [], f"offline {view}"
         # the online form is in key order: numeric for int64 (negatives first), UTF-8 byte order for
         # strings; the offline form holds the same rows, in key order only where duplicates were dropped
         order = sorted(data.expected[view], key=(lambda k: k) if key_type == "int64" else (lambda k: k.encode()))
@@ -66,28 +68,28 @@ def test_every_value_round_trips_through_both_forms(request: pytest.FixtureReque
     assert manifest.views["every"].dropped_duplicates == 0
 
 
-def test_point_reads_by_encoded_key(every_type: Any, tmp_path: Path, stored: Any) -> None:
+def test_point_reads_by_encoded_key(every_type: Any, tmp_path: Path) -> None:
     """What the server does: look keys up by their encoded bytes; unknown keys are absent."""
     root = tmp_path / "root"
     assert load(every_type.features_path, root).returncode == 0
     keys = [-(2**63), -1, 0, 2**63 - 1]
-    values = stored.online_keys(root, "every", [encode_int64_key(k) for k in keys] + [encode_int64_key(7)])
+    values = read_online_keys(root, "every", [encode_int64_key(k) for k in keys] + [encode_int64_key(7)])
     assert values[-1] is None
     view = every_type.features.view("every")
     for k, v in zip(keys, values, strict=False):
         assert v is not None
-        assert stored.decode_view_row(view, v) == every_type.expected["every"][k]
+        assert decode_view_row(view, v) == every_type.expected["every"][k]
 
 
-def test_string_keys_point_reads(every_type_string_keys: Any, tmp_path: Path, stored: Any) -> None:
+def test_string_keys_point_reads(every_type_string_keys: Any, tmp_path: Path) -> None:
     root = tmp_path / "root"
     assert load(every_type_string_keys.features_path, root).returncode == 0
     keys = ["", "日本語", "\U0001f9ed", "a\x00"]
-    values = stored.online_keys(root, "every", [encode_string_key(k) for k in keys] + [b"absent"])
+    values = read_online_keys(root, "every", [encode_string_key(k) for k in keys] + [b"absent"])
     assert values[-1] is None
     view = every_type_string_keys.features.view("every")
     for k, v in zip(keys, values, strict=False):
-        assert stored.decode_view_row(view, v) == every_type_string_keys.expected["every"][k]
+        assert decode_view_row(view, v) == every_type_string_keys.expected["every"][k]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,7 +427,7 @@ def test_sigkill_at_any_moment_leaves_no_partial_version(tmp_path: Path) -> None
     assert m.rows()["profile"] == 200_000
 
 
-def test_unchanged_views_are_reused_and_read_back_exactly(every_type: Any, tmp_path: Path, stored: Any) -> None:
+def test_unchanged_views_are_reused_and_read_back_exactly(every_type: Any, tmp_path: Path) -> None:
     """A second load of the same sources at another as-of links the first version's files."""
     root = tmp_path / "root"
     r1 = load(every_type.features_path, root, "--as-of", AS_OF)
@@ -439,8 +441,8 @@ def test_unchanged_views_are_reused_and_read_back_exactly(every_type: Any, tmp_p
         m = Manifest.load(SnapshotRoot(root).manifest_path(v))
         assert m.verify_files(SnapshotRoot(root).version_dir(v)) == [], v
         for view in ("every", "events"):
-            assert stored.mismatches(every_type.expected[view], stored.online(root, view, v)) == [], (v, view)
-            assert stored.mismatches(every_type.expected[view], stored.offline(root, view, v)[1]) == [], (v, view)
+            assert mismatches(every_type.expected[view], read_online(root, view, v)) == [], (v, view)
+            assert mismatches(every_type.expected[view], read_offline(root, view, v)[1]) == [], (v, view)
 
 
 def test_duplicate_key_across_files_names_both(small_view: Callable[..., Path], root: Path) -> None:
@@ -463,7 +465,7 @@ def test_wrong_type_in_the_second_file_names_it(small_view: Callable[..., Path],
     assert_rejected(features, root, 4, str(features.parent / "parts" / "p1.parquet"), "column 'x'", "is string")
 
 
-def test_latest_event_wins_across_files(small_view: Callable[..., Path], tmp_path: Path, stored: Any) -> None:
+def test_latest_event_wins_across_files(small_view: Callable[..., Path], tmp_path: Path) -> None:
     features = small_view(source="parts/*.parquet", view_extra={"event_timestamp": "ts"})
     (features.parent / "parts").mkdir()
     for i, (keys, stamps, xs) in enumerate([([1, 2, 3], [10, 30, 10], [1.0, 2.0, 3.0]),
@@ -474,7 +476,7 @@ def test_latest_event_wins_across_files(small_view: Callable[..., Path], tmp_pat
     r = load(features, root)
     assert r.returncode == 0, r.stderr
     assert "view 'v': dropped 3 older row(s)" in r.stderr
-    table, _ = stored.offline(root, "v")
+    table, _ = read_offline(root, "v")
     assert table.select(["user_id", "x"]).to_pylist() == [{"user_id": 1, "x": 1.0}, {"user_id": 2, "x": 2.0},
                                                           {"user_id": 3, "x": 300.0}]
     assert Manifest.load(SnapshotRoot(root).manifest_path(r.stdout.strip())).views["v"].dropped_duplicates == 3

@@ -23,7 +23,13 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server_process import (
+
+from quiver.client import FeatureClient
+from quiver.snapshot import Manifest, SnapshotRoot
+from quiver.v1 import quiver_pb2 as pb
+from quiver.v1 import quiver_pb2_grpc
+from support.oracle import decode_view_row, response_views
+from support.processes import (
     NOT_SERVING,
     QUIVER,
     SERVICE,
@@ -34,11 +40,7 @@ from server_process import (
     short_tmpdir,
     wait_for,
 )
-
-from quiver.client import FeatureClient
-from quiver.snapshot import Manifest, SnapshotRoot
-from quiver.v1 import quiver_pb2 as pb
-from quiver.v1 import quiver_pb2_grpc
+from support.stored import mismatches
 
 VIEWS = ["profile", "activity", "embedding", "ads"]
 MAX_ENTITIES = 1000
@@ -74,11 +76,6 @@ def raw_get(channel: grpc.Channel, request: bytes, timeout: float = 10) -> bytes
     return bytes(channel.unary_unary(GET_FEATURES)(request, timeout=timeout))
 
 
-def view_rows(raw_response: bytes, stored: Any) -> list[list[bytes]]:
-    """Per entity, the ViewRow bytes of each view exactly as sent (floats keep every bit)."""
-    return [stored.wire_fields(row).get(1, []) for row in stored.wire_fields(raw_response).get(3, [])]
-
-
 # ---------------------------------------------------------------------------------------------
 # Values
 # ---------------------------------------------------------------------------------------------
@@ -86,7 +83,6 @@ def view_rows(raw_response: bytes, stored: Any) -> list[list[bytes]]:
 def test_values_equal_source_parquet_bit_exactly(server: ServerProcess, target: str, users: UsersSnapshots) -> None:
     """Every user of every view, plus unknown ids, compared with the source Parquet read by pyarrow;
     floats as bits (NaN included), read from the response bytes, not through a Python float."""
-    stored = users.shared  # tests/conftest.py: its ViewRow reader keeps float bits
     schema = users.schema(users.v2)
     ids = list(range(users.users)) + UNKNOWN_IDS
     channel = server.channel(target)
@@ -98,7 +94,7 @@ def test_values_equal_source_parquet_bit_exactly(server: ServerProcess, target: 
         assert resp.version == users.v2
         assert list(resp.views) == VIEWS
         assert len(resp.rows) == len(batch)
-        for uid, row, raw_views in zip(batch, resp.rows, view_rows(raw, stored), strict=True):
+        for uid, row, raw_views in zip(batch, resp.rows, response_views(raw), strict=True):
             assert len(row.found) == len(VIEWS) == len(raw_views)
             for view, found, data in zip(VIEWS, row.found, raw_views, strict=True):
                 expected = users.expected(users.v2, view).get(uid)
@@ -107,8 +103,8 @@ def test_values_equal_source_parquet_bit_exactly(server: ServerProcess, target: 
                     missing_ads += view == "ads" and 0 <= uid < users.users
                     continue
                 assert found, f"user {uid} not found in {view}"
-                got = stored.decode_view_row(schema.view(view), data)
-                assert got == expected, f"user {uid} in {view}: {stored.mismatches({uid: expected}, [(uid, got)])}"
+                got = decode_view_row(schema.view(view), data)
+                assert got == expected, f"user {uid} in {view}: {mismatches({uid: expected}, [(uid, got)])}"
     # ads covers ~85% of users: the rest must have come back not found
     assert missing_ads == users.users - len(users.expected(users.v2, "ads")) > 0
 

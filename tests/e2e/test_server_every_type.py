@@ -9,19 +9,22 @@ from typing import Any
 
 import grpc
 import pytest
-from server_process import SERVICE, SERVING, ServerProcess, quiver_load
 
 from quiver.v1 import quiver_pb2 as pb
+from support.datasets import write_every_type
+from support.oracle import decode_view_row, wire_fields
+from support.processes import SERVICE, SERVING, ServerProcess, quiver_load
+from support.stored import mismatches
 
 UNKNOWN = {"int64": [7, 8, 9], "string": ["no such key", "日本語x", "a\x00\x00"]}
 
 
 @pytest.fixture(scope="module", params=["int64", "string"])
-def served(request: pytest.FixtureRequest, shared: Any,
+def served(request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, ServerProcess, str]]:
     key_type = request.param
     d = tmp_path_factory.mktemp(f"every-{key_type}")
-    data = shared.write_every_type(d / "src", key_type)
+    data = write_every_type(d / "src", key_type)
     version = quiver_load(data.dir, d / "root", "2026-01-01T00:00:00Z")
     s = ServerProcess(d / "root", d / "serve.log", "--max-entities", "5000")
     try:
@@ -31,7 +34,7 @@ def served(request: pytest.FixtureRequest, shared: Any,
         s.stop()
 
 
-def test_every_type_bit_exact(served: tuple[Any, ServerProcess, str], shared: Any) -> None:
+def test_every_type_bit_exact(served: tuple[Any, ServerProcess, str]) -> None:
     data, s, version = served
     key_type = data.features.entity.key_type
     keys = list(data.expected["every"]) + [k for k in UNKNOWN[key_type] if k not in data.expected["every"]]
@@ -40,13 +43,13 @@ def test_every_type_bit_exact(served: tuple[Any, ServerProcess, str], shared: An
     raw = bytes(s.channel().unary_unary(f"/{SERVICE}/GetFeatures")(req.SerializeToString(), timeout=30))
     resp = pb.GetFeaturesResponse.FromString(raw)
     assert resp.version == version and list(resp.views) == ["every", "events"]
-    for key, row, raw_row in zip(keys, resp.rows, shared.wire_fields(raw)[3], strict=True):
-        for view, found, stored in zip(resp.views, row.found, shared.wire_fields(raw_row).get(1, []), strict=True):
+    for key, row, raw_row in zip(keys, resp.rows, wire_fields(raw)[3], strict=True):
+        for view, found, stored in zip(resp.views, row.found, wire_fields(raw_row).get(1, []), strict=True):
             expected = data.expected[view].get(key)
             assert found == (expected is not None), f"key {key!r} in {view}"
             if found:
-                got = shared.decode_view_row(data.features.view(view), stored)
-                assert got == expected, f"key {key!r} in {view}: {shared.mismatches({key: expected}, [(key, got)])}"
+                got = decode_view_row(data.features.view(view), stored)
+                assert got == expected, f"key {key!r} in {view}: {mismatches({key: expected}, [(key, got)])}"
     if key_type == "string":
         assert "" in data.expected["every"] and resp.rows[keys.index("")].found[0]  # the empty key is a key
 

@@ -12,10 +12,11 @@ from typing import Any
 
 import grpc
 import pytest
-from server_process import SERVICE, SERVING, UsersSnapshots, quiver_load, short_tmpdir, wait_for
 
 from quiver.snapshot import SnapshotRoot
 from quiver.v1 import quiver_pb2 as pb
+from support.oracle import decode_view_row, wire_fields
+from support.processes import SERVICE, SERVING, UsersSnapshots, quiver_load, short_tmpdir, wait_for
 
 GET_FEATURES = f"/{SERVICE}/GetFeatures"
 VIEWS = ["profile", "activity", "embedding", "ads"]
@@ -27,15 +28,14 @@ def current_version(stub: Any) -> str:
 
 def check_against_source(users: UsersSnapshots, raw: bytes, ids: list[int], source_version: str) -> None:
     """A raw GetFeaturesResponse equals the source Parquet of `source_version`, bit for bit."""
-    stored = users.shared
     resp = pb.GetFeaturesResponse.FromString(raw)
     schema = {v: users.schema(source_version).view(v) for v in VIEWS}
-    for uid, row, raw_row in zip(ids, resp.rows, stored.wire_fields(raw)[3], strict=True):
-        for view, found, data in zip(VIEWS, row.found, stored.wire_fields(raw_row).get(1, []), strict=True):
+    for uid, row, raw_row in zip(ids, resp.rows, wire_fields(raw)[3], strict=True):
+        for view, found, data in zip(VIEWS, row.found, wire_fields(raw_row).get(1, []), strict=True):
             expected = users.expected(source_version, view).get(uid)
             assert found == (expected is not None), f"user {uid} in {view}"
             if found:
-                assert stored.decode_view_row(schema[view], data) == expected, f"user {uid} in {view}"
+                assert decode_view_row(schema[view], data) == expected, f"user {uid} in {view}"
 
 
 def test_hot_swap_under_load_drops_nothing(start_server: Any, users: UsersSnapshots, tmp_path: Path) -> None:

@@ -13,11 +13,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from server_process import SERVING, UsersSnapshots
 
 from quiver.client import FeatureClient
 from quiver.v1 import quiver_pb2 as pb
 from quiver.v1 import quiver_pb2_grpc
+from support.processes import SERVING, UsersSnapshots
 
 
 def _name(cn: str) -> x509.Name:

@@ -12,10 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from server_process import UsersSnapshots, quiver_load
 
 from quiver.snapshot import Manifest, SnapshotRoot
 from quiver.training import TrainingDataError, as_of_join, training_frame
+from support.canon import canon_column
+from support.processes import UsersSnapshots, quiver_load
 
 
 def T(text: str) -> datetime:
@@ -156,11 +157,10 @@ def test_training_frame_is_the_versions_rows_joined_by_key(users: UsersSnapshots
         expected_columns += ([f"{v.name}__{v.event_timestamp}"] if v.event_timestamp else [])
         expected_columns += [f"{v.name}__{f.name}" for f in v.features]
     assert frame.column_names == expected_columns
-    shared = users.shared
     for view in ("profile", "ads", "embedding"):
         expected = users.expected(users.v1, view)
         for f in m.schema.view(view).features:
-            got = shared.canon_column(f.type, frame.column(f"{view}__{f.name}"))
+            got = canon_column(f.type, frame.column(f"{view}__{f.name}"))
             want = [expected[k][f.name] if k in expected else None for k in range(users.users)]
             assert got == want, f"{view}.{f.name}"
     # ads covers ~85% of users: the outer join leaves the rest null there, present elsewhere

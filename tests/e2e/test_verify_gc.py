@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rocksdict import Options, Rdict
-from server_process import QUIVER, ServerProcess, UsersSnapshots, quiver_load, wait_for
 
 from quiver.client import FeatureClient
 from quiver.snapshot import Manifest, SnapshotRoot, encode_int64_key
 from quiver.v1 import quiver_pb2
+from support.processes import QUIVER, ServerProcess, UsersSnapshots, quiver_load, wait_for
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

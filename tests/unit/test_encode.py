@@ -1,7 +1,6 @@
 """The vectorised ViewRow encoder against the generated ViewRow class: every type, nulls, NaN bits,
 slices, and null bitmaps that span several bytes."""
 
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -12,6 +11,9 @@ from quiver.loader.encode import ViewEncoder, varint
 from quiver.loader.normalize import normalize
 from quiver.snapshot import EntityDef, FeatureDef, ViewDef
 from quiver.v1 import quiver_pb2
+from support.canon import canon_column
+from support.datasets import generated_column
+from support.oracle import decode_view_row
 
 ENTITY = EntityDef("k", "int64")
 
@@ -24,38 +26,38 @@ def every_type_view(embedding: int = 3) -> ViewDef:
         FeatureDef("s2", "string"), FeatureDef("f32b", "float32")))
 
 
-def batch_for(stored: Any, view: ViewDef, n: int, seed: int = 0) -> pa.RecordBatch:
+def batch_for(view: ViewDef, n: int, seed: int = 0) -> pa.RecordBatch:
     """n >= 16 rows of the shared data set's values (edge values first, then random ones, some null)."""
     rng = np.random.default_rng(seed)
     cols: dict[str, pa.Array] = {"k": pa.array(np.arange(n, dtype=np.int64))}
     for f in view.features:
-        cols[f.name] = stored.generated_column(rng, f.to_json(), n)
+        cols[f.name] = generated_column(rng, f.to_json(), n)
     return normalize(ENTITY, view, pa.record_batch(cols), "test")
 
 
-def check(view: ViewDef, batch: pa.RecordBatch, stored: Any) -> None:
+def check(view: ViewDef, batch: pa.RecordBatch) -> None:
     encoded = ViewEncoder(view).encode(batch)
     assert len(encoded) == batch.num_rows
-    expected = {f.name: stored.canon_column(f.type, batch.column(f.name)) for f in view.features}
+    expected = {f.name: canon_column(f.type, batch.column(f.name)) for f in view.features}
     for r, data in enumerate(encoded.to_pylist()):
-        got = stored.decode_view_row(view, data)
+        got = decode_view_row(view, data)
         assert got == {name: col[r] for name, col in expected.items()}, f"row {r}"
 
 
 @pytest.mark.parametrize("rows", [1, 16, 700])
-def test_every_type_round_trips(rows: int, stored: Any) -> None:
+def test_every_type_round_trips(rows: int) -> None:
     view = every_type_view()
-    check(view, batch_for(stored, view, max(rows, 16)).slice(0, rows), stored)
+    check(view, batch_for(view, max(rows, 16)).slice(0, rows))
 
 
-def test_sliced_batches_encode_their_own_rows(stored: Any) -> None:
+def test_sliced_batches_encode_their_own_rows() -> None:
     view = every_type_view()
-    batch = batch_for(stored, view, 300)
+    batch = batch_for(view, 300)
     for start, length in [(1, 10), (13, 200), (299, 1)]:
-        check(view, batch.slice(start, length), stored)
+        check(view, batch.slice(start, length))
 
 
-def test_long_embedding_and_long_lists_use_multi_byte_lengths(stored: Any) -> None:
+def test_long_embedding_and_long_lists_use_multi_byte_lengths() -> None:
     view = ViewDef("v", "v.parquet", (FeatureDef("e", "list<float32>", 300), FeatureDef("l", "list<int64>"),
                                       FeatureDef("s", "string")))
     n = 4
@@ -64,30 +66,30 @@ def test_long_embedding_and_long_lists_use_multi_byte_lengths(stored: Any) -> No
     strings = pa.array(["é" * 70_000, "", None, "x"])
     batch = normalize(ENTITY, view, pa.record_batch({"k": pa.array(range(n), pa.int64()), "e": emb, "l": lists,
                                                      "s": strings}), "t")
-    check(view, batch, stored)
+    check(view, batch)
 
 
-def test_null_bitmap_spans_bytes(stored: Any) -> None:
+def test_null_bitmap_spans_bytes() -> None:
     view = ViewDef("v", "v.parquet", tuple(FeatureDef(f"f{i}", "int32") for i in range(19)))
     n = 40
     rng = np.random.default_rng(3)
     cols = {f"f{i}": pa.array(rng.integers(0, 9, n).astype(np.int32), mask=rng.random(n) < 0.5) for i in range(19)}
     batch = normalize(ENTITY, view, pa.record_batch({"k": pa.array(range(n), pa.int64()), **cols}), "t")
-    check(view, batch, stored)
+    check(view, batch)
     row = quiver_pb2.ViewRow.FromString(ViewEncoder(view).encode(batch)[0].as_py())
     assert len(row.nulls) == 3
 
 
-def test_only_variable_width_features(stored: Any) -> None:
+def test_only_variable_width_features() -> None:
     view = ViewDef("v", "v.parquet", (FeatureDef("s", "string"), FeatureDef("l", "list<int64>")))
     batch = normalize(ENTITY, view, pa.record_batch({"k": pa.array([1, 2], pa.int64()), "s": pa.array(["a", None]),
                                                      "l": pa.array([None, [1]], pa.list_(pa.int64()))}), "t")
-    check(view, batch, stored)
+    check(view, batch)
 
 
-def test_empty_batch(stored: Any) -> None:
+def test_empty_batch() -> None:
     view = every_type_view()
-    assert len(ViewEncoder(view).encode(batch_for(stored, view, 20).slice(0, 0))) == 0
+    assert len(ViewEncoder(view).encode(batch_for(view, 20).slice(0, 0))) == 0
 
 
 def test_bytes_equal_the_generated_serializer_for_plain_values() -> None:

@@ -1,4 +1,5 @@
-"""Real `quiver serve` processes and loaded roots for the server's end-to-end tests (fixtures in conftest.py)."""
+"""The real CLI and `quiver serve` as processes, loaded roots for the end-to-end tests (fixtures in
+tests/e2e/conftest.py), and waiting on a condition instead of sleeping."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from quiver.snapshot import Manifest, SnapshotRoot
 from quiver.v1 import quiver_pb2_grpc
+from support.canon import canon_column, canon_default
 
 QUIVER = str(Path(sys.executable).parent / "quiver")
 SERVICE = "quiver.v1.FeatureStore"
@@ -158,7 +160,6 @@ class UsersSnapshots:
     sources: dict[str, Path]     # version -> folder of its features.yaml and Parquet
     v1: str
     v2: str
-    shared: Any              # tests/conftest.py, for its canonical (bit-exact) value forms
     users: int = 2000
     _expected: dict[tuple[str, str], dict[int, dict[str, Any]]] = field(default_factory=dict)
 
@@ -185,7 +186,7 @@ class UsersSnapshots:
         ids = table.column("user_id").to_pylist()
         rows: dict[int, dict[str, Any]] = {k: {} for k in ids}
         for f in vdef.features:
-            default = None if f.default is None else self.shared.canon_default(f.type, f.default)
-            for k, v in zip(ids, self.shared.canon_column(f.type, table.column(f.column)), strict=True):
+            default = None if f.default is None else canon_default(f.type, f.default)
+            for k, v in zip(ids, canon_column(f.type, table.column(f.column)), strict=True):
                 rows[k][f.name] = default if v is None else v
         return rows
