@@ -30,6 +30,7 @@ from quiver.loader import tasks
 from quiver.loader.definitions import load_definitions
 from quiver.loader.errors import DefinitionError, LoadError
 from quiver.loader.partition import Partitioner
+from quiver.loader.pause import pause_point
 from quiver.loader.sources import SourceFile, inspect
 from quiver.snapshot.layout import FORMAT_VERSION, SnapshotRoot, fsync_dir
 from quiver.snapshot.manifest import FileEntry, Manifest, ManifestError, ViewStats, data_files, file_checksum
@@ -292,6 +293,7 @@ def _build_views(pool: ProcessPoolExecutor, features: FeatureSet, views: list[Vi
         now = time.monotonic()
         log.info("%-10s %6.1f s", name, now - clock)
         clock = now
+        pause_point(name)  # a test seam, inert unless QUIVER_LOAD_PAUSE_AT names this stage (loader/pause.py)
 
     # 1. partition boundaries from a bounded sample of each view's keys
     bounds: dict[str, list[int] | list[bytes]] = {}

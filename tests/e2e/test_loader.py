@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from quiver.loader.pause import PAUSE_AT, PAUSE_FILE
 from quiver.snapshot import Manifest, SnapshotRoot, encode_int64_key, encode_string_key, file_checksum
 from support.oracle import decode_view_row
+from support.processes import wait_for
 from support.stored import mismatches, read_offline, read_online, read_online_keys
 
 VENV_BIN = Path(sys.executable).parent
@@ -350,7 +351,7 @@ def test_manifest_lists_every_file_and_source(every_type: Any, tmp_path: Path) -
 
 
 # ---------------------------------------------------------------------------------------------
-# SIGKILL at several moments: nothing partial is ever visible, and the next load recovers
+# SIGKILL at each stage: nothing partial is ever visible, and the next load recovers
 # ---------------------------------------------------------------------------------------------
 
 def _processes_with(marker: str) -> list[int]:
@@ -385,36 +386,47 @@ def _assert_only_complete_versions(root: Path, before_current: str) -> None:
     assert current == before_current or (current is not None and current in r.versions())
 
 
-def test_sigkill_at_any_moment_leaves_no_partial_version(tmp_path: Path) -> None:
+def _kill_load_after(stage: str, features: Path, root: Path, log_path: Path) -> None:
+    """Starts a load that pauses after `stage`, checks it is mid-build there, SIGKILLs it and waits for its
+    workers to be gone."""
+    # the workers inherit this variable, so any that outlive the kill can be found in /proc
+    token = uuid.uuid4().hex
+    marker = f"QUIVER_TEST_LOAD={token}"
+    paused = log_path.with_name(f"paused-{token}")
+    env = {**os.environ, "QUIVER_TEST_LOAD": token, PAUSE_AT: stage, PAUSE_FILE: str(paused)}
+    with open(log_path, "wb") as log:  # a file, not a pipe that a survivor could hold open
+        proc = subprocess.Popen([str(VENV_BIN / "quiver"), "load", "--features", str(features), "--root", str(root),
+                                 "--workers", "2"], env=env, stdout=log, stderr=log)
+        try:
+            wait_for(lambda: paused.exists() or proc.poll() is not None, timeout=180,
+                     what=f"the load to pause after {stage}")
+            assert proc.poll() is None, f"the load exited with {proc.returncode} before pausing after {stage}:\n" \
+                f"{log_path.read_text(errors='replace')}"
+            assert int(paused.read_text()) == proc.pid
+            assert _processes_with(marker) != [proc.pid], "no worker is running: not mid-build"
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    wait_for(lambda: not _processes_with(marker), timeout=30,
+             what=f"the workers of a load killed after {stage} to exit")
+
+
+def test_sigkill_mid_build_leaves_no_partial_version(tmp_path: Path) -> None:
+    """The load stops at each stage through the loader's pause point (loader/pause.py), so the kill lands
+    mid-build every time, with the workers alive and staging half written, never after the load finished."""
     small = quiver("generate", "--users", "2000", "--out", tmp_path / "small")
-    big = quiver("generate", "--users", "200000", "--out", tmp_path / "big", "--seed", "1")
+    big = quiver("generate", "--users", "20000", "--out", tmp_path / "big", "--seed", "1")
     assert small.returncode == 0 and big.returncode == 0, small.stderr + big.stderr
     root = tmp_path / "root"
     first = load(tmp_path / "small" / "features.yaml", root, "--as-of", AS_OF)
     assert first.returncode == 0, first.stderr
     current = first.stdout.strip()
 
-    for delay in (0.5, 1.5, 3.0, 4.5):
-        # the workers inherit this variable, so any that outlive the kill can be found in /proc
-        token = uuid.uuid4().hex
-        marker = f"QUIVER_TEST_LOAD={token}"
-        big_features = tmp_path / "big" / "features.yaml"
-        with open(tmp_path / "load.log", "wb") as log:  # a file, not a pipe that a survivor could hold open
-            proc = subprocess.Popen([str(VENV_BIN / "quiver"), "load", "--features", str(big_features),
-                                     "--root", str(root), "--workers", "2"],
-                                    env={**os.environ, "QUIVER_TEST_LOAD": token}, stdout=log, stderr=log)
-            time.sleep(delay)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        if proc.returncode == 0:  # finished before the kill: a complete version, which the next round may reuse
-            current = SnapshotRoot(root).current() or current
-        deadline = time.monotonic() + 10
-        while _processes_with(marker) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        survivors = _processes_with(marker)
-        assert survivors == [], f"{_cmdlines(survivors)} outlived a load killed after {delay} s"
+    for stage in ("sample", "encode", "sort+sst", "ingest"):
+        _kill_load_after(stage, tmp_path / "big" / "features.yaml", root, tmp_path / "load.log")
         _assert_only_complete_versions(root, current)
-        current = SnapshotRoot(root).current() or current
+        assert SnapshotRoot(root).current() == current and published(root) == [current], stage
 
     done = load(tmp_path / "big" / "features.yaml", root)
     assert done.returncode == 0, done.stderr
@@ -424,7 +436,7 @@ def test_sigkill_at_any_moment_leaves_no_partial_version(tmp_path: Path) -> None
     _assert_only_complete_versions(root, version)
     m = Manifest.load(SnapshotRoot(root).manifest_path(version))
     assert m.verify_files(SnapshotRoot(root).version_dir(version)) == []
-    assert m.rows()["profile"] == 200_000
+    assert m.rows()["profile"] == 20_000
 
 
 def test_unchanged_views_are_reused_and_read_back_exactly(every_type: Any, tmp_path: Path) -> None:
