@@ -130,10 +130,13 @@ def test_gc_keeps_current_previous_and_leased_versions(users: UsersSnapshots, tm
     assert snap.versions() == sorted([v[1], v[2], v[3], v[5]])
     assert f"removed {v[0]}:" in out and f"removed {v[4]}:" in out
     assert f"kept {v[1]}: previous (before current)" in out
-    assert f"kept {v[2]}: current; leased by {host}-{server.proc.pid}" in out or \
-        f"kept {v[2]}: current; leased by {host}-" in out
+    # the lease is the worker's (it holds the versions), not the supervisor's
+    holders = {f"{host}-{pid}" for pid in server.worker_pids()}
+    assert len(holders) == 1 and f"{host}-{server.proc.pid}" not in holders
+    kept_current = next(line for line in out.splitlines() if line.startswith(f"kept {v[2]}: current; leased by "))
+    assert set(kept_current.split("leased by ", 1)[1].split(", ")) == holders, (kept_current, holders)
     assert f"kept {v[3]}: leased by other-host-1" in out
-    assert f"kept {v[5]}: previous (before current); leased by {host}-" in out  # ROOT/PREVIOUS names it
+    assert f"kept {v[5]}: previous (before current); leased by {holders.pop()}" in out  # ROOT/PREVIOUS names it
     assert "removed stale staging load-crashed-123" in out
     assert not dead.exists() and not list((root / "staging").iterdir())
     assert not list((root / "trash").iterdir())

@@ -50,6 +50,19 @@ def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "c
         time.sleep(interval)
 
 
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid`, from /proc (pids in ascending order)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while we listed
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return sorted(out)
+
+
 def short_tmpdir() -> Path:
     """A folder for Unix sockets: pytest's tmp paths can exceed the 107-byte sun_path limit."""
     return Path(tempfile.mkdtemp(prefix="qsock-", dir="/tmp"))
@@ -81,6 +94,18 @@ class ServerProcess:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         self._channels: list[grpc.Channel] = []
         self._health_channels: dict[str, grpc.Channel] = {}
+
+    def worker_pids(self) -> list[int]:
+        """The supervisor's worker processes, from /proc: its children started by multiprocessing's spawn
+        (not multiprocessing's resource tracker, its other child)."""
+        out = []
+        for pid in children(self.proc.pid):
+            try:
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    out.append(pid)
+            except OSError:
+                continue
+        return out
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
