@@ -14,7 +14,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -163,15 +163,17 @@ def test_order_duplicates_and_view_subset(server: ServerProcess, target: str, us
     with FeatureClient(target) as c:
         result = c.get_features(ids, views)
         everything = c.get_features(ids)
+        schema = {v.name: v for v in c.schema(users.v2).views}
     assert result.views == views
     assert everything.views == VIEWS  # empty: all views in schema order
     assert len(result.rows) == len(ids)
     for uid, row, full in zip(ids, result.rows, everything.rows, strict=True):
         assert list(row) == views
         for view in views:
-            assert row[view] == full[view]
-            exp = users.expected(users.v2, view).get(uid)
-            assert (row[view] is None) == (exp is None)
+            exp = users.expected(users.v2, view).get(uid)   # the source Parquet, not another answer
+            for answer in (row[view], full[view]):
+                got = None if answer is None else {f.name: canonical(f, answer[f.name]) for f in schema[view].features}
+                assert got == exp, f"user {uid} in {view}"
     assert result.rows[0] == result.rows[2] == result.rows[6]
     assert result.rows[1] == result.rows[4]
     assert result.rows[3] == {"ads": None, "profile": None}
@@ -256,21 +258,22 @@ def test_tiny_deadline_is_exceeded_not_hung(server: ServerProcess) -> None:
 # Metrics
 # ---------------------------------------------------------------------------------------------
 
-def test_metrics_endpoint(server: ServerProcess, users: UsersSnapshots) -> None:
-    # earlier tests' counts may still wait for their flush (once per poll interval): let them land first
-    last: list[float] = []
-
-    def settled() -> bool:
-        last.append(server.metric("quiver_entities_requested_total"))
-        return len(last) > 1 and last[-1] == last[-2]
-    wait_for(settled, interval=0.3, what="entity counts to settle")
+def test_metrics_endpoint(users: UsersSnapshots, tmp_path: Path, start_server: Callable[..., ServerProcess]) -> None:
+    # its own server: no other test's requests can still be waiting for their flush into these counts
+    root = users.root(tmp_path / "root", current=users.v1)
+    server = start_server(root, metrics=True)
+    server.wait_health(SERVING)
+    SnapshotRoot(root).set_current(users.v2)
+    stub = server.stub()
+    wait_for(lambda: stub.GetSnapshotInfo(pb.GetSnapshotInfoRequest()).current_version == users.v2,
+             what="the swap to v2")
     before = {v: (server.metric("quiver_entities_requested_total", view=v),
                   server.metric("quiver_entities_found_total", view=v),
                   server.metric("quiver_entities_missing_total", view=v)) for v in VIEWS}
+    assert set(before.values()) == {(0, 0, 0)}
     errors_before = server.metric("quiver_rpc_errors_total", method="GetFeatures", code="NOT_FOUND")
     count_before = server.metric("quiver_rpc_latency_seconds_count", method="GetFeatures")
     ids = list(range(users.users - 100, users.users)) + UNKNOWN_IDS
-    stub = server.stub()
     stub.GetFeatures(pb.GetFeaturesRequest(int64_ids=ids), timeout=10)
     with pytest.raises(grpc.RpcError):
         stub.GetFeatures(pb.GetFeaturesRequest(int64_ids=[1], views=["nope"]), timeout=10)
