@@ -17,6 +17,7 @@ from quiver.snapshot import SnapshotRoot
 from quiver.v1 import quiver_pb2 as pb
 from support.oracle import decode_view_row, wire_fields
 from support.processes import SERVICE, SERVING, UsersSnapshots, quiver_load, short_tmpdir, wait_for
+from support.stored import online_files, rewrite_manifest
 
 GET_FEATURES = f"/{SERVICE}/GetFeatures"
 VIEWS = ["profile", "activity", "embedding", "ads"]
@@ -115,6 +116,57 @@ def test_corrupted_version_is_refused(start_server: Any, users: UsersSnapshots, 
     assert s.health() == SERVING
     # a refused version is not retried on every poll
     assert s.metric("quiver_snapshot_refused_total") == 1 and log.count("refused") == 1
+
+
+def _names_another_version(vdir: Path) -> None:
+    rewrite_manifest(vdir, lambda doc: doc.update(version=f"{doc['version'][:-12]}{'0' * 12}"))
+
+
+def _one_sst_unlisted(vdir: Path) -> None:
+    """The manifest stops listing one SST file that RocksDB still opens: the SST set differs."""
+    def edit(doc: dict[str, Any]) -> None:
+        sst = next(f for f in doc["files"] if f["path"].startswith("online/") and f["path"].endswith(".sst"))
+        doc["files"].remove(sst)
+    rewrite_manifest(vdir, edit)
+
+
+def _one_row_more(vdir: Path) -> None:
+    def edit(doc: dict[str, Any]) -> None:
+        counts = doc["groups"] if doc["format_version"] >= 2 else doc["views"]
+        next(iter(counts.values()))["rows"] += 1
+    rewrite_manifest(vdir, edit)
+
+
+def _rocksdb_descriptor_zeroed(vdir: Path) -> None:
+    """RocksDB's MANIFEST-* zeroed at its listed size: the size check passes, RocksDB cannot open it."""
+    descriptor = next(p for p in online_files(vdir) if p.name.startswith("MANIFEST-"))
+    descriptor.write_bytes(bytes(descriptor.stat().st_size))
+
+
+@pytest.mark.parametrize("damage,reason", [
+    (_names_another_version, "its manifest names"),
+    (_one_sst_unlisted, "SST files"),
+    (_one_row_more, "rows"),
+    (_rocksdb_descriptor_zeroed, "cannot open"),
+], ids=["manifest-names-another-version", "sst-set-differs", "row-count-differs", "rocksdb-cannot-open"])
+def test_a_version_failing_a_check_is_refused(start_server: Any, users: UsersSnapshots, tmp_path: Path,
+                                              damage: Any, reason: str) -> None:
+    """Each check a server makes before serving a version (FORMAT.md), failed alone; the server keeps serving
+    the version it has. --verify size, so a zeroed file of the right size reaches RocksDB."""
+    root = users.root(tmp_path / "root")
+    s = start_server(root, "--verify", "size", metrics=True)
+    s.wait_health(SERVING)
+    damage(SnapshotRoot(root).version_dir(users.v2))
+    SnapshotRoot(root).set_current(users.v2)
+    wait_for(lambda: s.metric("quiver_snapshot_refused_total") == 1, what="the refusal to be counted")
+    stub = s.stub()
+    assert current_version(stub) == users.v1
+    raw = s.channel().unary_unary(GET_FEATURES)(pb.GetFeaturesRequest(int64_ids=list(range(20))).SerializeToString(),
+                                               timeout=10)
+    check_against_source(users, raw, list(range(20)), users.v1)
+    refusal = next(line for line in s.logs().splitlines() if f"refused version {users.v2}" in line)
+    assert reason in refusal, refusal
+    assert s.health() == SERVING
 
 
 def test_rollback_to_previous_version(start_server: Any, users: UsersSnapshots, tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition",
+def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition",
              interval: float = 0.02) -> Any:
     """Polls until `condition()` is truthy and returns it; fails after `timeout` seconds."""
     deadline = time.monotonic() + timeout

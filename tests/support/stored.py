@@ -7,7 +7,9 @@ online/<group>/, one EntityRow per entity holding the group's views in manifest 
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,3 +168,21 @@ def mismatches(expected: dict[Any, dict[str, Any]], got: list[tuple[Any, dict[st
         if len(problems) >= 10:
             break
     return problems
+
+
+def content_checksum(files: list[dict[str, Any]]) -> str:
+    """FORMAT.md's content_checksum of a manifest's file list."""
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f["path"]):
+        h.update(f"{f['path']}\0{f['size']}\0{f['checksum']}\n".encode())
+    return "sha256:" + h.hexdigest()
+
+
+def rewrite_manifest(version_dir: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Edits a version's manifest.json in place and recomputes its content_checksum, so the manifest still
+    parses and only the edit is wrong: a test of the checks beyond the manifest's own."""
+    path = version_dir / "manifest.json"
+    doc = json.loads(path.read_text())
+    edit(doc)
+    doc["content_checksum"] = content_checksum(doc["files"])
+    path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
