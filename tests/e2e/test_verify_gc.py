@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -173,3 +174,85 @@ def test_gc_refuses_on_an_unreadable_lease(users: UsersSnapshots, tmp_path: Path
     assert r.returncode == 1 and "unreadable lease" in r.stderr and "nothing was removed" in r.stderr
     assert len(SnapshotRoot(root).versions()) == 2
     assert os.path.exists(root / "leases" / "h-1.json")
+
+
+def test_a_running_servers_lease_is_refreshed_protects_its_versions_and_is_released(
+        users: UsersSnapshots, tmp_path: Path, start_server: Callable[..., ServerProcess]) -> None:
+    """A server holding a version that nothing else protects (not current, previous, or among the newest):
+    its lease is rewritten while it runs, sync's and gc's retention keep the version, and a clean exit
+    removes the lease, after which gc removes the version."""
+    root = users.root(tmp_path / "root")
+    src = users.sources[users.v1]
+    v3, v4 = (quiver_load(src, root, f"2026-01-0{d}T00:00:00Z") for d in (3, 4))
+    snap = SnapshotRoot(root)
+    snap.set_current(users.v1)
+    server = start_server(root)
+    server.wait_health()
+    snap.set_current(v4)  # the server swaps and keeps v1 open as its previous version
+    (worker,) = server.worker_pids()
+    lease_path = root / "leases" / f"{socket.gethostname()}-{worker}.json"
+
+    def lease() -> dict[str, Any]:
+        try:
+            return dict(json.loads(lease_path.read_text()))
+        except FileNotFoundError:
+            return {}
+    wait_for(lambda: lease().get("versions") == [v4, users.v1], what="the lease on v4 and v1")
+    (root / "PREVIOUS").write_text(f"{v3}\n")  # CURRENT's last move was v3 -> v4: only the lease holds v1
+    written = lease()["updated"]
+    wait_for(lambda: lease()["updated"] > written, timeout=120, what="the lease to be refreshed (every 30 s)")
+    assert lease()["versions"] == [v4, users.v1] and lease()["pid"] == worker
+
+    (tmp_path / "store").mkdir()
+    store = f"file://{tmp_path / 'store'}"
+    r = run("publish", "--root", str(root), "--to", store)
+    assert r.returncode == 0, r.stderr
+    r = run("sync", "--from", store, "--root", str(root), "--keep", "2")
+    assert r.returncode == 0, r.stderr
+    assert snap.versions() == [users.v1, v3, v4], "sync --keep 2 removes v2 only"
+    r = run("gc", "--root", str(root), "--keep", "0")
+    assert r.returncode == 0, r.stderr
+    assert f"kept {users.v1}: leased by {socket.gethostname()}-{worker}" in r.stdout, r.stdout
+    assert snap.versions() == [users.v1, v3, v4]
+    # and the server still reads it, equal to its source
+    with FeatureClient(server.target) as c:
+        got = c.get_features([5], ["ads"], version=users.v1)
+    assert got.version == users.v1 and got.rows[0]["ads"] is not None
+    assert got.rows[0]["ads"]["ad_00"] == users.expected(users.v1, "ads")[5]["ad_00"]
+
+    assert server.stop() == 0
+    assert not lease_path.exists(), "a clean exit releases the lease"
+    r = run("gc", "--root", str(root), "--keep", "0")
+    assert r.returncode == 0 and f"removed {users.v1}:" in r.stdout, r.stdout
+    assert snap.versions() == [v3, v4]
+
+
+def test_gc_keep_k_decides_which_old_versions_stay_and_leftover_trash_is_deleted(
+        users: UsersSnapshots, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    src = users.sources[users.v1]
+    # loaded newest first: gc orders by as-of time, not by when a version was loaded
+    v = sorted(quiver_load(src, root, f"2026-02-0{d}T00:00:00Z") for d in range(6, 0, -1))
+    snap = SnapshotRoot(root)
+    snap.set_current(v[5])
+    (root / "PREVIOUS").write_text(f"{v[4]}\n")
+    leftover = root / "trash" / f"{v[0]}.4242.1"    # what a gc killed while deleting leaves behind
+    (leftover / "online").mkdir(parents=True)
+    (leftover / "online" / "000001.sst").write_bytes(b"x" * 100)
+
+    dry = run("gc", "--root", str(root), "--keep", "4", "--dry-run")
+    assert dry.returncode == 0 and leftover.is_dir() and snap.versions() == v, dry.stdout
+
+    r = run("gc", "--root", str(root), "--keep", "4")
+    assert r.returncode == 0, r.stderr
+    assert snap.versions() == v[2:], r.stdout
+    assert f"deleted leftover trash {leftover.name}" in r.stdout and not leftover.exists()
+    assert f"kept {v[2]}: one of the 4 newest" in r.stdout
+    assert f"removed {v[1]}:" in r.stdout and f"removed {v[0]}:" in r.stdout
+    assert list((root / "trash").iterdir()) == [], "removed versions leave nothing in trash"
+
+    r = run("gc", "--root", str(root), "--keep", "2")
+    assert r.returncode == 0 and snap.versions() == v[4:], r.stdout
+    assert f"kept {v[4]}: previous (before current); one of the 2 newest" in r.stdout
+    r = run("gc", "--root", str(root), "--keep", "0")
+    assert r.returncode == 0 and snap.versions() == v[4:], "CURRENT and the previous version stay at --keep 0"
