@@ -335,7 +335,7 @@ def test_manifest_lists_every_file_and_source(every_type: Any, tmp_path: Path) -
     volatile = {p for p in on_disk - listed if p.rsplit("/", 1)[-1].startswith(("LOG", "LOCK", "rocksdict-config"))}
     assert on_disk - listed - volatile == {"manifest.json"}
     assert listed <= on_disk
-    assert any(p.startswith("online/every/") and p.endswith(".sst") for p in listed)
+    assert any(p.startswith(f"online/{m.schema.view('every').group}/") and p.endswith(".sst") for p in listed)
     assert any(p.startswith("offline/events/") and p.endswith(".parquet") for p in listed)
     for f in m.files:
         assert (vdir / f.path).stat().st_size == f.size
@@ -423,7 +423,7 @@ def test_sigkill_mid_build_leaves_no_partial_version(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     current = first.stdout.strip()
 
-    for stage in ("sample", "encode", "sort+sst", "ingest"):
+    for stage in ("plan", "encode", "sort+sst", "ingest", "checksums"):
         _kill_load_after(stage, tmp_path / "big" / "features.yaml", root, tmp_path / "load.log")
         _assert_only_complete_versions(root, current)
         assert SnapshotRoot(root).current() == current and published(root) == [current], stage

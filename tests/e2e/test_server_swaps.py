@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
-from quiver.snapshot import SnapshotRoot
+from quiver.snapshot import Manifest, SnapshotRoot
 from quiver.v1 import quiver_pb2 as pb
 from support.oracle import decode_view_row, wire_fields
 from support.processes import SERVICE, SERVING, UsersSnapshots, quiver_load, short_tmpdir, wait_for
@@ -103,7 +103,8 @@ def test_corrupted_version_is_refused(start_server: Any, users: UsersSnapshots, 
     root = users.root(tmp_path / "root")
     s = start_server(root, "--verify", verify, metrics=True)
     s.wait_health(SERVING)
-    sst = max((SnapshotRoot(root).online_dir(users.v2, "activity")).glob("*.sst"), key=lambda p: p.stat().st_size)
+    group = Manifest.load(SnapshotRoot(root).manifest_path(users.v2)).schema.view("activity").group
+    sst = max((SnapshotRoot(root).online_dir(users.v2, group)).glob("*.sst"), key=lambda p: p.stat().st_size)
     damage(sst)
     SnapshotRoot(root).set_current(users.v2)
     wait_for(lambda: s.metric("quiver_snapshot_refused_total") == 1, what="the refusal to be counted")
@@ -146,7 +147,7 @@ def _rocksdb_descriptor_zeroed(vdir: Path) -> None:
 @pytest.mark.parametrize("damage,reason", [
     (_names_another_version, "its manifest names"),
     (_one_sst_unlisted, "SST files"),
-    (_one_row_more, "rows"),
+    (_one_row_more, "the manifest says"),
     (_rocksdb_descriptor_zeroed, "cannot open"),
 ], ids=["manifest-names-another-version", "sst-set-differs", "row-count-differs", "rocksdb-cannot-open"])
 def test_a_version_failing_a_check_is_refused(start_server: Any, users: UsersSnapshots, tmp_path: Path,

@@ -135,7 +135,7 @@ class ServerProcess:
             self._health_channels[target] = self.channel(target)
         return self._health_channels[target]
 
-    def wait_health(self, status: int = SERVING, timeout: float = 30.0, target: str | None = None) -> None:
+    def wait_health(self, status: int = SERVING, timeout: float = 90.0, target: str | None = None) -> None:
         def check() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"quiver serve exited with {self.proc.returncode}:\n{self.logs()}")

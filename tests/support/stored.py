@@ -81,11 +81,15 @@ class StoredVersion:
         """The view's ViewRow bytes out of a stored value; None when the entity is not in the view."""
         if self.format_version < 2:
             return value
-        i = self.group_views(view).index(view)
+        views = self.group_views(view)
         fields = wire_fields(value)
-        found = fields.get(2, [b""])[0]
-        assert len(found) == len(self.group_views(view)), f"found has {len(found)} entries"
-        return fields[1][i] if found[i] else None
+        found = fields.get(2, [b""])[0]   # packed bools: one byte per view
+        assert len(found) == len(fields.get(1, [])) == len(views), "a group value holds every view of its group"
+        i = views.index(view)
+        if not found[i]:
+            assert fields[1][i] == b"", "a view that lacks the entity has an empty ViewRow"
+            return None
+        return fields[1][i]
 
     def files(self) -> list[str]:
         """Every file the manifest lists, relative to the version folder."""
