@@ -5,12 +5,14 @@
 mod support;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::OnceLock;
 
 use quiver_client::proto::GetFeaturesRequest;
-use quiver_client::{EntityId, FeatureType, KeyType, QuiverClient, Value};
-use support::server::{Dataset, Server, USERS, dataset, load, serial};
-use support::source::{Definitions, expected_view, read_definitions};
+use quiver_client::{EntityId, FeatureBatch, FeatureType, KeyType, QuiverClient, Value};
+use support::reshape::{add_profile_feature, string_key, to_string_keys};
+use support::server::{Dataset, SEED, Server, USERS, dataset, generate, load, load_at, serial};
+use support::source::{Definitions, expected_view, expected_view_by_string, read_definitions};
 
 /// Each test holds the serial lock for its whole run, outside its own runtime.
 fn runtime() -> tokio::runtime::Runtime {
@@ -23,13 +25,82 @@ struct Expected {
     views: HashMap<String, HashMap<i64, Vec<Value>>>,
 }
 
+impl Expected {
+    /// The values a reader must find, from a data set's features.yaml and Parquet.
+    fn read(dir: &Path) -> Expected {
+        let defs = read_definitions(&dir.join("features.yaml"));
+        let views = defs.views.iter().map(|v| (v.name.clone(), expected_view(dir, v))).collect();
+        Expected { defs, views }
+    }
+}
+
 fn expected(data: &Dataset) -> &'static Expected {
     static EXPECTED: OnceLock<Expected> = OnceLock::new();
-    EXPECTED.get_or_init(|| {
-        let defs = read_definitions(&data.features_yaml());
-        let views = defs.views.iter().map(|v| (v.name.clone(), expected_view(&data.dir, v))).collect();
-        Expected { defs, views }
-    })
+    EXPECTED.get_or_init(|| Expected::read(&data.dir))
+}
+
+/// What a comparison covered.
+#[derive(Default)]
+struct Counts {
+    compared: usize,
+    nulls: usize,
+    nans: usize,
+    absent: usize,
+}
+
+/// Compares every view of every row of `batch` (the answer for `ids`, all views in schema order)
+/// with the source values in `exp`; appends what differs to `mismatches`.
+fn compare<K: std::fmt::Display + std::hash::Hash + Eq>(
+    batch: &FeatureBatch,
+    ids: &[K],
+    exp_views: &HashMap<String, HashMap<K, Vec<Value>>>,
+    defs: &Definitions,
+    counts: &mut Counts,
+    mismatches: &mut Vec<String>,
+) {
+    // Lengths first: zip stops at the shorter side, and an empty answer would compare nothing.
+    assert_eq!(batch.len(), ids.len(), "one row per requested id");
+    let names: Vec<&str> = batch.views().iter().map(|v| v.name.as_str()).collect();
+    let want: Vec<&str> = defs.views.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, want, "the answer's views, in schema order");
+    for (id, row) in ids.iter().zip(batch.rows()) {
+        for def in &defs.views {
+            match (exp_views[&def.name].get(id), row.view(&def.name)) {
+                (None, None) => counts.absent += 1,
+                (Some(_), None) => mismatches.push(format!("{id}: not found in {}", def.name)),
+                (None, Some(_)) => mismatches.push(format!("{id}: found in {}, not in its source", def.name)),
+                (Some(want), Some(got)) => {
+                    if got.values().len() != def.features.len() {
+                        mismatches.push(format!(
+                            "{id}, {}: {} values decoded, {} features",
+                            def.name,
+                            got.values().len(),
+                            def.features.len()
+                        ));
+                        continue;
+                    }
+                    for (f, w) in def.features.iter().zip(want) {
+                        let g = got.get(&f.name).expect("feature in decoded view");
+                        counts.compared += 1;
+                        counts.nulls += usize::from(w.is_null());
+                        counts.nans += usize::from(matches!(w, Value::Float32(x) if x.is_nan()));
+                        if !g.bit_eq(w) {
+                            mismatches.push(format!("{id}, {}.{}: got {g:?}, source {w:?}", def.name, f.name));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn assert_no_mismatches(what: &str, mismatches: &[String]) {
+    assert!(
+        mismatches.is_empty(),
+        "{what}: {} mismatches, first ones:\n{}",
+        mismatches.len(),
+        mismatches.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+    );
 }
 
 fn type_name(t: FeatureType) -> &'static str {
@@ -79,42 +150,16 @@ async fn check_values(client: &QuiverClient, data: &Dataset, transport: &str) {
 
     let ids = sample_ids(exp);
     let mut mismatches = Vec::new();
-    let (mut compared, mut nulls, mut nans, mut absent) = (0usize, 0usize, 0usize, 0usize);
+    let mut counts = Counts::default();
     for chunk in ids.chunks(50) {
         let request: Vec<EntityId> = chunk.iter().map(|&id| EntityId::Int64(id)).collect();
         let batch = client.get_features(&request, &[]).await.unwrap();
         assert_eq!(batch.version(), data.version);
-        assert_eq!(batch.len(), chunk.len());
-        for (&id, row) in chunk.iter().zip(batch.rows()) {
-            for def in &exp.defs.views {
-                let want = exp.views[&def.name].get(&id);
-                let got = row.view(&def.name);
-                match (want, got) {
-                    (None, None) => absent += 1,
-                    (Some(_), None) => mismatches.push(format!("user {id}: not found in {}", def.name)),
-                    (None, Some(_)) => mismatches.push(format!("user {id}: found in {}, not in its source", def.name)),
-                    (Some(want), Some(got)) => {
-                        for (f, w) in def.features.iter().zip(want) {
-                            let g = got.get(&f.name).expect("feature in decoded view");
-                            compared += 1;
-                            nulls += usize::from(w.is_null());
-                            nans += usize::from(matches!(w, Value::Float32(x) if x.is_nan()));
-                            if !g.bit_eq(w) {
-                                mismatches.push(format!("user {id}, {}.{}: got {g:?}, source {w:?}", def.name, f.name));
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        compare(&batch, chunk, &exp.views, &exp.defs, &mut counts, &mut mismatches);
     }
-    assert!(
-        mismatches.is_empty(),
-        "{transport}: {} mismatches, first ones:\n{}",
-        mismatches.len(),
-        mismatches.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
-    );
+    assert_no_mismatches(transport, &mismatches);
     // The sample must exercise what it claims to.
+    let Counts { compared, nulls, nans, absent } = counts;
     assert!(compared > 10_000 && nulls > 0 && nans > 0 && absent > 0, "{compared} {nulls} {nans} {absent}");
     eprintln!("{transport}: {compared} values equal to the source ({nulls} nulls, {nans} NaN), {absent} absent rows");
 }
@@ -229,19 +274,33 @@ fn a_swap_keeps_the_previous_version_pinnable_and_decodes_each_with_its_schema()
 
 async fn a_swap_async() {
     let data = dataset();
-    let root = data.root.with_file_name("root-swap");
-    let _ = std::fs::remove_dir_all(&root);
-    let first = load(&data.features_yaml(), &root);
+    let base = data.root.with_file_name("swap");
+    let _ = std::fs::remove_dir_all(&base);
+    let root = base.join("root");
+    // The second version holds other values (another seed) under another schema (a feature added to
+    // profile): a server that ignored the pin, or a client that decoded one version with the other's
+    // schema, answers wrongly for one of them.
+    let second_src = base.join("source-8");
+    generate(&second_src, SEED + 1);
+    add_profile_feature(&second_src);
+    let (exp1, exp2) = (expected(data), Expected::read(&second_src));
+    let first = load_at(&data.features_yaml(), &root, "2026-01-01T00:00:00Z");
     let mut server = Server::start_on(&root, &["--poll-seconds", "0.2"]);
     let tcp = server.tcp.clone();
     let client = server.ready_client(&tcp).await;
-    let ids = [EntityId::Int64(11), EntityId::Int64(12)];
-    let before = client.get_features(&ids, &[]).await.unwrap();
+    let n = USERS as i64;
+    let ids: Vec<i64> = (0..n).step_by(13).chain([n - 1, n, -1]).collect();
+    let request: Vec<EntityId> = ids.iter().map(|&id| EntityId::Int64(id)).collect();
+    let mut mismatches = Vec::new();
+    let mut counts = Counts::default();
+    let before = client.get_features(&request, &[]).await.unwrap();
     assert_eq!(before.version(), first);
+    compare(&before, &ids, &exp1.views, &exp1.defs, &mut counts, &mut mismatches);
+    assert_no_mismatches("the first version", &mismatches);
 
-    let second = load(&data.features_yaml(), &root);
+    let second = load_at(&second_src.join("features.yaml"), &root, "2026-01-02T00:00:00Z");
     assert_ne!(first, second);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while client.snapshot_info().await.unwrap().current_version != second {
         assert!(std::time::Instant::now() < deadline, "the server did not swap to {second}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -250,26 +309,75 @@ async fn a_swap_async() {
     let loaded: Vec<&str> = info.loaded.iter().map(|v| v.version.as_str()).collect();
     assert_eq!(loaded, [second.as_str(), first.as_str()], "current first, then the previous one");
 
-    // Unpinned reads move to the new version (its schema fetched and cached); a pin still
-    // reads the previous one. Same source data, so the same values.
-    let after = client.get_features(&ids, &[]).await.unwrap();
+    // Unpinned reads move to the new version (its schema fetched and cached); a pin still reads the
+    // previous one, each equal to its own source.
+    let after = client.get_features(&request, &[]).await.unwrap();
     assert_eq!(after.version(), second);
-    let pinned = client.get_features_at(&ids, &[], &first).await.unwrap();
+    compare(&after, &ids, &exp2.views, &exp2.defs, &mut counts, &mut mismatches);
+    assert_no_mismatches("the second version, unpinned", &mismatches);
+    let pinned = client.get_features_at(&request, &[], &first).await.unwrap();
     assert_eq!(pinned.version(), first);
-    for batch in [&after, &pinned] {
-        for (b, a) in batch.rows().iter().zip(before.rows()) {
-            for (x, y) in b.views().iter().zip(a.views()) {
-                let (x, y) = (x.as_ref().map(|v| v.values()), y.as_ref().map(|v| v.values()));
-                assert!(match (x, y) {
-                    (Some(x), Some(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.bit_eq(q)),
-                    (None, None) => true,
-                    _ => false,
-                });
-            }
-        }
-    }
+    compare(&pinned, &ids, &exp1.views, &exp1.defs, &mut counts, &mut mismatches);
+    assert_no_mismatches("the first version, pinned after the swap", &mismatches);
+    // The two versions must differ where the test looks, or it could not tell them apart.
+    let differ = ids
+        .iter()
+        .filter(|&id| match (exp1.views["profile"].get(id), exp2.views["profile"].get(id)) {
+            (Some(a), Some(b)) => !a.iter().zip(b).all(|(x, y)| x.bit_eq(y)),
+            (a, b) => a.is_some() != b.is_some(),
+        })
+        .count();
+    assert!(differ > ids.len() / 2, "only {differ} of {} users differ between the versions", ids.len());
+    assert!(after.rows()[0].get("profile", "logins_7d").is_some());
+    assert!(pinned.rows()[0].get("profile", "logins_7d").is_none(), "the first version has no logins_7d");
+
     assert_eq!(client.schema(&first).await.unwrap().version, first);
     assert_eq!(client.schema(&second).await.unwrap().version, second);
     drop(server);
-    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
+fn string_keyed_entities_end_to_end() {
+    let _one_at_a_time = serial();
+    runtime().block_on(string_keyed_async());
+}
+
+async fn string_keyed_async() {
+    let data = dataset();
+    let base = data.root.with_file_name("string-keys");
+    let _ = std::fs::remove_dir_all(&base);
+    let (src, root) = (base.join("source"), base.join("root"));
+    generate(&src, SEED);
+    to_string_keys(&src);
+    let defs = read_definitions(&src.join("features.yaml"));
+    assert_eq!(defs.key_type, "string");
+    let views: HashMap<String, HashMap<String, Vec<Value>>> =
+        defs.views.iter().map(|v| (v.name.clone(), expected_view_by_string(&src, v))).collect();
+    let version = load(&src.join("features.yaml"), &root);
+    let mut server = Server::start_on(&root, &[]);
+    let tcp = server.tcp.clone();
+    let client = server.ready_client(&tcp).await;
+    let schema = client.schema(&version).await.unwrap();
+    assert_eq!(schema.key_type, KeyType::String);
+
+    let n = USERS as i64;
+    let mut keys: Vec<String> = (0..n).step_by(5).map(string_key).collect();
+    // unknown keys: another prefix, a prefix of a real key, the empty string, an int64's decimal form
+    keys.extend(["nobody".to_owned(), "user-".to_owned(), String::new(), "7".to_owned()]);
+    let (mut mismatches, mut counts) = (Vec::new(), Counts::default());
+    for chunk in keys.chunks(60) {
+        let request: Vec<EntityId> = chunk.iter().map(|k| EntityId::String(k.clone())).collect();
+        let batch = client.get_features(&request, &[]).await.unwrap();
+        assert_eq!(batch.version(), version);
+        compare(&batch, chunk, &views, &defs, &mut counts, &mut mismatches);
+    }
+    assert_no_mismatches("string keys", &mismatches);
+    let Counts { compared, absent, .. } = counts;
+    assert!(compared > 5_000 && absent >= 4 * defs.views.len(), "{compared} compared, {absent} absent");
+    // an int64 id for a string-keyed entity is the caller's mistake, named as such
+    let err = client.get_features(&[EntityId::Int64(7)], &[]).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::InvalidArgument), "{err}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&base);
 }

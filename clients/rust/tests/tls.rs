@@ -108,10 +108,25 @@ fn tls_reads_the_same_features_as_plaintext() {
         let err = first_call(&https, &with_tls(trusting(&pki.ca).with_domain("quiver.example"))).await.unwrap_err();
         assert!(matches!(err, Error::Connect { .. }) && err.to_string().contains("certificate"), "{err}");
 
-        // The port speaks TLS only: a plaintext client gets nothing from it.
+        // The port speaks TLS only: a plaintext client gets a transport failure (the server drops the
+        // HTTP/2 preface it cannot read as a TLS handshake), never an answer and never a deadline: and
+        // the server goes on serving TLS clients.
         let plaintext = ClientOptions { request_timeout: Some(Duration::from_secs(10)), ..Default::default() };
         let err = first_call(&server.tcp, &plaintext).await.unwrap_err();
         eprintln!("plaintext to the TLS port: {err}");
+        // A transport failure: no connection, or a status the client made from the broken connection
+        // (it carries the transport error as its source), never one the server answered with.
+        let transport = match &err {
+            Error::Connect { .. } => true,
+            Error::Status(s) => {
+                matches!(s.code(), tonic::Code::Unknown | tonic::Code::Unavailable)
+                    && std::error::Error::source(s).is_some()
+            }
+            _ => false,
+        };
+        assert!(transport, "plaintext to the TLS port: expected a transport failure, got {err:?}");
+        assert!(server.is_running(), "the server exited after a plaintext client");
+        assert_eq!(first_call(&https, &with_tls(trusting(&pki.ca))).await.unwrap(), data.version);
     });
 }
 

@@ -68,9 +68,26 @@ pub fn dataset() -> &'static Dataset {
     })
 }
 
+/// `quiver generate --users USERS` into `dir`.
+pub fn generate(dir: &Path, seed: u64) {
+    run(&["generate", "--users", &USERS.to_string(), "--out", dir.to_str().unwrap(), "--seed", &seed.to_string()]);
+}
+
 /// `quiver load`; returns the version id it published.
 pub fn load(features: &Path, root: &Path) -> String {
-    let out = run(&["load", "--features", features.to_str().unwrap(), "--root", root.to_str().unwrap()]);
+    load_with(features, root, &[])
+}
+
+/// `quiver load --as-of`: two loads into one root need distinct as-of times, or loads within the same
+/// second could publish one version id.
+pub fn load_at(features: &Path, root: &Path, as_of: &str) -> String {
+    load_with(features, root, &["--as-of", as_of])
+}
+
+fn load_with(features: &Path, root: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["load", "--features", features.to_str().unwrap(), "--root", root.to_str().unwrap()];
+    args.extend(extra);
+    let out = run(&args);
     // stdout is the version id alone (the progress notes go to stderr).
     let version = out.lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default().to_owned();
     assert!(!version.is_empty(), "`quiver load` printed no version id");
@@ -119,6 +136,12 @@ impl Server {
             uds: format!("unix://{}", uds_path.display()),
             uds_path,
         }
+    }
+
+    /// Whether the server process is still running.
+    #[allow(dead_code)] // used by tls.rs only
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// A client once the server answers GetSnapshotInfo with a current version.

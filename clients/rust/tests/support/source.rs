@@ -104,17 +104,33 @@ fn matches(pattern: &str, name: &str) -> bool {
 /// Each entity's expected values in one view (schema order). Where `event_timestamp` is set,
 /// the latest row of a duplicated key wins, as the loader documents.
 pub fn expected_view(base: &Path, view: &ViewDef) -> HashMap<i64, Vec<Value>> {
-    let mut rows: HashMap<i64, (i64, Vec<Value>)> = HashMap::new();
+    expected_rows(base, view, |path, field| match field {
+        Some(Field::Long(v)) => *v,
+        Some(Field::Int(v)) => i64::from(*v),
+        other => panic!("{}: entity column {} is {other:?}", path.display(), view.entity_column),
+    })
+}
+
+/// [`expected_view`] for string-keyed entities.
+pub fn expected_view_by_string(base: &Path, view: &ViewDef) -> HashMap<String, Vec<Value>> {
+    expected_rows(base, view, |path, field| match field {
+        Some(Field::Str(v)) => v.clone(),
+        other => panic!("{}: entity column {} is {other:?}", path.display(), view.entity_column),
+    })
+}
+
+fn expected_rows<K: std::hash::Hash + Eq + std::fmt::Debug>(
+    base: &Path,
+    view: &ViewDef,
+    key_of: impl Fn(&Path, Option<&&Field>) -> K,
+) -> HashMap<K, Vec<Value>> {
+    let mut rows: HashMap<K, (i64, Vec<Value>)> = HashMap::new();
     for path in expand(base, &view.source) {
         let reader = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
         for row in reader.get_row_iter(None).unwrap() {
             let row = row.unwrap();
             let cols: HashMap<&str, &Field> = row.get_column_iter().map(|(n, f)| (n.as_str(), f)).collect();
-            let key = match cols.get(view.entity_column.as_str()) {
-                Some(Field::Long(v)) => *v,
-                Some(Field::Int(v)) => i64::from(*v),
-                other => panic!("{}: entity column {} is {other:?}", path.display(), view.entity_column),
-            };
+            let key = key_of(&path, cols.get(view.entity_column.as_str()));
             let ts = if view.event_timestamp.is_empty() {
                 0
             } else {
@@ -139,7 +155,7 @@ pub fn expected_view(base: &Path, view: &ViewDef) -> HashMap<i64, Vec<Value>> {
             match rows.get(&key) {
                 Some((old, _)) if *old > ts => {}
                 Some((old, _)) if *old == ts && view.event_timestamp.is_empty() => {
-                    panic!("{}: duplicate key {key} in view {} without an event timestamp", path.display(), view.name)
+                    panic!("{}: duplicate key {key:?} in view {} without an event timestamp", path.display(), view.name)
                 }
                 _ => {
                     rows.insert(key, (ts, values));
