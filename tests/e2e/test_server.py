@@ -110,7 +110,7 @@ def test_values_equal_source_parquet_bit_exactly(server: ServerProcess, target: 
 
 
 def canonical(feature: pb.Feature, value: Any) -> Any:
-    """A FeatureClient value in the canonical form of tests/conftest.py (floats as bits)."""
+    """A FeatureClient value in the canonical form of support.canon (floats as bits)."""
     if value is None:
         return None
     if feature.type == pb.FLOAT32:

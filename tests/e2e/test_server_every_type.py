@@ -1,4 +1,4 @@
-"""The every-type data set of tests/conftest.py through a real server, keyed by int64 and by string:
+"""The every-type data set (support.datasets) through a real server, keyed by int64 and by string:
 every feature type with its edge values (signalling NaN, NaN payloads, -0.0, subnormals, extremes,
 non-ASCII and empty strings and keys) must come back bit for bit."""
 
