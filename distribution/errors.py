@@ -61,10 +61,13 @@ _AWS_MARKERS: list[tuple[tuple[str, ...], type[StorageError], str]] = [
 ]
 
 
-def translate(exc: OSError, what: str) -> DistributionError:
-    """The one place where foreign errors (pyarrow, the AWS SDK, the OS) become ours."""
+def translate(exc: OSError, what: str, local: bool = False) -> DistributionError:
+    """The one place where foreign errors (pyarrow, the AWS SDK, the OS) become ours. `local`: the error
+    came from the local snapshot root, not object storage."""
     if exc.errno == errno.ENOSPC:
         return DiskFull(f"{what}: no space left on device; free space or lower --keep")
+    if local:
+        return LocalSnapshotError(f"{what}: {exc.strerror or exc}")
     text = str(exc)
     for markers, cls, hint in _AWS_MARKERS:
         if any(m in text for m in markers):
@@ -75,11 +78,11 @@ def translate(exc: OSError, what: str) -> DistributionError:
 
 
 @contextmanager
-def translated(what: str) -> Iterator[None]:
-    """OSErrors raised in the block become DistributionErrors about `what`."""
+def translated(what: str, local: bool = False) -> Iterator[None]:
+    """OSErrors raised in the block become DistributionErrors about `what` (see `translate`)."""
     try:
         yield
     except DistributionError:
         raise
     except OSError as e:
-        raise translate(e, what) from e
+        raise translate(e, what, local) from e

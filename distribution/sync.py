@@ -58,7 +58,7 @@ def sync(uri: str, root: str | os.PathLike[str], keep: int = 3, *,
     if keep < 2:
         raise UsageError(f"--keep {keep}: must be at least 2 (CURRENT and the version before it)")
     snap = SnapshotRoot(root)
-    with translated(f"snapshot root {snap.path}"):
+    with translated(f"snapshot root {snap.path}", local=True):
         snap.ensure()
     with lock(snap, "sync"):
         store = open_store(uri, endpoint)
@@ -71,7 +71,7 @@ def sync(uri: str, root: str | os.PathLike[str], keep: int = 3, *,
         elif not online_only:
             _complete_version(store, snap, target, result, workers)
         if previous != target:
-            with translated(f"moving {snap.current_file} to {target}"):
+            with translated(f"moving {snap.current_file} to {target}", local=True):
                 snap.set_current(target)
             log.info("CURRENT %s -> %s", previous, target)
         # the version CURRENT named before this sync is ROOT/PREVIOUS now: the rule keeps it
@@ -101,7 +101,7 @@ def _download_version(store: RemoteStore, snap: SnapshotRoot, version: str, resu
             todo.append(f)
     result.downloaded = _fetch(store, snap, version, todo, stage, workers)
 
-    with translated(f"publishing {version} into {snap.versions_dir}"):
+    with translated(f"publishing {version} into {snap.versions_dir}", local=True):
         for p in stage.rglob("*.part"):
             p.unlink()
         write_atomic(stage / MANIFEST, manifest_bytes)
@@ -180,7 +180,7 @@ def prune(snap: SnapshotRoot, keep: int) -> list[str]:
                   path, why)
     if retention.unreadable:
         return []
-    with translated(f"removing old versions from {snap.versions_dir}"):
+    with translated(f"removing old versions from {snap.versions_dir}", local=True):
         removed = list(apply(snap, retention))
     for v in removed:
         log.info("pruned %s", v)

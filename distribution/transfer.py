@@ -49,7 +49,7 @@ def download_file(store: RemoteStore, dest: Path, entry: FileEntry, *parts: str)
     """Stream one object to `dest`, hashing as it goes; it takes its final name only once verified."""
     url = store.url(*parts)
     part = dest.with_name(dest.name + ".part")
-    with translated(f"writing {part}"):
+    with translated(f"writing {part}", local=True):
         dest.parent.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
     size = 0
@@ -68,7 +68,7 @@ def download_file(store: RemoteStore, dest: Path, entry: FileEntry, *parts: str)
                 f"{url}: {size} bytes with {checksum}, "
                 f"manifest says {entry.size} bytes with {entry.checksum}: "
                 "the object is corrupt or was overwritten; republish the version")
-        with translated(f"renaming {part}"):
+        with translated(f"renaming {part}", local=True):
             os.replace(part, dest)
     except BaseException:
         part.unlink(missing_ok=True)
