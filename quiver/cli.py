@@ -2,17 +2,16 @@
 
 Each command module registers its subcommands with `register(subparsers)`; a handler returns 0 or raises
 a QuiverError (quiver/errors.py), which `main` maps to its message and exit code, here and nowhere else.
-Logging is set up here too, once per process (`setup_logging`; server workers call it as they start).
+Logging is set up here too, once per command (quiver/logs.py).
 """
 
 import argparse
 import importlib
-import logging
-import os
 import sys
 from collections.abc import Sequence
 
 from quiver.errors import QuiverError, exit_code_table
+from quiver.logs import LOG_LEVEL_ENV, setup_logging
 
 COMMAND_MODULES = [
     "quiver.loader.commands",
@@ -20,13 +19,6 @@ COMMAND_MODULES = [
     "quiver.distribution.commands",
     "quiver.ops",
 ]
-LOG_LEVEL_ENV = "QUIVER_LOG_LEVEL"
-
-
-def setup_logging(tag: str) -> None:
-    """`<time> quiver[<tag>] <LEVEL> <message>` on stderr, at $QUIVER_LOG_LEVEL (default INFO)."""
-    logging.basicConfig(level=os.environ.get(LOG_LEVEL_ENV, "INFO").upper(), stream=sys.stderr,
-                        format=f"%(asctime)s quiver[{tag}] %(levelname)s %(message)s", force=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from rocksdict import Cache
 
-from quiver.cli import setup_logging
+from quiver.logs import setup_logging
 from quiver.process import die_with_parent
 from quiver.service import metrics
 from quiver.service.config import ServeConfig
