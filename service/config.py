@@ -28,6 +28,8 @@ class ServeConfig:
     max_entities: int = field(default=1000, metadata=_help("most entities one GetFeatures request may ask for"))
     max_concurrent: int = field(default=512, metadata=_help(
         "GetFeatures calls in flight per worker; beyond this: RESOURCE_EXHAUSTED at once"))
+    max_queue_ms: float = field(default=50.0, metadata=_help(
+        "more queued work than this ahead of a call, in ms: RESOURCE_EXHAUSTED at once; 0: off"))
     verify: str = field(default="full", metadata=_help(
         "checks before a version is swapped in: full (every file's checksum) or size (sizes and row counts)"))
     poll_seconds: float = field(default=1.0, metadata=_help("how often each worker reads CURRENT, in seconds"))
@@ -52,6 +54,8 @@ class ServeConfig:
             raise ValueError("workers, max-entities, max-concurrent and cache-mb must be positive")
         if not self.poll_seconds > 0:  # 0 would spin the follow loop; `not >` also refuses NaN
             raise ValueError(f"poll-seconds {self.poll_seconds}: must be positive")
+        if not self.max_queue_ms >= 0:
+            raise ValueError(f"max-queue-ms {self.max_queue_ms}: must not be negative")
         if not self.drain_seconds >= 0:
             raise ValueError(f"drain-seconds {self.drain_seconds}: must not be negative")
         if self.loop not in ("uvloop", "asyncio"):
