@@ -39,9 +39,9 @@ def lock_path(root: SnapshotRoot, which: Lock) -> Path:
 @contextmanager
 def lock(root: SnapshotRoot, which: Lock) -> Iterator[None]:
     """Hold the root's load or sync lock for the block; RootBusy at once when another process holds it."""
-    root.ensure()
     path = lock_path(root, which)
     try:
+        root.ensure()
         f = open(path, "a+b")
     except OSError as e:
         raise RootError(f"{path}: cannot open the {which} lock: {e.strerror or e}") from None

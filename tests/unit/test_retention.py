@@ -28,7 +28,7 @@ def add_version(root: SnapshotRoot, vid: str, created: str) -> str:
     (d / "online").mkdir(parents=True)
     (d / "online" / "data").write_bytes(b"x")
     as_of = f"{vid[0:4]}-{vid[4:6]}-{vid[6:8]}T{vid[9:11]}:{vid[11:13]}:{vid[13:15]}Z"
-    (d / "manifest.json").write_bytes(Manifest(vid, created, as_of, SCHEMA, {}, []).dumps())
+    (d / "manifest.json").write_bytes(Manifest(vid, created, as_of, SCHEMA, {}, {}, []).dumps())
     return vid
 
 
