@@ -29,15 +29,18 @@ def test_the_codes_used_here_mean_what_this_test_assumes() -> None:
     ["gc", "--root", "{missing}", "--keep", "1"],
     ["publish", "--root", "{missing}", "--to", "{store}"],
     ["sync", "--from", "{store}", "--root", "{under_a_file}/root"],
+    ["snapshots", "--root", "{missing}"],
+    ["load", "--features", "{features}", "--root", "{under_a_file}/root"],
 ], ids=lambda c: c[0])
-def test_a_missing_root(command: list[str], tmp_path: Path) -> None:
+def test_a_missing_root(command: list[str], users: UsersSnapshots, tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     paths = {"missing": str(tmp_path / "nope"), "store": (tmp_path / "store").as_uri(),
-             "under_a_file": str(tmp_path / "file")}
+             "under_a_file": str(tmp_path / "file"),
+             "features": str(users.sources[users.v1] / "features.yaml")}
     args = [a.format(**paths) for a in command]
     r = run(*args)
     assert r.returncode == ROOT, r.stderr
-    named = paths["under_a_file"] if command[0] == "sync" else paths["missing"]
+    named = paths["under_a_file"] if command[0] in ("sync", "load") else paths["missing"]
     assert named in r.stderr and f"quiver {command[0]}: error:" in r.stderr
 
 
@@ -51,6 +54,9 @@ def test_a_missing_root(command: list[str], tmp_path: Path) -> None:
     (["serve", "--root", "{root}", "--poll-seconds", "soon", "--metrics-port", "0"], "--poll-seconds"),
     (["get", "--target", "127.0.0.1:1", "--entity", "1", "--timeout", "x"], "--timeout"),
     (["publish", "--to", "{store}"], "--root"),
+    (["load", "--features", "{root}/f.yaml", "--root", "{root}", "--workers", "0"], "--workers"),
+    (["load", "--features", "{root}/f.yaml", "--root", "{root}", "--as-of", "yesterday"], "--as-of"),
+    (["generate", "--users", "-5", "--out", "{root}"], "--users"),
 ], ids=lambda c: "-".join(c) if isinstance(c, list) else None)
 def test_a_bad_flag_value_is_a_usage_error(command: list[str], needle: str, tmp_path: Path) -> None:
     paths = {"root": str(tmp_path), "store": (tmp_path / "store").as_uri()}
@@ -70,6 +76,11 @@ def test_unreadable_files(users: UsersSnapshots, tmp_path: Path) -> None:
         assert r.returncode == ROOT, r.stderr
         assert str(manifest) in r.stderr
 
+    features = tmp_path / "features.yaml"
+    features.mkdir()
+    r = run("load", "--features", str(features), "--root", str(root))
+    assert r.returncode == USAGE and str(features) in r.stderr, r.stderr
+
     cert = tmp_path / "cert.pem"
     cert.mkdir()
     r = run("serve", "--root", str(root), "--listen", "127.0.0.1:0", "--metrics-port", "0",
@@ -77,7 +88,7 @@ def test_unreadable_files(users: UsersSnapshots, tmp_path: Path) -> None:
     assert r.returncode == USAGE and str(cert) in r.stderr, r.stderr
 
 
-def test_a_busy_root(tmp_path: Path) -> None:
+def test_a_busy_root(users: UsersSnapshots, tmp_path: Path) -> None:
     root = SnapshotRoot(tmp_path / "root")
     root.ensure()
     lock = root.staging_dir / ".sync.lock"
@@ -86,3 +97,11 @@ def test_a_busy_root(tmp_path: Path) -> None:
         r = run("sync", "--from", (tmp_path / "store").as_uri(), "--root", str(root.path))
     assert r.returncode == ROOT, r.stderr
     assert str(lock) in r.stderr and "another `quiver sync` is running" in r.stderr
+
+    lock = root.path / ".load.lock"
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)   # what a running `quiver load` holds
+        r = run("load", "--features", str(users.sources[users.v1] / "features.yaml"), "--root", str(root.path))
+    assert r.returncode == ROOT, r.stderr
+    assert str(lock) in r.stderr and "another `quiver load` is running" in r.stderr
+    assert root.current() is None and not list(root.staging_dir.glob("load-*"))
