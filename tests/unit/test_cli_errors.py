@@ -25,7 +25,8 @@ CLASSES = sorted(set(_all(QuiverError)), key=lambda c: (c.exit_code, c.__name__)
 
 def test_every_error_class_has_a_code_from_the_table() -> None:
     names = {c.__name__ for c in CLASSES}
-    assert {"LoadError", "DefinitionError", "SourceError", "DataError", "UsageError", "RootError", "RootBusy", "UnreadableLease", "DistributionError", "StorageError",
+    assert {"LoadError", "DefinitionError", "SourceError", "DataError",
+            "UsageError", "RootError", "RootBusy", "UnreadableLease", "DistributionError", "StorageError",
             "StorageUnreachable", "AccessDenied", "BucketNotFound", "ObjectNotFound", "IntegrityError",
             "LocalSnapshotError", "DiskFull"} <= names
     for c in CLASSES:
