@@ -10,6 +10,7 @@ from quiver.errors import RootError
 from quiver.loader.generate import generate
 from quiver.loader.listing import list_snapshots
 from quiver.loader.load import LoadOptions, load
+from quiver.snapshot import rocks
 
 
 def _as_of(text: str) -> datetime:
@@ -26,8 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--root", required=True, help="snapshot root folder; created if missing (required)")
     p.add_argument("--workers", type=at_least(1), default=2, help="worker processes that encode and sort (default: 2)")
     p.add_argument("--as-of", type=_as_of, default=None, help="the data's as-of time, ISO 8601 (default: now)")
-    p.add_argument("--compression", choices=["lz4", "zstd", "snappy", "none"], default="lz4",
-                   help="compression of the online form's SST files (default: lz4)")
+    p.add_argument("--compression", choices=["lz4", "zstd", "snappy", "none"], default=rocks.DEFAULT_COMPRESSION,
+                   help="compression of the online form's SST files (default: none, read through mmap; "
+                   "bench/README.md)")
     p.add_argument("--no-reuse", action="store_true",
                    help="re-encode views even if unchanged (default: link unchanged ones from CURRENT)")
     p.add_argument("--allow-type-change", action="store_true",
