@@ -8,10 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from server_process import QUIVER, UsersSnapshots
 
 from quiver.errors import EXIT_CODES
 from quiver.snapshot import SnapshotRoot
+from support.processes import QUIVER, UsersSnapshots
 
 USAGE, ROOT = 2, 9
 
