@@ -5,7 +5,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-from quiver.loader.build import LoadOptions, load
+from quiver.loader.build import LoadOptions, LoadResult, load
 from quiver.loader.errors import LoadError
 from quiver.loader.generate import generate
 from quiver.loader.listing import list_snapshots
@@ -19,11 +19,29 @@ def _as_of(text: str) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
+def _spark_setting(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key.startswith("spark."):
+        raise argparse.ArgumentTypeError(f"--spark-conf {text!r}: expected spark.KEY=VALUE")
+    return key, value
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("load", help="build a new snapshot version from the Parquet sources in features.yaml")
     p.add_argument("--features", required=True, help="features.yaml")
-    p.add_argument("--root", required=True, help="snapshot root folder")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--root", required=True,
+                   help="snapshot root folder (with --engine spark also s3://bucket/prefix or file:///dir: "
+                   "the version is built in --work-root, then published there as `quiver publish` does)")
+    p.add_argument("--workers", type=int, default=2, help="local engine: worker processes")
+    p.add_argument("--engine", choices=["local", "spark"], default="local",
+                   help="local: worker processes on this machine; spark: a Spark job (pip extra [spark], Java 17)")
+    p.add_argument("--spark-master", default="local[2]", metavar="URL",
+                   help="--engine spark: the Spark master (local[N], spark://..., k8s://...)")
+    p.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE", type=_spark_setting,
+                   help="--engine spark: a Spark setting (repeatable), e.g. spark.executor.instances=8")
+    p.add_argument("--work-root", default=None,
+                   help="--engine spark with an object-store --root: the local root the version is built in "
+                   "(default: a temporary folder; give a kept one to reuse unchanged views)")
     p.add_argument("--as-of", type=_as_of, default=None, help="the data's as-of time (default: now)")
     p.add_argument("--compression", choices=["lz4", "zstd", "snappy", "none"], default="lz4")
     p.add_argument("--no-reuse", action="store_true", help="re-encode views even if unchanged")
@@ -44,10 +62,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _load(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s quiver[load] %(message)s")
+    opts = LoadOptions(workers=args.workers, as_of=args.as_of, compression=args.compression,
+                       reuse=not args.no_reuse, allow_type_change=args.allow_type_change)
     try:
-        r = load(args.features, args.root, LoadOptions(workers=args.workers, as_of=args.as_of,
-                                                        compression=args.compression, reuse=not args.no_reuse,
-                                                        allow_type_change=args.allow_type_change))
+        if args.engine == "spark":
+            r = _load_on_spark(args, opts)
+        else:
+            r = load(args.features, args.root, opts)
     except LoadError as e:
         print(f"quiver load: error: {e}", file=sys.stderr)
         print("quiver load: nothing was published; CURRENT is unchanged", file=sys.stderr)
@@ -63,6 +84,26 @@ def _load(args: argparse.Namespace) -> int:
     print(f"{note}: {r.version} ({rows} rows in {r.seconds:.1f} s)", file=sys.stderr)
     print(r.version)
     return 0
+
+
+def _load_on_spark(args: argparse.Namespace, opts: LoadOptions) -> LoadResult:
+    """The same load, its data path run by Spark; a publish to object storage that fails is a load
+    error (exit 1) that names the store, and the version stays built in --work-root if one was given."""
+    from dataclasses import replace
+
+    from quiver.distribution import DistributionError
+    from quiver.loader.spark import load as spark_load
+    from quiver.loader.spark import spark_session
+
+    conf = dict(args.spark_conf)
+    spark = spark_session(args.spark_master, conf=conf)
+    try:
+        return spark_load(spark, args.features, args.root,
+                          replace(opts, workers=spark.sparkContext.defaultParallelism), work_root=args.work_root)
+    except DistributionError as e:
+        raise LoadError(f"publishing to {args.root}: {e}") from None
+    finally:
+        spark.stop()
 
 
 def _snapshots(args: argparse.Namespace) -> int:
