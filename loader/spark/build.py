@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -31,17 +32,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from quiver.loader import build as local
 from quiver.loader import tasks
 from quiver.loader.definitions import load_definitions
-from quiver.loader.errors import LoadError
+from quiver.loader.errors import DefinitionError, LoadError, SourceError
+from quiver.loader.normalize import check_source_schema, normalize
 from quiver.loader.partition import Partitioner
 from quiver.loader.sources import SourceFile, inspect
 from quiver.loader.spark import stages
 from quiver.snapshot.layout import SnapshotRoot
 from quiver.snapshot.manifest import FileEntry, Manifest, ViewStats, data_files, file_checksum
-from quiver.snapshot.schema import FeatureSet, ViewDef
+from quiver.snapshot.schema import EntityDef, FeatureSet, ViewDef
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -57,17 +60,17 @@ def is_uri(target: str | os.PathLike[str]) -> bool:
 
 def load(spark: SparkSession, features_path: str | os.PathLike[str], root_or_uri: str | os.PathLike[str],
          options: local.LoadOptions | None = None, *, work_root: str | os.PathLike[str] | None = None,
-         endpoint: str | None = None) -> local.LoadResult:
+         endpoint: str | None = None, frames: dict[str, DataFrame] | None = None) -> local.LoadResult:
     """`quiver load` with Spark doing the data path. A root gets the version by one rename and a
     CURRENT move; an object-store URI gets it built in `work_root` (default: a temporary folder),
     then published there. Raises the local loader's LoadError subclasses, with its messages."""
     opts = options or local.LoadOptions()
     if is_uri(root_or_uri):
         with _work_root(work_root) as build_root:
-            result = _load_root(spark, Path(features_path), SnapshotRoot(build_root), opts)
+            result = _load_root(spark, Path(features_path), SnapshotRoot(build_root), opts, frames or {})
             _publish_remote(build_root, str(root_or_uri), result.version, endpoint)
             return result
-    return _load_root(spark, Path(features_path), SnapshotRoot(root_or_uri), opts)
+    return _load_root(spark, Path(features_path), SnapshotRoot(root_or_uri), opts, frames or {})
 
 
 def build_version(spark: SparkSession, features: str | os.PathLike[str] | FeatureSet,
@@ -75,15 +78,17 @@ def build_version(spark: SparkSession, features: str | os.PathLike[str] | Featur
                   as_of: datetime | None = None, compression: str = "lz4", reuse: bool = True,
                   allow_type_change: bool = False, work_root: str | os.PathLike[str] | None = None,
                   endpoint: str | None = None) -> local.LoadResult:
-    """The API for a PySpark job: build and publish one version from features.yaml's sources, or from
-    DataFrames the job already holds (`frames_by_view`, one per view; not implemented yet)."""
-    if frames_by_view:
-        raise NotImplementedError("building from DataFrames lands with the format-2 loader stages (issue 12)")
+    """The API for a PySpark job: build and publish one version. Views named in `frames_by_view` are
+    read from the job's DataFrames (columns as features.yaml names them; `source` is not read), the
+    others from their sources. A DataFrame view is always encoded (there is no file to compare for
+    reuse); its manifest source is `spark:dataframe/<view>` with its row count and an order-free
+    digest of its encoded rows, so the same rows give the same version id."""
     if isinstance(features, FeatureSet):
         features = features.source_file
     opts = local.LoadOptions(workers=spark.sparkContext.defaultParallelism, as_of=as_of, compression=compression,
                              reuse=reuse, allow_type_change=allow_type_change)
-    return load(spark, features, root_or_uri, opts, work_root=work_root, endpoint=endpoint)
+    return load(spark, features, root_or_uri, opts, work_root=work_root, endpoint=endpoint,
+                frames=frames_by_view or {})
 
 
 class _work_root:
@@ -112,35 +117,46 @@ def _publish_remote(build_root: Path, uri: str, version: str, endpoint: str | No
              len(r.copied), len(r.skipped))
 
 
-def _load_root(spark: SparkSession, features_path: Path, root: SnapshotRoot,
-               opts: local.LoadOptions) -> local.LoadResult:
+def _load_root(spark: SparkSession, features_path: Path, root: SnapshotRoot, opts: local.LoadOptions,
+               frames: dict[str, DataFrame]) -> local.LoadResult:
     """local.load, step for step, with the pool's work done by Spark."""
     started = time.monotonic()
     features = load_definitions(features_path)
     base = features_path.parent
+    _check_frames(features, frames)
     with local.load_lock(root), local.staging_removed_on_failure(root):
         local.clean_staging(root)
-        files = {v.name: inspect(features.entity, v, base) for v in features.views}
-        paths = [s.path for v in features.views for s in files[v.name]]
+        files = {v.name: inspect(features.entity, v, base) for v in features.views if v.name not in frames}
+        paths = [s.path for v in features.views for s in files.get(v.name, [])]
         sums = dict(zip(paths, run_tasks(spark, file_checksum, paths), strict=True))
-        sources = {v.name: [FileEntry(os.path.abspath(s.path), s.size, sums[s.path]) for s in files[v.name]]
-                   for v in features.views}
+        sources = {name: [FileEntry(os.path.abspath(s.path), s.size, sums[s.path]) for s in found]
+                   for name, found in files.items()}
         as_of = opts.as_of or datetime.now(UTC).replace(microsecond=0)
-        vid = local.version_id(features, sources, as_of)
-        if root.manifest_path(vid).is_file():
-            root.set_current(vid)
-            return local.LoadResult(vid, Manifest.load(root.manifest_path(vid)), False,
-                                    seconds=time.monotonic() - started)
-        stage = root.staging_dir / f"load-{vid}-{os.getpid()}"
+        if not frames:
+            vid = local.version_id(features, sources, as_of)
+            if root.manifest_path(vid).is_file():
+                root.set_current(vid)
+                return local.LoadResult(vid, Manifest.load(root.manifest_path(vid)), False,
+                                        seconds=time.monotonic() - started)
+        # with DataFrames the id is known once their rows are: the stage is named for the process
+        stage = root.staging_dir / (f"load-{vid}-{os.getpid()}" if not frames else f"load-frames-{os.getpid()}")
         out = stage / "version"
         out.mkdir(parents=True)
         current = local._current_manifest(root)
         if not opts.allow_type_change:
             local.check_type_changes(current, features)
         prev = current if opts.reuse else None
-        reused = [v.name for v in features.views if local._reusable(prev, v, sources[v.name])]
+        reused = [v.name for v in features.views if v.name in sources and local._reusable(prev, v, sources[v.name])]
         build = [v for v in features.views if v.name not in reused]
-        stats, known = _build_views(spark, features, build, files, stage, out, opts)
+        stats, known, sources_of_frames = _build_views(spark, features, build, files, frames, stage, out, opts)
+        sources |= sources_of_frames
+        if frames:
+            vid = local.version_id(features, sources, as_of)
+            if root.manifest_path(vid).is_file():
+                shutil.rmtree(stage, ignore_errors=True)
+                root.set_current(vid)
+                return local.LoadResult(vid, Manifest.load(root.manifest_path(vid)), False,
+                                        seconds=time.monotonic() - started)
         for name in reused:
             assert prev is not None
             local._link_view(root, prev, name, out)
@@ -155,6 +171,22 @@ def _load_root(spark: SparkSession, features_path: Path, root: SnapshotRoot,
                             {v.name: stats[v.name] for v in features.views}, entries)
         local._publish(root, stage, out, manifest)
         return local.LoadResult(vid, manifest, True, reused, time.monotonic() - started)
+
+
+def _frame_where(view: str) -> str:
+    return f"frames_by_view[{view!r}]"
+
+
+def _check_frames(features: FeatureSet, frames: dict[str, DataFrame]) -> None:
+    """What inspect() checks of a source file, for a DataFrame: its columns and their types."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    unknown = sorted(set(frames) - set(features.view_names))
+    if unknown:
+        raise DefinitionError(f"{features.source_file}: frames_by_view names view(s) {unknown} it does not "
+                              f"define; it defines {features.view_names}")
+    for name, df in frames.items():
+        check_source_schema(features.entity, features.view(name), to_arrow_schema(df.schema), _frame_where(name))
 
 
 def run_tasks(spark: SparkSession, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
@@ -184,10 +216,12 @@ class _SampleJob:
 
 
 def _build_views(spark: SparkSession, features: FeatureSet, views: list[ViewDef], files: dict[str, list[SourceFile]],
-                 stage: Path, out: Path, opts: local.LoadOptions) -> tuple[dict[str, ViewStats], dict[str, str]]:
-    """local._build_views on Spark: the same key ranges, encode tasks, dedup and writers."""
+                 frames: dict[str, DataFrame], stage: Path, out: Path,
+                 opts: local.LoadOptions) -> tuple[dict[str, ViewStats], dict[str, str], dict[str, list[FileEntry]]]:
+    """local._build_views on Spark: the same key ranges, encode tasks, dedup and writers. Also returns
+    the manifest sources of the DataFrame views."""
     if not views:
-        return {}, {}
+        return {}, {}, {}
     clock = time.monotonic()
 
     def phase(name: str) -> None:
@@ -198,47 +232,86 @@ def _build_views(spark: SparkSession, features: FeatureSet, views: list[ViewDef]
 
     entity = features.entity
     jobs = [_SampleJob(v, f.path, max(1, sum(x.rows for x in files[v.name]) // local.SAMPLE_TARGET))
-            for v in views for f in files[v.name]]
+            for v in views if v.name not in frames for f in files[v.name]]
     samples = run_tasks(spark, lambda j: tasks.sample_keys(entity, j.view, j.path, j.stride), jobs)
     bounds: dict[str, list[int] | list[bytes]] = {}
     for v in views:
-        mine = [s for j, s in zip(jobs, samples, strict=True) if j.view.name == v.name]
-        rows = sum(f.rows for f in files[v.name])
+        if v.name in frames:
+            rows, mine = _sample_frame(entity, v, frames[v.name])
+        else:
+            rows = sum(f.rows for f in files[v.name])
+            mine = [s for j, s in zip(jobs, samples, strict=True) if j.view.name == v.name]
         row_bytes = sum(s.spill_bytes for s in mine) / max(1, sum(s.spill_rows for s in mine))
         parts = max(opts.workers, math.ceil(rows * row_bytes / opts.partition_bytes))
         bounds[v.name] = Partitioner.from_sample(pa.concat_arrays([s.keys for s in mine]), parts).boundaries
     phase("sample")
     stats: dict[str, ViewStats] = {}
     known: dict[str, str] = {}
+    sources: dict[str, list[FileEntry]] = {}
     for v in views:
-        rows, dropped, checks = _build_view(spark, features, v, files[v.name], bounds[v.name], stage, out, opts)
-        stats[v.name] = ViewStats(rows, [], local.definition_hash(v), dropped)
-        known |= checks
+        built = _build_view(spark, features, v, files.get(v.name, []), frames.get(v.name), bounds[v.name], stage,
+                            out, opts)
+        stats[v.name] = ViewStats(built.rows, [], local.definition_hash(v), built.dropped)
+        known |= built.checksums
+        if v.name in frames:
+            sources[v.name] = [FileEntry(f"spark:dataframe/{v.name}", built.rows_in, f"rowsum64:{built.digest:016x}")]
         phase(f"view {v.name}")
-    return stats, {Path(p).relative_to(out).as_posix(): c for p, c in known.items()}
+    return stats, {Path(p).relative_to(out).as_posix(): c for p, c in known.items()}, sources
+
+
+def _sample_frame(entity: EntityDef, view: ViewDef, df: DataFrame) -> tuple[int, list[tasks.Sample]]:
+    """A DataFrame's row count and a Sample as tasks.sample_keys makes of a file: a bounded sample of
+    its keys, and the spilled size of its first rows."""
+    key_col = view.entity_column or entity.name
+    rows = df.count()
+    if rows == 0:
+        raise SourceError(f"view {view.name!r}: {_frame_where(view.name)} has no rows")
+    t = pa.int64() if entity.key_type == "int64" else pa.string()
+    keys = df.select(key_col).sample(False, min(1.0, local.SAMPLE_TARGET / rows), seed=0).toArrow().column(0)
+    keys = pc.drop_null(keys.combine_chunks() if keys.num_chunks else pa.array([], keys.type)).cast(t)
+    head = df.select(*tasks.source_columns(entity, view)).limit(tasks.SIZE_ROWS).toArrow()
+    batch = normalize(entity, view, head.combine_chunks().to_batches()[0], _frame_where(view.name))
+    spilled = tasks.SpillRows(entity, view).of(batch, 0)
+    return rows, [tasks.Sample(keys, spilled.nbytes, spilled.num_rows)]
+
+
+@dataclass(frozen=True)
+class _Built:
+    rows: int
+    dropped: int
+    checksums: dict[str, str]
+    rows_in: int = 0       # DataFrame views: rows read, and their digest
+    digest: int = 0
 
 
 def _build_view(spark: SparkSession, features: FeatureSet, view: ViewDef, files: list[SourceFile],
-                bounds: list[int] | list[bytes], stage: Path, out: Path,
-                opts: local.LoadOptions) -> tuple[int, int, dict[str, str]]:
-    """One view: encode -> range-partition -> sort -> write, then ingest on the driver. Returns its
-    rows, dropped duplicates and the checksums of the files written."""
+                frame: DataFrame | None, bounds: list[int] | list[bytes], stage: Path, out: Path,
+                opts: local.LoadOptions) -> _Built:
+    """One view: encode -> range-partition -> sort -> write, then ingest on the driver."""
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
     entity = features.entity
-    encode = local._encode_tasks(features, view, files, stage / "spill" / view.name, out / "offline" / view.name,
-                                 bounds, opts, opts.workers)
     schema = stages.shuffle_schema(entity, view)
     ranges = len(bounds) + 1
     job = stages.RangeJob(view, entity, str(stage / "sst" / view.name),
                           str(out / "offline" / view.name) if tasks.spills_all_columns(view) else "",
-                          tuple(f.path for f in files), opts.compression)
+                          tuple(f.path for f in files) if frame is None else (_frame_where(view.name),),
+                          opts.compression)
     order = [F.col(stages.PART), F.col("__key")]
     if view.event_timestamp:   # the latest first; among equal timestamps the local loader's order
         order += [F.col(view.event_timestamp).desc(), F.col(stages.TASK), F.col(stages.SEQ)]
-    task_ids = spark.createDataFrame([(i,) for i in range(len(encode))], "task int").repartition(len(encode))
-    reports = (task_ids.mapInArrow(stages.encode_stage(encode, schema), from_arrow_schema(schema))
+    if frame is None:
+        encode = local._encode_tasks(features, view, files, stage / "spill" / view.name, out / "offline" / view.name,
+                                     bounds, opts, opts.workers)
+        task_ids = spark.createDataFrame([(i,) for i in range(len(encode))], "task int").repartition(len(encode))
+        encoded = task_ids.mapInArrow(stages.encode_stage(encode, schema), from_arrow_schema(schema))
+    else:
+        offline = "" if tasks.spills_all_columns(view) else str(out / "offline" / view.name)
+        encoded = frame.select(*tasks.source_columns(entity, view)).mapInArrow(
+            stages.frame_stage(entity, view, bounds, _frame_where(view.name), offline, opts.batch_rows, schema),
+            from_arrow_schema(schema))
+    reports = (encoded
                .repartitionByRange(ranges, stages.PART)
                .sortWithinPartitions(*order)
                .mapInArrow(stages.write_stage(job), from_arrow_schema(stages.REPORT_SCHEMA))
@@ -256,5 +329,8 @@ def _build_view(spark: SparkSession, features: FeatureSet, view: ViewDef, files:
         checksums |= r.get("checksums", {})
     ssts = [stages.sst_from_json(s) for _, r in by_range for s in r["ssts"]]
     checksums |= tasks.ingest_task(str(out / "online" / view.name), ssts)
-    return sum(r["rows"] for _, r in by_range), sum(r["dropped"] for _, r in by_range), checksums
+    encoded_reports = [r for p, r in parsed if p == stages.REPORT_PART]
+    return _Built(sum(r["rows"] for _, r in by_range), sum(r["dropped"] for _, r in by_range), checksums,
+                  sum(r.get("rows_in", 0) for r in encoded_reports),
+                  sum(r.get("digest", 0) for r in encoded_reports) & 0xFFFFFFFFFFFFFFFF)
 

@@ -15,6 +15,7 @@ Nothing here imports pyspark: these functions run inside mapInArrow on Arrow bat
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -135,6 +136,60 @@ def encode_stage(encode_tasks: list[tasks.EncodeTask],
                     yield from _encoded(encode_tasks[i], schema)
                 except LoadError as e:
                     yield report_batch(schema, {"task": i, **error_report(e)})
+    return run
+
+
+def _digest(spilled: pa.RecordBatch, ts: str) -> int:
+    """An order-free digest of rows: the sum of a 64-bit hash of each row's key, value and event
+    timestamp. A DataFrame has no file checksum, so this stands in for one in the version id."""
+    keys, values = spilled.column("__key").to_pylist(), spilled.column("__value").to_pylist()
+    stamps = spilled.column(ts).cast(pa.int64()).to_pylist() if ts else [0] * len(keys)
+    total = 0
+    for k, v, t in zip(keys, values, stamps, strict=True):
+        h = hashlib.blake2b(len(k).to_bytes(4, "little") + k + v + t.to_bytes(8, "little", signed=True),
+                            digest_size=8)
+        total += int.from_bytes(h.digest(), "little")
+    return total & 0xFFFFFFFFFFFFFFFF
+
+
+def frame_stage(entity: EntityDef, view: ViewDef, boundaries: list[int] | list[bytes], where: str,
+                offline_dir: str, batch_rows: int,
+                schema: pa.Schema) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The encode stage for a DataFrame the caller holds: the same normalize, encode and key ranges
+    over the Arrow batches Spark hands each partition; offline rows (when the view keeps every row)
+    in one file per partition; a report with the partition's row count and digest."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        pa.set_cpu_count(1)
+        task = TaskContext.get().partitionId()  # type: ignore[union-attr]
+        part = Partitioner(boundaries, entity.key_type == "int64")
+        rows = tasks.SpillRows(entity, view)
+        offline_path = str(Path(offline_dir) / f"part-t{task:05d}.parquet") if offline_dir else ""
+        offline: pq.ParquetWriter | None = None
+        seq = digest = 0
+        try:
+            for big in batches:
+                for raw in pa.Table.from_batches([big]).to_batches(max_chunksize=batch_rows):
+                    batch = normalize(entity, view, raw, where)
+                    if offline_path:
+                        if offline is None:
+                            Path(offline_dir).mkdir(parents=True, exist_ok=True)
+                            offline = tasks.offline_writer(offline_path, normalized_schema(entity, view))
+                        offline.write_batch(batch, row_group_size=tasks.OFFLINE_ROW_GROUP)
+                    spilled = rows.of(batch, 0)
+                    digest = (digest + _digest(spilled, view.event_timestamp)) & 0xFFFFFFFFFFFFFFFF
+                    yield _with_origin(spilled, part.assign(batch.column(0)), task, seq, schema)
+                    seq += batch.num_rows
+        except LoadError as e:
+            yield report_batch(schema, {"task": task, **error_report(e)})
+            return
+        finally:
+            if offline is not None:
+                offline.close()
+        sums = {offline_path: file_checksum(offline_path)} if offline is not None else {}
+        yield report_batch(schema, {"task": task, "rows_in": seq, "digest": digest, "checksums": sums})
     return run
 
 

@@ -278,3 +278,42 @@ def test_spark_publishes_to_s3_and_sync_serves_it(shared: Any, tmp_path: Path, s
     want = data.expected["events"][key]["score"]
     assert got.rows[0]["events"] is not None and got.rows[1]["events"] is None
     assert shared.canon_column("float64", pa.array([got.rows[0]["events"]["score"]]))[0] == want
+
+
+# ---------------------------------------------------------------------------------------------
+# DataFrames a job already holds
+# ---------------------------------------------------------------------------------------------
+
+def test_build_version_from_dataframes(spark: Any, shared: Any, tmp_path: Path) -> None:
+    """The same stored pairs and offline rows as the local engine's from the files the DataFrames
+    were read from; a content-defined version id (the same rows again publish nothing new)."""
+    from quiver.loader.spark import build_version
+
+    data = shared.write_every_type(tmp_path / "src", "int64", n=500)
+    local = local_load(data.features_path, tmp_path / "local")
+    frames = {"every": spark.read.parquet(str(data.dir / "every")),
+              "events": spark.read.parquet(str(data.dir / "events"))}
+    built = build_version(spark, data.features_path, frames, tmp_path / "spark", as_of=AS_OF)
+    assert built.published and built.dropped == local.dropped
+    assert stored_pairs(tmp_path / "local", local.version) == stored_pairs(tmp_path / "spark", built.version)
+    for view in ("every", "events"):
+        _, want = shared.read_offline(tmp_path / "local", view)
+        _, got = shared.read_offline(tmp_path / "spark", view)
+        assert sorted(got, key=repr) == sorted(want, key=repr), view
+        (source,) = built.manifest.views[view].sources
+        assert source.path == f"spark:dataframe/{view}" and source.size == pq.read_table(data.dir / view).num_rows
+    again = build_version(spark, data.features_path, frames, tmp_path / "spark", as_of=AS_OF)
+    assert again.version == built.version and not again.published
+    fewer = {**frames, "events": frames["events"].limit(10)}
+    assert build_version(spark, data.features_path, fewer, tmp_path / "spark", as_of=AS_OF).version != built.version
+
+
+def test_dataframe_of_the_wrong_type_is_refused(spark: Any, tmp_path: Path) -> None:
+    from quiver.loader.errors import DataError
+    from quiver.loader.spark import build_version
+
+    features = _write(tmp_path / "src", None)
+    frame = spark.createDataFrame([(1, "a"), (2, "b")], "user_id long, x string")
+    with pytest.raises(DataError, match=r"frames_by_view\['v'\]: view 'v': column 'x' \(feature 'x'\) is string"):
+        build_version(spark, features, {"v": frame}, tmp_path / "root")
+    assert not SnapshotRoot(tmp_path / "root").versions()
