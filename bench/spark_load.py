@@ -54,14 +54,26 @@ def run(engine: str, features: Path, root: Path, log: Path, workers: int, master
             "loadavg_at_end": [round(load1, 1), round(load5, 1)], "cmd": " ".join(cmd)}
 
 
+def _read(path: Path) -> str:
+    """An event-log part, zstd-compressed as Spark 4 writes it by default, or plain."""
+    if path.suffix == ".zstd":
+        import pyarrow as pa
+
+        with pa.CompressedInputStream(pa.OSFile(str(path)), "zstd") as f:
+            return f.read().decode()
+    return path.read_text()
+
+
 def stage_timings(events: Path) -> list[dict[str, Any]]:
     """Per Spark stage: name, tasks, wall seconds, and the tasks' summed run time (executor CPU is
     in there; the gap between the two is waiting for a core)."""
-    logs = sorted(p for p in events.iterdir() if p.is_file())
+    # Spark 4 writes a folder per application (eventlog_v2_<app>/events_<n>_<app>), rolled in parts
+    logs = sorted(p for p in events.rglob("events_*") if p.is_file())
     if not logs:
         return []
     stages: dict[int, dict[str, Any]] = {}
-    for line in logs[-1].read_text().splitlines():
+    lines = [line for p in logs for line in _read(p).splitlines()]
+    for line in lines:
         e = json.loads(line)
         kind = e.get("Event")
         if kind == "SparkListenerTaskEnd":

@@ -24,8 +24,8 @@ import pytest
 import yaml
 from rocksdict import AccessType, Options, Rdict
 
-from quiver.loader.build import LoadOptions, LoadResult, load
 from quiver.loader.errors import LoadError
+from quiver.loader.load import LoadOptions, LoadResult, load
 from quiver.snapshot import Manifest, SnapshotRoot
 
 pyspark = pytest.importorskip("pyspark", reason="the [spark] extra is not installed")
@@ -69,7 +69,7 @@ def assert_same_version(a: Path, b: Path, version: str) -> None:
     bytes), every key-value pair, and the offline Parquet files byte for byte."""
     ma = Manifest.load(SnapshotRoot(a).manifest_path(version)).to_json()
     mb = Manifest.load(SnapshotRoot(b).manifest_path(version)).to_json()
-    for key in ("format_version", "version", "as_of", "schema", "views"):
+    for key in ("format_version", "version", "as_of", "schema", "views", "groups"):
         assert ma[key] == mb[key], key
     assert [f["path"] for f in ma["files"]] == [f["path"] for f in mb["files"]]
     offline_a = [f for f in ma["files"] if f["path"].startswith("offline/")]
@@ -103,6 +103,8 @@ def test_same_version_as_the_local_engine(spark: Any, shared: Any, key_type: str
 
 
 def test_one_changed_view_is_rebuilt_and_the_rest_reused(spark: Any, shared: Any, tmp_path: Path) -> None:
+    """Both views in the default group: the changed one is read from Parquet, the other's bytes are cut
+    out of the previous version's group values (kept), its offline files linked."""
     data = shared.write_every_type(tmp_path / "src", "int64", n=400)
     first = spark_load_(spark, data.features_path, tmp_path / "spark")
     # a killed run's leftovers: the next run removes them
@@ -114,21 +116,45 @@ def test_one_changed_view_is_rebuilt_and_the_rest_reused(spark: Any, shared: Any
 
     second = spark_load_(spark, data.features_path, tmp_path / "spark", as_of=LATER)
     assert second.version != first.version and second.reused_views == ["every"]
+    assert second.rows_read == {"events": table.num_rows - 5}, "only the changed view is read from its sources"
     assert not leftover.exists()
     m = second.manifest
     assert m.views["every"].reused_from == first.version and m.views["events"].reused_from == ""
-    new, old = SnapshotRoot(tmp_path / "spark").version_dir(second.version), \
-        SnapshotRoot(tmp_path / "spark").version_dir(first.version)
-    sst = next(f.path for f in m.files if f.path.startswith("online/every/") and f.path.endswith(".sst"))
-    assert os.path.samefile(new / sst, old / sst), "the unchanged view was rewritten, not linked"
+    snap = SnapshotRoot(tmp_path / "spark")
+    offline = next(f.path for f in m.files if f.path.startswith("offline/every/"))
+    assert os.path.samefile(snap.version_dir(second.version) / offline, snap.version_dir(first.version) / offline)
     # the local engine, given the same two loads, ends at the same version with the same reuse
     shutil.rmtree(data.dir)
     data = shared.write_every_type(tmp_path / "src", "int64", n=400)
     local_load(data.features_path, tmp_path / "local")
     pq.write_table(table.slice(0, table.num_rows - 5), events, row_group_size=256)
     local = local_load(data.features_path, tmp_path / "local", as_of=LATER)
-    assert local.version == second.version and local.reused_views == second.reused_views
+    assert (local.version, local.reused_views, local.rows_read) == (second.version, second.reused_views,
+                                                                    second.rows_read)
     assert_same_version(tmp_path / "local", tmp_path / "spark", local.version)
+
+
+def test_storage_groups_and_linked_groups(spark: Any, shared: Any, tmp_path: Path) -> None:
+    """Three groups over the generated users (views of different key sets); then one view changes: its
+    group is rebuilt, the others are linked whole, the same as the local engine does."""
+    from test_groups import GROUPINGS, changed_ads, write_features
+
+    src = tmp_path / "src"
+    subprocess.run([str(VENV_BIN / "quiver"), "generate", "--users", "1200", "--out", str(src), "--seed", "5"],
+                   check=True, capture_output=True, timeout=120)
+    features = write_features(src, GROUPINGS["mixed"], "mixed")
+    local = local_load(features, tmp_path / "local")
+    on_spark = spark_load_(spark, features, tmp_path / "spark")
+    assert on_spark.version == local.version and len(on_spark.manifest.groups) == 3
+    assert_same_version(tmp_path / "local", tmp_path / "spark", local.version)
+    src2 = changed_ads(src, tmp_path / "src2")
+    features2 = write_features(src2, GROUPINGS["mixed"], "mixed")
+    local2 = local_load(features2, tmp_path / "local", as_of=LATER)
+    spark2 = spark_load_(spark, features2, tmp_path / "spark", as_of=LATER)
+    assert (spark2.version, spark2.linked_groups, spark2.rows_read) == (local2.version, local2.linked_groups,
+                                                                        local2.rows_read)
+    assert sorted(spark2.linked_groups) == ["cold", "hot"]
+    assert_same_version(tmp_path / "local", tmp_path / "spark", local2.version)
 
 
 # ---------------------------------------------------------------------------------------------
