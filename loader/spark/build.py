@@ -285,7 +285,8 @@ def _check_frames(features: FeatureSet, frames: dict[str, DataFrame]) -> None:
         raise DefinitionError(f"{features.source_file}: frames_by_view names view(s) {unknown} it does not "
                               f"define; it defines {features.view_names}")
     for name, df in frames.items():
-        check_source_schema(features.entity, features.view(name), to_arrow_schema(df.schema), _frame_where(name))
+        check_source_schema(features.entity, features.view(name), to_arrow_schema(df.schema, timezone="UTC"),
+                            _frame_where(name))
 
 
 def _frame_group_boundaries(pool: SparkTasks, root: SnapshotRoot, prev: Manifest | None, entity: EntityDef,
@@ -429,9 +430,10 @@ def _partition_keys(spark: SparkSession, n: int) -> list[int]:
 
     size = 64 * n + 64
     while True:
-        found = (spark.range(0, size).select(F.col("id"), F.expr(f"pmod(hash(id), {n})").alias("p"))
-                 .groupBy("p").agg(F.min("id").alias("id")).collect())
-        keys = {int(r["p"]): int(r["id"]) for r in found}
+        rows = spark.range(0, size).select(F.col("id"), F.expr(f"pmod(hash(id), {n})").alias("p")).collect()
+        keys: dict[int, int] = {}
+        for r in rows:   # ids in order: the first of each p
+            keys.setdefault(int(r["p"]), int(r["id"]))
         if len(keys) == n:
             return [keys[p] for p in range(n)]
         size *= 4

@@ -313,7 +313,7 @@ def _spill_files(job: RangeJob, spill: Path, pieces: list[pa.RecordBatch]) -> No
 
 
 def _write_range(job: RangeJob, part: int, pieces: list[pa.RecordBatch]) -> dict[str, Any]:
-    has_rows = any(int(v) != MARKER_VIEW for b in pieces for v in b.column(VIEW).to_numpy())
+    has_rows = any(bool((b.column(VIEW).to_numpy(zero_copy_only=False) != MARKER_VIEW).any()) for b in pieces)
     if not has_rows and job.kept is None:
         return {}   # no rows in this range: the local loader runs no task for it either
     base = Path(tempfile.mkdtemp(prefix="quiver-range-", dir=job.local_dir or None))

@@ -256,7 +256,7 @@ def test_cli_exit_code_and_message(serving_root: Path, tmp_path: Path) -> None:
         shutil.copytree(serving_root, root)
         r = subprocess.run([str(VENV_BIN / "quiver"), "load", "--features", str(features), "--root", str(root),
                             "--engine", engine, "--spark-master", "local[2]"],
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=900)
         codes[engine] = (r.returncode, [line for line in r.stderr.splitlines() if line.startswith("quiver load:")])
     assert codes["spark"] == codes["local"]
     assert codes["local"][0] == 4 and "entity key -42" in codes["local"][1][0]
@@ -282,7 +282,7 @@ def test_spark_publishes_to_s3_and_sync_serves_it(shared: Any, tmp_path: Path, s
         uri = "s3://features/quiver/prod"
         r = subprocess.run([str(VENV_BIN / "quiver"), "load", "--features", str(data.features_path), "--root", uri,
                             "--engine", "spark", "--as-of", "2026-11-01T00:00:00Z"],
-                           env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+                           env={**os.environ, **env}, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, r.stderr
         version = r.stdout.strip()
         replica = tmp_path / "replica"
