@@ -47,6 +47,7 @@ from quiver.loader.sources import SourceFile, inspect
 from quiver.loader.spark import stages
 from quiver.loader.spill import SpillRows, encode_tasks, source_columns
 from quiver.loader.sst import KeptViews, PartitionResult
+from quiver.snapshot import rocks
 from quiver.snapshot.layout import SnapshotRoot
 from quiver.snapshot.manifest import FileEntry, Manifest, file_checksum
 from quiver.snapshot.schema import EntityDef, FeatureSet, ViewDef
@@ -81,7 +82,7 @@ def load(spark: SparkSession, features_path: str | os.PathLike[str], root_or_uri
 
 def build_version(spark: SparkSession, features: str | os.PathLike[str] | FeatureSet,
                   frames_by_view: dict[str, DataFrame] | None, root_or_uri: str | os.PathLike[str], *,
-                  as_of: datetime | None = None, compression: str = "lz4", reuse: bool = True,
+                  as_of: datetime | None = None, compression: str = rocks.DEFAULT_COMPRESSION, reuse: bool = True,
                   allow_type_change: bool = False, allow_regroup: bool = False,
                   work_root: str | os.PathLike[str] | None = None, endpoint: str | None = None) -> local.LoadResult:
     """The API for a PySpark job: build and publish one version. Views named in `frames_by_view` are
