@@ -157,6 +157,27 @@ def test_storage_groups_and_linked_groups(spark: Any, shared: Any, tmp_path: Pat
     assert_same_version(tmp_path / "local", tmp_path / "spark", local2.version)
 
 
+def test_equal_timestamps_keep_the_row_the_local_engine_keeps(spark: Any, tmp_path: Path) -> None:
+    """Duplicate keys with the same event timestamp: the local engine keeps the first row in file and
+    row order (its sort is stable); Spark's shuffle does not keep order, so the engine must restore it."""
+    d = tmp_path / "src"
+    d.mkdir()
+    n = 3000
+    for i in range(3):
+        keys = [k % 700 for k in range(n)]
+        pq.write_table(pa.table({"user_id": _ids(*keys), "ts": pa.array([5] * n, pa.timestamp("us", tz="UTC")),
+                                 "x": pa.array([float(i * n + k) for k in range(n)])}),
+                       d / f"part-{i}.parquet", row_group_size=500)
+    doc = {"entity": {"name": "user_id", "key_type": "int64"},
+           "views": [{"name": "v", "source": "part-*.parquet", "event_timestamp": "ts",
+                      "features": [{"name": "x", "type": "float64"}]}]}
+    (d / "features.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    local = local_load(d / "features.yaml", tmp_path / "local")
+    on_spark = spark_load_(spark, d / "features.yaml", tmp_path / "spark")
+    assert on_spark.dropped == local.dropped == {"v": 3 * n - 700}
+    assert_same_version(tmp_path / "local", tmp_path / "spark", local.version)
+
+
 # ---------------------------------------------------------------------------------------------
 # The same refusals
 # ---------------------------------------------------------------------------------------------
