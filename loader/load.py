@@ -166,12 +166,12 @@ def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str]
             shutil.rmtree(stage / "sst", ignore_errors=True)
             phases.end("ingest")
             # 5. publish
-            reused = _link_unchanged(root, prev, groups, out, known)
+            reused = link_unchanged(root, prev, groups, out, known)
             entries = checksums(pool, out, known)
             phases.end("checksums")
         manifest = Manifest(vid, planning.utc_text(datetime.now(UTC)), planning.utc_text(as_of), features,
-                            _view_stats(features, prev, groups, results, sources),
-                            _group_stats(prev, groups, results), entries)
+                            view_stats(features, prev, groups, results, sources),
+                            group_stats(prev, groups, results), entries)
         publish(root, stage, out, manifest)
         return LoadResult(vid, manifest, True, reused, [g.name for g in groups if g.linked], rows_read,
                           time.monotonic() - started, phases.seconds)
@@ -239,7 +239,7 @@ def _write_groups(pool: ProcessPoolExecutor, root: SnapshotRoot, prev: Manifest 
     return results
 
 
-def _link_unchanged(root: SnapshotRoot, prev: Manifest | None, groups: list[GroupPlan], out: Path,
+def link_unchanged(root: SnapshotRoot, prev: Manifest | None, groups: list[GroupPlan], out: Path,
                     known: dict[str, str]) -> list[str]:
     """Links linked groups' online files and every reused view's offline files; returns the views whose
     data was not re-read from their sources."""
@@ -257,7 +257,7 @@ def _link_unchanged(root: SnapshotRoot, prev: Manifest | None, groups: list[Grou
     return reused
 
 
-def _view_stats(features: FeatureSet, prev: Manifest | None, groups: list[GroupPlan],
+def view_stats(features: FeatureSet, prev: Manifest | None, groups: list[GroupPlan],
                 results: dict[str, list[PartitionResult]], sources: dict[str, list[FileEntry]]) -> dict[str, ViewStats]:
     stats = {}
     for g in groups:
@@ -275,7 +275,7 @@ def _view_stats(features: FeatureSet, prev: Manifest | None, groups: list[GroupP
     return {v.name: stats[v.name] for v in features.views}
 
 
-def _group_stats(prev: Manifest | None, groups: list[GroupPlan],
+def group_stats(prev: Manifest | None, groups: list[GroupPlan],
                  results: dict[str, list[PartitionResult]]) -> dict[str, GroupStats]:
     out = {}
     for g in groups:
