@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from quiver.snapshot.layout import FORMAT_VERSION
+from quiver.snapshot.quality import CheckSummary
 from quiver.snapshot.schema import FeatureSet
 
 _CHUNK = 4 << 20
@@ -68,6 +69,7 @@ class Manifest:
     views: dict[str, ViewStats]
     files: list[FileEntry] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
+    checks: CheckSummary = field(default_factory=CheckSummary)
 
     @property
     def content_checksum(self) -> str:
@@ -93,6 +95,7 @@ class Manifest:
             "views": {name: v.to_json() for name, v in self.views.items()},
             "files": [f.to_json() for f in self.files],
             "content_checksum": self.content_checksum,
+            "checks": self.checks.to_json(),
         }
 
     def dumps(self) -> bytes:
@@ -113,7 +116,7 @@ class Manifest:
             for name, v in d["views"].items()
         }
         m = cls(d["version"], d["created"], d["as_of"], FeatureSet.from_json(d["schema"]), views,
-                [FileEntry(**f) for f in d["files"]])
+                [FileEntry(**f) for f in d["files"]], checks=CheckSummary.from_json(d.get("checks")))
         if d.get("content_checksum") != m.content_checksum:
             raise ManifestError(f"manifest of {m.version}: content_checksum does not match its file list")
         return m
