@@ -79,6 +79,7 @@ class CheckSummary:
 
     def to_json(self) -> dict[str, Any]:
         return {"passed": self.passed, "failed": self.failed, "warned": self.warned,
+                "skipped": len(self.with_status("skipped")),
                 "accepted_failures": self.accepted_failures, "results": [r.to_json() for r in self.results]}
 
     @classmethod

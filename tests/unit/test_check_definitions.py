@@ -42,7 +42,8 @@ def test_checks_do_not_change_the_view_definition() -> None:
 
 @pytest.mark.parametrize(("feature", "message"), [
     ({"name": "x", "type": "int32", "checks": {"minimum": 0}}, "feature 'x': checks: unknown check 'minimum'"),
-    ({"name": "x", "type": "int32", "checks": {"min_rows": 5}}, "unknown check 'min_rows' (a view check: put it under the view's checks"),
+    ({"name": "x", "type": "int32", "checks": {"min_rows": 5}},
+     "unknown check 'min_rows' (a view check: put it under the view's checks"),
     ({"name": "x", "type": "string", "checks": {"min": 0}}, "feature 'x': checks: check 'min' does not apply to "
                                                            "type string"),
     ({"name": "x", "type": "bool", "checks": {"max": 1}}, "check 'max' does not apply to type bool"),
