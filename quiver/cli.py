@@ -11,6 +11,7 @@ COMMAND_MODULES = [
     "quiver.service.commands",
     "quiver.distribution",
     "quiver.ops",
+    "quiver.review",
 ]
 
 
