@@ -176,44 +176,64 @@ def _null_fraction(fs: dict[str, Any]) -> float:
     return fs["nulls"] / fs["rows"] if fs["rows"] else 0.0
 
 
+CARRIED = "statistics carried from a version whose rows were counted under other limits (no example keys)"
+
+
+def _row_check(out: _Outcome, f: FeatureDef, fs: dict[str, Any], name: str, limit: Any) -> None:
+    """A check counted row by row while accumulating; from the aggregates when the statistics were
+    counted under other limits (a reused view whose checks changed: its data is not read again)."""
+    c = f.checks
+    counted = fs.get("counted", {}).get(name) == limit
+    n, ex = _violations(fs, name)
+    if name in ("min", "max"):
+        measured = fs.get(name)
+        if not counted:
+            bad = measured is not None and (measured < limit if name == "min" else measured > limit)
+            out.add(c, f.name, name, not bad, measured, limit, [], CARRIED if bad else "")
+            return
+        out.add(c, f.name, name, n == 0, measured, limit, ex,
+                f"{n} row(s) {'below' if name == 'min' else 'above'} the limit" if n else "")
+    elif name == "allowed":
+        if not counted:
+            out.skip(f.name, name, limit, CARRIED + "; load with --no-reuse to check it")
+            return
+        out.add(c, f.name, name, n == 0, n, limit, ex, f"{n} row(s) hold a value not allowed" if n else "")
+    elif name == "finite":
+        what = "element(s)" if f.type == "list<float32>" else "value(s)"
+        if not counted:
+            n, ex = fs.get("nan", 0) + fs.get("inf", 0), []
+        out.add(c, f.name, name, n == 0, n, True, ex,
+                f"{fs.get('nan', 0)} NaN and {fs.get('inf', 0)} infinite {what}" if n else "")
+    else:   # norm_between, length_between
+        measured = [fs.get("min"), fs.get("max")]
+        if not counted:
+            bad = measured[0] is not None and (measured[0] < limit[0] or measured[1] > limit[1])
+            out.add(c, f.name, name, not bad, measured, limit, [], CARRIED if bad else "")
+            return
+        what = "norm" if name == "norm_between" else "length"
+        out.add(c, f.name, name, n == 0, measured, limit, ex,
+                f"{n} row(s) with a {what} outside the range" if n else "")
+
+
 def evaluate_view(view: ViewDef, stats: dict[str, Any], previous: dict[str, Any] | None,
                   previous_version: str = "") -> list[CheckResult]:
-    """Every declared check of one view against its statistics (statistics.ViewStatistics JSON) and,
+    """Every declared check of one view against its statistics (statistics.ViewAccumulator JSON) and,
     for drift checks, the current version's statistics of the same view (None: there is none)."""
     out = _Outcome(view.name)
     rows = int(stats["rows"])
     for f in view.features:
         fs = stats["features"][f.name]
-        c = f.checks
-        for name in declared(c):
-            limit = c[name]
+        for name in declared(f.checks):
+            limit = f.checks[name]
             if rows == 0 and name != "max_null_fraction":
                 out.skip(f.name, name, limit, "the view has no rows")
-                continue
-            if name in ("min", "max"):
-                n, ex = _violations(fs, name)
-                measured = fs.get(name)
-                out.add(c, f.name, name, n == 0, measured, limit, ex,
-                        f"{n} row(s) {'below' if name == 'min' else 'above'} the limit" if n else "")
-            elif name == "allowed":
-                n, ex = _violations(fs, name)
-                out.add(c, f.name, name, n == 0, n, limit, ex, f"{n} row(s) hold a value not allowed" if n else "")
-            elif name == "finite":
-                n, ex = _violations(fs, name)
-                what = "element(s)" if f.type == "list<float32>" else "value(s)"
-                out.add(c, f.name, name, n == 0, n, True, ex,
-                        f"{fs.get('nan', 0)} NaN and {fs.get('inf', 0)} infinite {what}" if n else "")
             elif name == "max_null_fraction":
                 _, ex = _violations(fs, "nulls")
                 frac = _null_fraction(fs)
-                out.add(c, f.name, name, frac <= limit, round(frac, 6), limit, ex,
+                out.add(f.checks, f.name, name, frac <= limit, round(frac, 6), limit, ex,
                         f"{fs['nulls']} null(s) in {rows} row(s)")
-            elif name in ("norm_between", "length_between"):
-                n, ex = _violations(fs, name)
-                measured = [fs.get("min"), fs.get("max")]
-                what = "norm" if name == "norm_between" else "length"
-                out.add(c, f.name, name, n == 0, measured, limit, ex,
-                        f"{n} row(s) with a {what} outside the range" if n else "")
+            else:
+                _row_check(out, f, fs, name, limit)
     c = view.checks
     for name in declared(c):
         limit = c[name]

@@ -303,6 +303,7 @@ class FeatureAccumulator:
         if t == "list<float32>":
             out["length"] = self.feature.length
         out["violations"] = self.violations.to_json()
+        out["counted"] = self.checks    # the limits the violations were counted under
         return out
 
     def _top_values(self) -> list[list[Any]]:

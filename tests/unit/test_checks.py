@@ -202,3 +202,18 @@ def test_summary_round_trips_through_json(status: str) -> None:
     s = CheckSummary.of([r, CheckResult("users", "", "min_rows", "passed", 10, 1)], accepted_failures=True)
     assert CheckSummary.from_json(s.to_json()) == s
     assert s.to_json()[status] == 1 and s.passed == 1
+
+
+def test_checks_changed_on_carried_statistics_use_the_aggregates() -> None:
+    """A reused view's statistics were counted under its old limits: min, max, finite and the ranges
+    are decided from the exact aggregates; allowed cannot be, and says so."""
+    old = checked_view(age={"min": 0}, plan={"allowed": ["free", "pro"]})
+    stats = stats_of(old, data())
+    new = checked_view(age={"min": 30, "max": 200}, plan={"allowed": ["free"]})
+    results = evaluate_view(new, stats, None)
+    low = only(results, "min")
+    assert (low.status, low.measured, low.examples) == ("failed", 18, [])
+    assert "counted under other limits" in low.detail
+    assert only(results, "max").status == "passed"
+    allowed = only(results, "allowed")
+    assert allowed.status == "skipped" and "--no-reuse" in allowed.detail
