@@ -23,16 +23,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
-from quiver.loader import tasks
+from quiver.loader import quality, tasks
 from quiver.loader.definitions import load_definitions
 from quiver.loader.errors import DefinitionError, LoadError
 from quiver.loader.partition import Partitioner
 from quiver.loader.sources import SourceFile, inspect
+from quiver.loader.statistics import ViewAccumulator
 from quiver.snapshot.layout import FORMAT_VERSION, SnapshotRoot, fsync_dir
 from quiver.snapshot.manifest import FileEntry, Manifest, ManifestError, ViewStats, data_files, file_checksum
+from quiver.snapshot.quality import CheckSummary
 from quiver.snapshot.schema import FeatureSet, ViewDef
 
 log = logging.getLogger("quiver.loader")
@@ -50,6 +53,7 @@ class LoadOptions:
     partition_bytes: int = PARTITION_BYTES
     reuse: bool = True           # link unchanged views from the current version instead of re-encoding
     allow_type_change: bool = False  # a feature whose type differs from the current version's fails the load
+    accept_failed_checks: bool = False  # publish although checks failed (the manifest records it)
 
 
 @dataclass
@@ -59,6 +63,10 @@ class LoadResult:
     published: bool              # False when this exact content was already a version
     reused_views: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    @property
+    def checks(self) -> CheckSummary:
+        return self.manifest.checks
 
     @property
     def dropped(self) -> dict[str, int]:
@@ -183,7 +191,7 @@ def _encode_tasks(features: FeatureSet, view: ViewDef, files: list[SourceFile], 
             offline = "" if tasks.spills_all_columns(view) else str(
                 offline_dir / f"part-t{len(out):05d}.parquet")
             out.append(tasks.EncodeTask(view, features.entity, f.path, i, groups, str(spill), len(out), bounds,
-                                        opts.batch_rows, offline))
+                                        opts.batch_rows, offline, sum(f.rows for f in files)))
     return out
 
 
@@ -222,7 +230,8 @@ def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str]
             prev = current if opts.reuse else None
             reused = [v.name for v in features.views if _reusable(prev, v, sources[v.name])]
             build = [v for v in features.views if v.name not in reused]
-            stats, known = _build_views(pool, features, build, files, stage, out, opts)
+            stats, known, statistics = _build_views(pool, features, build, files, stage, out, opts)
+            prev_statistics = quality.read(root, prev)
             for name in reused:
                 assert prev is not None
                 _link_view(root, prev, name, out)
@@ -230,13 +239,17 @@ def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str]
                 old = prev.views[name]
                 stats[name] = ViewStats(old.rows, sources[name], old.definition, old.dropped_duplicates,
                                         old.reused_from or prev.version)
+                statistics[name] = quality.carried(prev_statistics, name, old.rows)
             for v in build:
                 stats[v.name].sources = sources[v.name]
+            results = quality.evaluate(features, statistics, current, quality.read(root, current))
+            summary = quality.verdict(results, opts.accept_failed_checks)   # raises: nothing is published
+            quality.write(out, {v.name: statistics[v.name] for v in features.views})
             t = time.monotonic()
             entries = _checksums(pool, out, known)
             log.info("%-10s %6.1f s", "checksums", time.monotonic() - t)
         manifest = Manifest(vid, utc_text(datetime.now(UTC)), utc_text(as_of), features,
-                            {v.name: stats[v.name] for v in features.views}, entries)
+                            {v.name: stats[v.name] for v in features.views}, entries, checks=summary)
         _publish(root, stage, out, manifest)
         return LoadResult(vid, manifest, True, reused, time.monotonic() - started)
 
@@ -280,11 +293,12 @@ class Progress:
 
 def _build_views(pool: ProcessPoolExecutor, features: FeatureSet, views: list[ViewDef],
                  files: dict[str, list[SourceFile]], stage: Path, out: Path,
-                 opts: LoadOptions) -> tuple[dict[str, ViewStats], dict[str, str]]:
-    """Builds the views' files under out; returns their stats and the checksums taken as each data
-    file was written (relative path -> checksum), so they need not be read back from disk."""
+                 opts: LoadOptions) -> tuple[dict[str, ViewStats], dict[str, str], dict[str, dict[str, Any]]]:
+    """Builds the views' files under out; returns their stats, the checksums taken as each data file
+    was written (relative path -> checksum), so they need not be read back from disk, and their
+    statistics (statistics.ViewAccumulator JSON), accumulated by the tasks on the rows they stored."""
     if not views:
-        return {}, {}
+        return {}, {}, {}
     clock = time.monotonic()
 
     def phase(name: str) -> None:
@@ -314,9 +328,12 @@ def _build_views(pool: ProcessPoolExecutor, features: FeatureSet, views: list[Vi
         encode += _encode_tasks(features, v, files[v.name], stage / "spill" / v.name, out / "offline" / v.name,
                                 bounds[v.name], opts, opts.workers)
     known: dict[str, str] = {}
+    partials: dict[str, list[ViewAccumulator]] = {v.name: [] for v in views}
     encoded_rows = Progress("encode", len(encode), "rows spilled")
-    for encoded in pool.map(tasks.encode_task, encode):
+    for task, encoded in zip(encode, pool.map(tasks.encode_task, encode), strict=True):
         known |= encoded.checksums
+        if encoded.statistics is not None:
+            partials[task.view.name].append(encoded.statistics)
         encoded_rows.done(sum(encoded.counts))
     phase("encode")
     # 3. sort, dedup, write SST and offline Parquet per range
@@ -327,12 +344,14 @@ def _build_views(pool: ProcessPoolExecutor, features: FeatureSet, views: list[Vi
             part_jobs.append((v.name, pool.submit(tasks.partition_task, tasks.PartitionTask(
                 v, features.entity, str(p), str(stage / "sst" / v.name),
                 str(out / "offline" / v.name / f"part-{p.name[1:]}.parquet") if tasks.spills_all_columns(v) else "",
-                tuple(f.path for f in files[v.name]), opts.compression))))
+                tuple(f.path for f in files[v.name]), opts.compression, sum(f.rows for f in files[v.name])))))
     results: dict[str, list[tasks.PartitionResult]] = {v.name: [] for v in views}
     stored = Progress("sort+sst", len(part_jobs), "rows stored")
     for name, job in part_jobs:
         results[name].append(job.result())
         known |= results[name][-1].checksums
+        if results[name][-1].statistics is not None:
+            partials[name].append(results[name][-1].statistics)
         stored.done(results[name][-1].rows)
     phase("sort+sst")
     # 4. one RocksDB per view
@@ -345,7 +364,10 @@ def _build_views(pool: ProcessPoolExecutor, features: FeatureSet, views: list[Vi
     shutil.rmtree(stage / "sst", ignore_errors=True)
     stats = {v.name: ViewStats(sum(r.rows for r in results[v.name]), [], definition_hash(v),
                                sum(r.dropped for r in results[v.name])) for v in views}
-    return stats, {Path(p).relative_to(out).as_posix(): c for p, c in known.items()}
+    statistics = {v.name: quality.merged(partials[v.name]) if partials[v.name] else ViewAccumulator(v).to_json()
+                  for v in views}
+    phase("statistics")
+    return stats, {Path(p).relative_to(out).as_posix(): c for p, c in known.items()}, statistics
 
 
 def _publish(root: SnapshotRoot, stage: Path, out: Path, manifest: Manifest) -> None:

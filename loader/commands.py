@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--no-reuse", action="store_true", help="re-encode views even if unchanged")
     p.add_argument("--allow-type-change", action="store_true",
                    help="accept a feature whose type differs from the current version's")
+    p.add_argument("--accept-failed-checks", action="store_true",
+                   help="publish even if features.yaml checks fail (the manifest records it); without it a "
+                        "failing version is not published and the load exits 13")
     p.set_defaults(handler=_load)
 
     p = sub.add_parser("snapshots", help="list the versions under a root")
@@ -39,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--users", type=int, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--with-checks", action="store_true", help="declare about one check per feature in features.yaml")
     p.set_defaults(handler=_generate)
 
 
@@ -47,7 +51,8 @@ def _load(args: argparse.Namespace) -> int:
     try:
         r = load(args.features, args.root, LoadOptions(workers=args.workers, as_of=args.as_of,
                                                         compression=args.compression, reuse=not args.no_reuse,
-                                                        allow_type_change=args.allow_type_change))
+                                                        allow_type_change=args.allow_type_change,
+                                                        accept_failed_checks=args.accept_failed_checks))
     except LoadError as e:
         print(f"quiver load: error: {e}", file=sys.stderr)
         print("quiver load: nothing was published; CURRENT is unchanged", file=sys.stderr)
@@ -58,6 +63,10 @@ def _load(args: argparse.Namespace) -> int:
         if n:
             print(f"view {name!r}: dropped {n} older row(s) of duplicate keys (latest event timestamp kept)",
                   file=sys.stderr)
+    for status in ("failed", "warned", "skipped"):
+        for c in r.checks.with_status(status):
+            label = "FAILED (accepted with --accept-failed-checks)" if status == "failed" else status.upper()
+            print(f"{label} {c.describe()}", file=sys.stderr)
     if r.reused_views:
         print(f"reused unchanged view(s) without re-encoding: {', '.join(r.reused_views)}", file=sys.stderr)
     print(f"{note}: {r.version} ({rows} rows in {r.seconds:.1f} s)", file=sys.stderr)
@@ -78,5 +87,5 @@ def _snapshots(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    print(generate(args.users, args.out, args.seed))
+    print(generate(args.users, args.out, args.seed, args.with_checks))
     return 0

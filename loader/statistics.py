@@ -115,18 +115,19 @@ class _Moments:
         self.min = self.batch_min if self.min is None else min(self.min, self.batch_min)
         self.max = self.batch_max if self.max is None else max(self.max, self.batch_max)
         x64 = x.astype(np.float64)
-        d = x64 - x64[0]      # shifted by one value: the sum of squares loses no precision to a large mean
-        n = len(x64)
-        sd = float(d.sum())
-        m2 = float(np.einsum("i,i->", d, d)) - sd * sd / n   # not d @ d: BLAS threads contend in a busy worker
-        self._combine(n, float(x64[0]) + sd / n, m2)
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = float(x64.mean())   # pairwise summation, as Arrow's
+            d = x64 - mean             # two passes: the centred sum of squares loses nothing to a large mean
+            m2 = float(np.einsum("i,i->", d, d))   # not d @ d: BLAS threads contend in a busy worker
+        self._combine(len(x64), mean, m2)
         self.sample.append((x64 if taken is None else taken).astype(np.float64, copy=False))
 
     def _combine(self, n: int, mean: float, m2: float) -> None:
         total = self.n + n
-        delta = mean - self.mean
-        self.m2 += m2 + delta * delta * self.n * n / total
-        self.mean += delta * n / total
+        with np.errstate(over="ignore", invalid="ignore"):
+            delta = mean - self.mean
+            self.m2 += m2 + delta * delta * (self.n * n / total)
+            self.mean = self.mean * (self.n / total) + mean * (n / total)   # weighted: no overflow near the limits
         self.n = total
 
     def merge(self, o: "_Moments") -> None:
@@ -145,18 +146,44 @@ class _Moments:
         if not self.n:
             return out
         sample = np.concatenate(self.sample) if self.sample else np.empty(0)
-        out["mean"] = float(self.mean)
-        out["std"] = float(np.sqrt(max(self.m2, 0.0) / self.n))
+        out["mean"] = _finite(self.mean)   # None when values near the float64 limits overflow the sums
+        out["std"] = _finite(np.sqrt(max(self.m2, 0.0) / self.n)) if np.isfinite(self.m2) else None
         out["sampled"] = int(len(sample))
         if len(sample):
-            out["quantiles"] = {f"{q:g}": float(x) for q, x in zip(QUANTILES, np.quantile(sample, QUANTILES),
-                                                                      strict=True)}
-            out["percentiles"] = [float(x) for x in np.quantile(sample, np.linspace(0, 1, PERCENTILES))]
-            counts, edges = np.histogram(sample, bins=HISTOGRAM_BINS, range=(float(self.min), float(self.max)))
+            ordered = np.sort(sample)   # one sort serves every quantile and the histogram
+            out["quantiles"] = {f"{q:g}": x for q, x in zip(QUANTILES, _quantiles(ordered, QUANTILES), strict=True)}
+            out["percentiles"] = _quantiles(ordered, np.linspace(0, 1, PERCENTILES))
+            edges = _edges(float(self.min), float(self.max))
+            cuts = np.searchsorted(ordered, edges[1:-1], side="left")
+            counts = np.diff(np.concatenate([[0], cuts, [len(ordered)]]))
             scale = self.n / len(sample)
-            out["histogram"] = {"edges": [float(e) for e in edges],
-                                "counts": [float(c * scale) if scale != 1 else int(c) for c in counts]}
+            out["histogram"] = {"edges": edges.tolist(),
+                                "counts": [float(c * scale) for c in counts] if scale != 1 else counts.tolist()}
         return out
+
+
+def _quantiles(ordered: np.ndarray, qs: Any) -> list[float]:
+    """numpy's default ("linear") quantiles of sorted values, without a partition per quantile; the
+    weighted form cannot overflow between two finite values."""
+    pos = np.asarray(qs, dtype=np.float64) * (len(ordered) - 1)
+    lo = np.floor(pos).astype(np.intp)
+    hi = np.minimum(lo + 1, len(ordered) - 1)
+    t = pos - lo
+    return (ordered[lo] * (1 - t) + ordered[hi] * t).tolist()
+
+
+def _edges(lo: float, hi: float) -> np.ndarray:
+    """np.histogram's bin edges, or (when hi - lo overflows a double) the same points without overflow."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)
+    if np.isfinite(edges).all():
+        return edges
+    t = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
+    return lo * (1 - t) + hi * t
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
 
 
 class FeatureAccumulator:

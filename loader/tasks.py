@@ -20,6 +20,7 @@ from quiver.loader.errors import DataError, SourceError
 from quiver.loader.normalize import normalize, normalized_schema
 from quiver.loader.partition import Partitioner, encoded_keys
 from quiver.loader.sources import open_parquet
+from quiver.loader.statistics import ViewAccumulator
 from quiver.process import die_with_parent
 from quiver.snapshot import rocks
 from quiver.snapshot.manifest import file_checksum
@@ -132,6 +133,7 @@ class EncodeTask:
     boundaries: list[int] | list[bytes]
     batch_rows: int
     offline_path: str   # where this task writes its offline rows; "" when the partitions must (dedup)
+    view_rows: int = 0  # the view's rows in all its sources: sets the statistics' sample rate
 
 
 def spills_all_columns(view: ViewDef) -> bool:
@@ -145,6 +147,7 @@ def spills_all_columns(view: ViewDef) -> bool:
 class EncodeResult:
     counts: list[int]              # rows spilled per partition
     checksums: dict[str, str]      # file written -> checksum, taken while it is in the page cache
+    statistics: ViewAccumulator | None = None   # of the rows it read, for views that keep every row
 
 
 def encode_task(t: EncodeTask) -> EncodeResult:
@@ -159,6 +162,8 @@ def encode_task(t: EncodeTask) -> EncodeResult:
         offline = offline_writer(t.offline_path, normalized_schema(t.entity, t.view))
     writers: dict[int, ipc.RecordBatchFileWriter] = {}
     counts = [0] * part.count
+    # statistics of the rows the version serves: all of them here; after dedup in partition_task otherwise
+    stats = None if spills_all_columns(t.view) else ViewAccumulator(t.view, t.view_rows)
     try:
         batches = pf.iter_batches(batch_size=t.batch_rows, row_groups=list(t.row_groups),
                                   columns=source_columns(t.entity, t.view))
@@ -166,6 +171,8 @@ def encode_task(t: EncodeTask) -> EncodeResult:
             batch = normalize(t.entity, t.view, raw, t.path)
             if offline is not None:
                 offline.write_batch(batch, row_group_size=OFFLINE_ROW_GROUP)
+            if stats is not None:
+                stats.add(batch)
             keys = batch.column(0)
             full = rows.of(batch, t.file_index)
             assignment = part.assign(keys)
@@ -190,7 +197,7 @@ def encode_task(t: EncodeTask) -> EncodeResult:
         if offline is not None:
             offline.close()
     _return_memory()
-    return EncodeResult(counts, {t.offline_path: file_checksum(t.offline_path)} if t.offline_path else {})
+    return EncodeResult(counts, {t.offline_path: file_checksum(t.offline_path)} if t.offline_path else {}, stats)
 
 
 def offline_writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:
@@ -217,6 +224,7 @@ class PartitionTask:
     offline_path: str       # "" when the encode tasks wrote the offline rows
     source_paths: tuple[str, ...]
     compression: str
+    view_rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -234,6 +242,7 @@ class PartitionResult:
     dropped: int
     sst_files: list[SstFile]
     checksums: dict[str, str]      # the offline file, when this range wrote it
+    statistics: ViewAccumulator | None = None   # of the range's rows after dedup (views with an event timestamp)
 
 
 def _sorted_deduplicated(t: PartitionTask, table: pa.Table) -> tuple[pa.Table, int]:
@@ -269,17 +278,23 @@ def partition_task(t: PartitionTask) -> PartitionResult:
     Path(t.sst_dir).mkdir(parents=True, exist_ok=True)
     ssts = _write_ssts(t, table.select(["__key", "__value"]))
     checksums = {}
+    stats = None
     if t.offline_path:
         Path(t.offline_path).parent.mkdir(parents=True, exist_ok=True)
+        rows_kept = table.drop_columns(_INTERNAL)
         with offline_writer(t.offline_path, normalized_schema(t.entity, t.view)) as w:
-            w.write_table(table.drop_columns(_INTERNAL), row_group_size=OFFLINE_ROW_GROUP)
+            w.write_table(rows_kept, row_group_size=OFFLINE_ROW_GROUP)
         checksums[t.offline_path] = file_checksum(t.offline_path)
+        stats = ViewAccumulator(t.view, t.view_rows)
+        for batch in rows_kept.to_batches(max_chunksize=1 << 14):
+            stats.add(batch)
+        del rows_kept
     for f in files:
         os.unlink(f)
     rows = table.num_rows
     del table
     _return_memory()
-    return PartitionResult(rows, dropped, ssts, checksums)
+    return PartitionResult(rows, dropped, ssts, checksums, stats)
 
 
 def _write_ssts(t: PartitionTask, table: pa.Table) -> list[SstFile]:

@@ -44,7 +44,9 @@ def cdf(percentiles: list[float], x: np.ndarray) -> np.ndarray:
     out[i == 0] = 0.0
     mid = (i > 0) & (i < len(p))
     lo, hi = p[i[mid] - 1], p[i[mid]]
-    out[mid] = (i[mid] - 1 + (x[mid] - lo) / (hi - lo)) * step
+    with np.errstate(over="ignore", invalid="ignore"):   # values near the float64 limits
+        within = np.nan_to_num((x[mid] - lo) / (hi - lo), nan=0.5, posinf=1.0, neginf=0.0)
+    out[mid] = (i[mid] - 1 + np.clip(within, 0.0, 1.0)) * step
     return out
 
 
