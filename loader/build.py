@@ -54,6 +54,7 @@ class LoadOptions:
     reuse: bool = True           # link unchanged views from the current version instead of re-encoding
     allow_type_change: bool = False  # a feature whose type differs from the current version's fails the load
     accept_failed_checks: bool = False  # publish although checks failed (the manifest records it)
+    statistics: bool = True      # False: no statistics and no checks (the checks benchmark's baseline)
 
 
 @dataclass
@@ -191,7 +192,7 @@ def _encode_tasks(features: FeatureSet, view: ViewDef, files: list[SourceFile], 
             offline = "" if tasks.spills_all_columns(view) else str(
                 offline_dir / f"part-t{len(out):05d}.parquet")
             out.append(tasks.EncodeTask(view, features.entity, f.path, i, groups, str(spill), len(out), bounds,
-                                        opts.batch_rows, offline, sum(f.rows for f in files)))
+                                        opts.batch_rows, offline, sum(f.rows for f in files), opts.statistics))
     return out
 
 
@@ -242,9 +243,11 @@ def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str]
                 statistics[name] = quality.carried(prev_statistics, name, old.rows)
             for v in build:
                 stats[v.name].sources = sources[v.name]
-            results = quality.evaluate(features, statistics, current, quality.read(root, current))
-            summary = quality.verdict(results, opts.accept_failed_checks)   # raises: nothing is published
-            quality.write(out, {v.name: statistics[v.name] for v in features.views})
+            summary = CheckSummary()
+            if opts.statistics:
+                results = quality.evaluate(features, statistics, current, quality.read(root, current))
+                summary = quality.verdict(results, opts.accept_failed_checks)   # raises: nothing is published
+                quality.write(out, {v.name: statistics[v.name] for v in features.views})
             t = time.monotonic()
             entries = _checksums(pool, out, known)
             log.info("%-10s %6.1f s", "checksums", time.monotonic() - t)
@@ -344,7 +347,8 @@ def _build_views(pool: ProcessPoolExecutor, features: FeatureSet, views: list[Vi
             part_jobs.append((v.name, pool.submit(tasks.partition_task, tasks.PartitionTask(
                 v, features.entity, str(p), str(stage / "sst" / v.name),
                 str(out / "offline" / v.name / f"part-{p.name[1:]}.parquet") if tasks.spills_all_columns(v) else "",
-                tuple(f.path for f in files[v.name]), opts.compression, sum(f.rows for f in files[v.name])))))
+                tuple(f.path for f in files[v.name]), opts.compression, sum(f.rows for f in files[v.name]),
+                opts.statistics))))
     results: dict[str, list[tasks.PartitionResult]] = {v.name: [] for v in views}
     stored = Progress("sort+sst", len(part_jobs), "rows stored")
     for name, job in part_jobs:

@@ -134,6 +134,7 @@ class EncodeTask:
     batch_rows: int
     offline_path: str   # where this task writes its offline rows; "" when the partitions must (dedup)
     view_rows: int = 0  # the view's rows in all its sources: sets the statistics' sample rate
+    statistics: bool = True
 
 
 def spills_all_columns(view: ViewDef) -> bool:
@@ -163,7 +164,7 @@ def encode_task(t: EncodeTask) -> EncodeResult:
     writers: dict[int, ipc.RecordBatchFileWriter] = {}
     counts = [0] * part.count
     # statistics of the rows the version serves: all of them here; after dedup in partition_task otherwise
-    stats = None if spills_all_columns(t.view) else ViewAccumulator(t.view, t.view_rows)
+    stats = ViewAccumulator(t.view, t.view_rows) if t.statistics and not spills_all_columns(t.view) else None
     try:
         batches = pf.iter_batches(batch_size=t.batch_rows, row_groups=list(t.row_groups),
                                   columns=source_columns(t.entity, t.view))
@@ -225,6 +226,7 @@ class PartitionTask:
     source_paths: tuple[str, ...]
     compression: str
     view_rows: int = 0
+    statistics: bool = True
 
 
 @dataclass(frozen=True)
@@ -285,9 +287,10 @@ def partition_task(t: PartitionTask) -> PartitionResult:
         with offline_writer(t.offline_path, normalized_schema(t.entity, t.view)) as w:
             w.write_table(rows_kept, row_group_size=OFFLINE_ROW_GROUP)
         checksums[t.offline_path] = file_checksum(t.offline_path)
-        stats = ViewAccumulator(t.view, t.view_rows)
-        for batch in rows_kept.to_batches(max_chunksize=1 << 14):
-            stats.add(batch)
+        if t.statistics:
+            stats = ViewAccumulator(t.view, t.view_rows)
+            for batch in rows_kept.to_batches(max_chunksize=1 << 14):
+                stats.add(batch)
         del rows_kept
     for f in files:
         os.unlink(f)
