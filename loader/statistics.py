@@ -32,7 +32,7 @@ SAMPLE_ROWS = 50_000
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 PERCENTILES = 101          # 0%, 1%, ..., 100%: drift compares distributions through them
 HISTOGRAM_BINS = 20
-TOP_VALUES = 10
+TOP_VALUES = 50           # recorded; `top_complete` says whether they are all the values there are
 TOP_KEPT = 1000
 _COMPACT_ROWS = 1 << 16
 
@@ -198,6 +198,7 @@ class FeatureAccumulator:
         self.empty = 0
         self.hll = HyperLogLog() if feature.type in ("string", "bytes") else None
         self.top: list[pa.Table] = []
+        self.pruned = False    # some values were dropped from the kept set
 
     def add(self, keys: pa.Array, col: pa.Array, sample: np.ndarray | None) -> None:
         self.rows += len(col)
@@ -274,6 +275,7 @@ class FeatureAccumulator:
             t.select(["value", "count_sum"]).rename_columns(["value", "count"])
         if t.num_rows > TOP_KEPT:
             t = t.take(pc.select_k_unstable(t, TOP_KEPT, [("count", "descending")]))
+            self.pruned = True
         self.top = [t]
 
     def _add_embedding(self, keys: pa.Array, col: pa.Array, sample: np.ndarray | None) -> None:
@@ -309,6 +311,7 @@ class FeatureAccumulator:
         if self.hll is not None and o.hll is not None:
             self.hll.merge(o.hll)
         self.top += o.top
+        self.pruned = self.pruned or o.pruned
 
     def to_json(self) -> dict[str, Any]:
         t = self.feature.type
@@ -324,7 +327,10 @@ class FeatureAccumulator:
             out["top"] = [[True, self.trues], [False, count - self.trues]]
         if self.hll is not None:
             out["distinct"] = self.hll.estimate()
-            out["top"] = self._top_values()
+            top = self._top_values()
+            # every value is listed (drift can read a value missing from the list as a count of 0)
+            out["top_complete"] = len(top) <= TOP_VALUES and not self.pruned
+            out["top"] = top[:TOP_VALUES]
         if t == "list<int64>":
             out["empty"] = self.empty
         if t == "list<float32>":
@@ -338,7 +344,7 @@ class FeatureAccumulator:
             return []
         self._compact()
         t = self.top[0]
-        t = t.take(pc.sort_indices(t, [("count", "descending"), ("value", "ascending")]))[:TOP_VALUES]
+        t = t.take(pc.sort_indices(t, [("count", "descending"), ("value", "ascending")]))[:TOP_VALUES + 1]
         values = t.column("value").to_pylist()
         if self.feature.type == "bytes":
             values = ["0x" + v.hex() for v in values]

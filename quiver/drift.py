@@ -85,10 +85,13 @@ def feature_psi(a: dict[str, Any], b: dict[str, Any]) -> float | None:
 
 
 def _labels(a: dict[str, Any], b: dict[str, Any]) -> list[Any]:
-    seen: dict[str, Any] = {}
-    for v, _ in a.get("top", []) + b.get("top", []):
-        seen.setdefault(json.dumps(v), v)
-    return list(seen.values())
+    """Values whose count both versions know: listed by both, or listed by one while the other's list is
+    complete (absent there means none). The rest fall into one bin for all other values."""
+    in_a = {json.dumps(v): v for v, _ in a.get("top", [])}
+    in_b = {json.dumps(v): v for v, _ in b.get("top", [])}
+    keys = [k for k in in_a if k in in_b or b.get("top_complete")]
+    keys += [k for k in in_b if k not in in_a and a.get("top_complete")]
+    return [in_a.get(k, in_b.get(k)) for k in keys]
 
 
 def null_rate(s: dict[str, Any] | None) -> float | None:

@@ -160,3 +160,22 @@ def test_report_data_has_every_view_feature_and_check(tmp_path: Path) -> None:
         assert c["previous"] is not None and sum(c["current"]) == pytest.approx(1.0, abs=1e-9), f["name"]
     page = render(data)
     assert "<script src" not in page and "http" not in page.replace("http://www.w3.org/2000/svg", "")
+
+
+def test_many_categories_beyond_the_recorded_top_values_are_stable() -> None:
+    """60 equally likely values, more than the statistics list: values one version lists and the other
+    does not fall into the bin for all others instead of counting as a shift."""
+    doc = {"entity": {"name": "k", "key_type": "int64"},
+           "views": [{"name": "v", "source": "v.parquet", "features": [{"name": "c", "type": "string"}]}]}
+    fs = parse_definitions(doc, "f.yaml")
+
+    def stats(seed: int) -> dict[str, Any]:
+        rng = np.random.default_rng(seed)
+        batch = pa.record_batch({"k": pa.array(np.arange(30_000)),
+                                 "c": pa.array([f"c{i}" for i in rng.integers(0, 60, 30_000)])})
+        return statistics(fs, {"v": batch})
+
+    a, b = stats(1), stats(2)
+    assert not a["views"]["v"]["features"]["c"]["top_complete"]
+    assert max(s.psi or 0 for s in compare(a, b)) < 0.02
+    assert compare(a, a)[0].score == 0
