@@ -10,12 +10,12 @@ What is exact and what is estimated:
   up to SAMPLE_ROWS rows) they equal numpy/pyarrow on the data; above that a quantile's rank is off by
   about sqrt(q(1-q)/n), 0.22% at the median for 50k sampled rows, and histogram counts are the sample's
   scaled to the count;
-- strings and bytes: a distinct-count estimate (HyperLogLog, 0.8% standard error) and the top values,
-  exact while a task sees at most TOP_KEPT distinct values (values that drop out of the kept set
-  between compactions are undercounted otherwise).
+- strings: a distinct-count estimate (HyperLogLog, 0.8% standard error) and the top values,
+  exact while a task sees at most TOP_KEPT distinct values; beyond that, values that drop out of the
+  kept set between compactions, and values seen only once in a batch, are undercounted.
 
 The measured value is the value itself for numbers, the L2 norm for list<float32> embeddings and the
-length for list<int64>; checks and drift read the statistics of that measure.
+length for list<int64> and bytes; checks and drift read the statistics of that measure.
 """
 
 from typing import Any
@@ -193,10 +193,10 @@ class FeatureAccumulator:
         self.rows = 0
         self.nulls = 0
         self.violations = _Violations()
-        self.moments = _Moments() if feature.type not in ("bool", "string", "bytes") else None
+        self.moments = _Moments() if feature.type not in ("bool", "string") else None
         self.trues = 0
         self.empty = 0
-        self.hll = HyperLogLog() if feature.type in ("string", "bytes") else None
+        self.hll = HyperLogLog() if feature.type == "string" else None
         self.top: list[pa.Table] = []
         self.pruned = False    # some values were dropped from the kept set
 
@@ -208,8 +208,13 @@ class FeatureAccumulator:
         t = self.feature.type
         if t == "bool":
             self.trues += pc.sum(col).as_py() or 0
-        elif t in ("string", "bytes"):
+        elif t == "string":
             self._add_values(keys, col)
+        elif t == "bytes":
+            # blobs (avatars, hashes): their lengths, not their values, say whether a day looks right;
+            # hashing every unique blob cost as much as the rest of the view's statistics
+            assert self.moments is not None
+            self.moments.add(pc.binary_length(col), sample)
         elif t == "list<float32>":
             self._add_embedding(keys, col, sample)
         elif t == "list<int64>":
@@ -260,7 +265,13 @@ class FeatureAccumulator:
         indices = encoded.indices
         valid = indices.drop_null().to_numpy(zero_copy_only=False)
         counts = np.bincount(valid, minlength=len(values))
-        self.top.append(pa.table({"value": values, "count": pa.array(counts, pa.int64())}))
+        batch_top = pa.table({"value": values, "count": pa.array(counts, pa.int64())})
+        if self.pruned:
+            # more distinct values than are kept: a value seen once in a batch is too rare to be a top
+            # value, and dropping those keeps a column of unique values (ids, hashes) cheap
+            batch_top = batch_top.filter(pa.array(counts >= 2))
+        if batch_top.num_rows:
+            self.top.append(batch_top)
         if sum(t.num_rows for t in self.top) > _COMPACT_ROWS:
             self._compact()
         if "allowed" in self.checks:
@@ -282,7 +293,12 @@ class FeatureAccumulator:
         size = self.feature.length
         flat = col.values.slice(col.offset * size, len(col) * size).to_numpy(zero_copy_only=False)
         matrix = flat.reshape(len(col), size)
-        norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64))
+        with np.errstate(over="ignore", invalid="ignore"):
+            norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix)).astype(np.float64)   # float32: 5x faster
+            overflowed = ~np.isfinite(norms)
+            if overflowed.any():   # large finite elements: again in doubles
+                norms[overflowed] = np.sqrt(np.einsum("ij,ij->i", matrix[overflowed], matrix[overflowed],
+                                                      dtype=np.float64))
         valid = col.is_valid().to_numpy(zero_copy_only=False)
         bad_rows = ~np.isfinite(norms) & valid
         assert self.moments is not None
@@ -316,7 +332,7 @@ class FeatureAccumulator:
     def to_json(self) -> dict[str, Any]:
         t = self.feature.type
         measure = {"list<float32>": "norm", "list<int64>": "length", "bool": "category", "string": "category",
-                   "bytes": "category"}.get(t, "value")
+                   "bytes": "length"}.get(t, "value")
         out: dict[str, Any] = {"type": t, "measure": measure, "rows": self.rows, "nulls": self.nulls,
                                "count": self.rows - self.nulls}
         if self.moments is not None:
@@ -346,8 +362,6 @@ class FeatureAccumulator:
         t = self.top[0]
         t = t.take(pc.sort_indices(t, [("count", "descending"), ("value", "ascending")]))[:TOP_VALUES + 1]
         values = t.column("value").to_pylist()
-        if self.feature.type == "bytes":
-            values = ["0x" + v.hex() for v in values]
         return [[v, c] for v, c in zip(values, t.column("count").to_pylist(), strict=True)]
 
 

@@ -168,6 +168,8 @@ def _declared(col: pa.Array, f: Any) -> pa.Array:
 def _measure(col: pa.Array, f: Any) -> pa.Array:
     if f.type == "list<int64>":
         return pc.list_value_length(col)
+    if f.type == "bytes":
+        return pc.binary_length(col)
     if f.type == "list<float32>":
         flat = pc.list_flatten(col.fill_null(pa.scalar([0.0] * f.length, col.type))).to_numpy()
         with np.errstate(invalid="ignore", over="ignore"):
@@ -192,7 +194,7 @@ def test_load_statistics_equal_pyarrow_compute_on_the_sources(key_type: str, tmp
         if f.type == "bool":
             assert s["top"][0] == [True, pc.sum(col).as_py()], f.name
             continue
-        if f.type in ("string", "bytes"):
+        if f.type == "string":
             assert s["distinct"] == pytest.approx(pc.count_distinct(col).as_py(), rel=0.02), f.name
             counts = pc.value_counts(col.drop_null()).to_pylist()
             top = max(c["counts"] for c in counts)
