@@ -50,7 +50,7 @@ def _users(data: Path) -> int:
 
 def run_one(features: Path, root: Path, stats: bool, workers: int) -> dict[str, Any]:
     """One load in a fresh process; wall seconds, the loader's phase lines, and what it published."""
-    code = ("import sys, logging; from quiver.loader.build import load, LoadOptions; from datetime import datetime;"
+    code = ("import sys, logging; from quiver.loader.load import load, LoadOptions; from datetime import datetime;"
             "logging.basicConfig(level=logging.INFO, format='%(message)s');"
             f"r = load({str(features)!r}, {str(root)!r}, LoadOptions(workers={workers}, statistics={stats}, "
             f"as_of=datetime.fromisoformat({AS_OF.replace('Z', '+00:00')!r})));"

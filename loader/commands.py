@@ -5,10 +5,10 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-from quiver.loader.build import LoadOptions, load
 from quiver.loader.errors import LoadError
 from quiver.loader.generate import generate
 from quiver.loader.listing import list_snapshots
+from quiver.loader.load import LoadOptions, load
 
 
 def _as_of(text: str) -> datetime:
@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--no-reuse", action="store_true", help="re-encode views even if unchanged")
     p.add_argument("--allow-type-change", action="store_true",
                    help="accept a feature whose type differs from the current version's")
+    p.add_argument("--allow-regroup", action="store_true",
+                   help="accept a view moved to another storage group than in the current version "
+                        "(rewrites both groups on every replica)")
     p.add_argument("--accept-failed-checks", action="store_true",
                    help="publish even if features.yaml checks fail (the manifest records it); without it a "
                         "failing version is not published and the load exits 13")
@@ -52,6 +55,7 @@ def _load(args: argparse.Namespace) -> int:
         r = load(args.features, args.root, LoadOptions(workers=args.workers, as_of=args.as_of,
                                                         compression=args.compression, reuse=not args.no_reuse,
                                                         allow_type_change=args.allow_type_change,
+                                                        allow_regroup=args.allow_regroup,
                                                         accept_failed_checks=args.accept_failed_checks))
     except LoadError as e:
         print(f"quiver load: error: {e}", file=sys.stderr)
@@ -69,6 +73,8 @@ def _load(args: argparse.Namespace) -> int:
             print(f"{label} {c.describe()}", file=sys.stderr)
     if r.reused_views:
         print(f"reused unchanged view(s) without re-encoding: {', '.join(r.reused_views)}", file=sys.stderr)
+    if r.linked_groups:
+        print(f"linked unchanged storage group(s): {', '.join(r.linked_groups)}", file=sys.stderr)
     print(f"{note}: {r.version} ({rows} rows in {r.seconds:.1f} s)", file=sys.stderr)
     print(r.version)
     return 0

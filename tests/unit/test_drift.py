@@ -69,7 +69,7 @@ def write_version(root: SnapshotRoot, day: int, stats: dict[str, Any],
     d = root.version_dir(version)
     d.mkdir(parents=True)
     (d / STATISTICS_FILE).write_text(json.dumps(stats))
-    m = Manifest(version, "2026-01-01T00:00:00Z", f"{as_of:%Y-%m-%dT%H:%M:%SZ}", features(), {},
+    m = Manifest(version, "2026-01-01T00:00:00Z", f"{as_of:%Y-%m-%dT%H:%M:%SZ}", features(), {}, {},
                  checks=CheckSummary.of(results or [], accepted))
     (d / "manifest.json").write_bytes(m.dumps())
     root.set_current(version)

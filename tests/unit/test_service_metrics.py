@@ -10,7 +10,7 @@ from quiver.snapshot.quality import CheckResult, CheckSummary
 
 def version(name: str, summary: CheckSummary) -> LoadedVersion:
     m = Manifest(name, "2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z", FeatureSet(EntityDef("u", "int64"), ()), {},
-                 checks=summary)
+                 {}, checks=summary)
     return LoadedVersion(name, m, {})
 
 
