@@ -4,16 +4,19 @@
         --reps 3 --json bench/results/<date>-checks.json
 
 Two configurations of one loader on one data set, alternated in the same sitting (ABBA...) so a
-shared machine's load drifts over both alike: `baseline` (LoadOptions(statistics=False): no
+shared machine's load drifts over both alike. Both wall seconds and the CPU seconds (user + system) of
+the load's whole process tree are recorded: on a machine other jobs share, the wall time follows their
+load, the CPU time much less so. The configurations: `baseline` (LoadOptions(statistics=False): no
 statistics, no checks, the loader as it was) and `checks` (statistics of every feature plus the
 generator's realistic checks, about one per feature: loader/generate.py checks()). Each run is a fresh
 process loading into an empty root (--no-reuse semantics: nothing to reuse). The figure is the median
-of the per-pair ratios checks/baseline; the target is <= 1.10.
+of the per-pair ratios checks/baseline, of wall and of CPU time; the target is <= 1.10.
 """
 
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -56,9 +59,12 @@ def run_one(features: Path, root: Path, stats: bool, workers: int) -> dict[str, 
             f"as_of=datetime.fromisoformat({AS_OF.replace('Z', '+00:00')!r})));"
             "print(r.version, r.checks.failed, r.checks.warned, r.checks.passed)")
     shutil.rmtree(root, ignore_errors=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)   # reaped descendants: the load and its workers
     started = time.monotonic()
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     seconds = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if p.returncode != 0:
         raise SystemExit(f"load failed ({p.returncode}):\n{p.stderr[-3000:]}")
     version, failed, warned, passed = p.stdout.split()
@@ -69,8 +75,9 @@ def run_one(features: Path, root: Path, stats: bool, workers: int) -> dict[str, 
             phases[parts[0]] = float(parts[1])
     size = sum(f.stat().st_size for f in (root / "versions" / version).rglob("*") if f.is_file())
     shutil.rmtree(root, ignore_errors=True)
-    return {"seconds": round(seconds, 2), "phases": phases, "checks": {"failed": int(failed), "warned": int(warned),
-                                                                      "passed": int(passed)}, "bytes": size}
+    checks = {"failed": int(failed), "warned": int(warned), "passed": int(passed)}
+    return {"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "phases": phases, "checks": checks,
+            "bytes": size}
 
 
 def main() -> int:
@@ -91,14 +98,17 @@ def main() -> int:
             r |= {"config": name, "rep": rep, "loadavg_before": float(load)}
             runs.append(r)
             print(json.dumps(r), flush=True)
-    base = [r["seconds"] for r in runs if r["config"] == "baseline"]
-    chk = [r["seconds"] for r in runs if r["config"] == "checks"]
-    pair_ratios = [c / b for b, c in zip(base, chk, strict=True)]
-    result = {"data": str(args.data), "workers": args.workers, "reps": args.reps, "cpus": os.cpu_count(),
-              "median_seconds": {"baseline": statistics.median(base), "checks": statistics.median(chk)},
-              "ratio_of_medians": round(statistics.median(chk) / statistics.median(base), 3),
-              "median_pair_ratio": round(statistics.median(pair_ratios), 3),
-              "pair_ratios": [round(x, 3) for x in pair_ratios], "runs": runs}
+    result: dict[str, Any] = {"data": str(args.data), "workers": args.workers, "reps": args.reps,
+                              "cpus": os.cpu_count()}
+    for measure in ("seconds", "cpu_seconds"):
+        base = [r[measure] for r in runs if r["config"] == "baseline"]
+        chk = [r[measure] for r in runs if r["config"] == "checks"]
+        pairs = [c / b for b, c in zip(base, chk, strict=True)]
+        result[measure] = {"median_baseline": statistics.median(base), "median_checks": statistics.median(chk),
+                           "ratio_of_medians": round(statistics.median(chk) / statistics.median(base), 3),
+                           "median_pair_ratio": round(statistics.median(pairs), 3),
+                           "pair_ratios": [round(x, 3) for x in pairs]}
+    result["runs"] = runs
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
