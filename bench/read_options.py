@@ -38,6 +38,8 @@ from rocksdict import (
     SstFileWriter,
 )
 
+from quiver.snapshot import rocks
+
 Tweak = Callable[[BlockBasedOptions, Options], None]
 
 
@@ -52,6 +54,11 @@ def _no_compression(b: BlockBasedOptions, o: Options) -> None:
 def _mmap(b: BlockBasedOptions, o: Options) -> None:
     o.set_compression_type(DBCompressionType.none())
     o.set_allow_mmap_reads(True)
+
+
+def _mmap_4k(b: BlockBasedOptions, o: Options) -> None:
+    _mmap(b, o)
+    b.set_block_size(4 << 10)
 
 
 def _binary_search(b: BlockBasedOptions, o: Options) -> None:
@@ -69,25 +76,15 @@ CANDIDATES: dict[str, tuple[str, Tweak | None]] = {
     "block 16 KB": ("16 KB data blocks", _block(16 << 10)),
     "no compression": ("data blocks stored uncompressed", _no_compression),
     "no compression + mmap": ("uncompressed, read through mmap (no block-cache copy)", _mmap),
+    "no compression + mmap + 4 KB": ("uncompressed, mmap, 4 KB data blocks", _mmap_4k),
     "binary-search data index": ("no data-block hash index", _binary_search),
     "whole index+filter": ("one index and filter block per file, not partitioned", _whole_index),
 }
 
 
 def options(tweak: Tweak | None, cache: Cache | None) -> Options:
-    b = BlockBasedOptions()
-    b.set_block_size(8 << 10)
-    b.set_bloom_filter(10, False)
-    b.set_data_block_index_type(DataBlockIndexType.binary_and_hash())
-    b.set_index_type(BlockBasedIndexType.two_level_index_search())
-    b.set_partition_filters(True)
-    b.set_metadata_block_size(4096)
-    if cache is None:
-        b.disable_cache()
-    else:
-        b.set_block_cache(cache)
-        b.set_cache_index_and_filter_blocks(True)
-        b.set_pin_top_level_index_and_filter(True)
+    """The baseline: snapshot/rocks.py's table options with LZ4 and pread (what shipped before issue 10)."""
+    b = rocks.table_options(cache)
     o = Options(raw_mode=True)
     o.set_compression_type(DBCompressionType.lz4())
     if tweak is not None:

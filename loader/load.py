@@ -38,7 +38,9 @@ from quiver.loader.spill import encode_task, encode_tasks, spills_all_columns
 from quiver.loader.sst import KeptViews, PartitionResult, PartitionTask, partition_task
 from quiver.loader.statistics import ViewAccumulator
 from quiver.loader.worker import worker_init
+from quiver.snapshot import rocks
 from quiver.snapshot.layout import SnapshotRoot
+from quiver.snapshot.lifecycle import stage_dir
 from quiver.snapshot.manifest import FileEntry, GroupStats, Manifest, ViewStats, file_checksum
 from quiver.snapshot.quality import CheckSummary
 from quiver.snapshot.schema import FeatureSet
@@ -52,7 +54,7 @@ PROGRESS_SECONDS = 10.0
 class LoadOptions:
     workers: int = 2
     as_of: datetime | None = None
-    compression: str = "lz4"
+    compression: str = rocks.DEFAULT_COMPRESSION
     batch_rows: int = 1 << 14  # rows read, normalized and encoded at a time: bounds a worker's memory
     partition_bytes: int = PARTITION_BYTES
     reuse: bool = True           # take unchanged views and groups from the current version
@@ -145,7 +147,7 @@ def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str]
                 root.set_current(vid)
                 return LoadResult(vid, Manifest.load(root.manifest_path(vid)), False,
                                   seconds=time.monotonic() - started)
-            stage = root.staging_dir / f"load-{vid}-{os.getpid()}"
+            stage = stage_dir(root, "load", f"{vid}-{os.getpid()}")
             out = stage / "version"
             out.mkdir(parents=True)
             current = planning.current_manifest(root)
