@@ -180,17 +180,17 @@ def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str]
             shutil.rmtree(stage / "sst", ignore_errors=True)
             phases.end("ingest")
             # 5. checks: a failing version ends here, before anything is published
-            view_stats = _view_stats(features, prev, groups, results, sources)
+            per_view = view_stats(features, prev, groups, results, sources)
             summary = CheckSummary()
             if opts.statistics:
-                summary = _checks(root, prev, current, features, groups, partials, view_stats, out, opts)
+                summary = _checks(root, prev, current, features, groups, partials, per_view, out, opts)
             phases.end("checks")
             # 6. publish
-            reused = _link_unchanged(root, prev, groups, out, known)
+            reused = link_unchanged(root, prev, groups, out, known)
             entries = checksums(pool, out, known)
             phases.end("checksums")
         manifest = Manifest(vid, planning.utc_text(datetime.now(UTC)), planning.utc_text(as_of), features,
-                            view_stats, _group_stats(prev, groups, results), entries, checks=summary)
+                            per_view, group_stats(prev, groups, results), entries, checks=summary)
         publish(root, stage, out, manifest)
         return LoadResult(vid, manifest, True, reused, [g.name for g in groups if g.linked], rows_read,
                           time.monotonic() - started, phases.seconds)
@@ -264,7 +264,7 @@ def _write_groups(pool: ProcessPoolExecutor, root: SnapshotRoot, prev: Manifest 
 
 
 def _checks(root: SnapshotRoot, prev: Manifest | None, current: Manifest | None, features: FeatureSet,
-            groups: list[GroupPlan], partials: dict[str, list[ViewAccumulator]], view_stats: dict[str, ViewStats],
+            groups: list[GroupPlan], partials: dict[str, list[ViewAccumulator]], per_view: dict[str, ViewStats],
             out: Path, opts: LoadOptions) -> CheckSummary:
     """Statistics of every view (re-read views' merged from the tasks, reused views' carried from the
     version they come from), written into the version; the checks' verdict, which raises ChecksFailed
@@ -274,7 +274,7 @@ def _checks(root: SnapshotRoot, prev: Manifest | None, current: Manifest | None,
     for g in groups:
         for v in g.views:
             if g.linked or v.name in g.kept:
-                statistics[v.name] = quality.carried(carried_from, v.name, view_stats[v.name].rows)
+                statistics[v.name] = quality.carried(carried_from, v.name, per_view[v.name].rows)
             else:
                 statistics[v.name] = quality.merged(partials[v.name]) if partials[v.name] else \
                     ViewAccumulator(v).to_json()
@@ -284,7 +284,7 @@ def _checks(root: SnapshotRoot, prev: Manifest | None, current: Manifest | None,
     return summary
 
 
-def _link_unchanged(root: SnapshotRoot, prev: Manifest | None, groups: list[GroupPlan], out: Path,
+def link_unchanged(root: SnapshotRoot, prev: Manifest | None, groups: list[GroupPlan], out: Path,
                     known: dict[str, str]) -> list[str]:
     """Links linked groups' online files and every reused view's offline files; returns the views whose
     data was not re-read from their sources."""
@@ -302,7 +302,7 @@ def _link_unchanged(root: SnapshotRoot, prev: Manifest | None, groups: list[Grou
     return reused
 
 
-def _view_stats(features: FeatureSet, prev: Manifest | None, groups: list[GroupPlan],
+def view_stats(features: FeatureSet, prev: Manifest | None, groups: list[GroupPlan],
                 results: dict[str, list[PartitionResult]], sources: dict[str, list[FileEntry]]) -> dict[str, ViewStats]:
     stats = {}
     for g in groups:
@@ -320,7 +320,7 @@ def _view_stats(features: FeatureSet, prev: Manifest | None, groups: list[GroupP
     return {v.name: stats[v.name] for v in features.views}
 
 
-def _group_stats(prev: Manifest | None, groups: list[GroupPlan],
+def group_stats(prev: Manifest | None, groups: list[GroupPlan],
                  results: dict[str, list[PartitionResult]]) -> dict[str, GroupStats]:
     out = {}
     for g in groups:

@@ -256,12 +256,12 @@ def _load_root(spark: SparkSession, features_path: Path, root: SnapshotRoot, opt
         shutil.rmtree(stage / "sst", ignore_errors=True)
         phases.end("ingest")
         # 5. publish
-        reused = local._link_unchanged(root, prev, groups, out, known)
+        reused = local.link_unchanged(root, prev, groups, out, known)
         entries = checksums(_OnTheDriver(), out, known)  # type: ignore[arg-type]
         phases.end("checksums")
         manifest = Manifest(vid, planning.utc_text(datetime.now(UTC)), planning.utc_text(as_of), features,
-                            local._view_stats(features, prev, groups, results, sources),
-                            local._group_stats(prev, groups, results), entries)
+                            local.view_stats(features, prev, groups, results, sources),
+                            local.group_stats(prev, groups, results), entries)
         publish(root, stage, out, manifest)
         return local.LoadResult(vid, manifest, True, reused, [g.name for g in groups if g.linked], rows_read,
                                 time.monotonic() - started, phases.seconds)
