@@ -10,11 +10,15 @@ DEMO := demo-data
 .PHONY: setup proto test lint typecheck pytest rust-test deploy-check demo bench bench-load bench-readpath clean system-deps tools
 
 # redis-server for the tests that compare against Redis; iproute2 for the netem hop in bench/;
-# a Java 17 runtime for the Spark engine (pyspark 4 runs on Java 17 or 21).
+# a Java 17 runtime for the Spark engine (pyspark 4 runs on Java 17 or 21); chromium for the report page's
+# browser test.
 system-deps:
 	@command -v redis-server >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server iproute2 protobuf-compiler >/dev/null; \
 	  else echo "redis-server missing: install the Debian package redis-server" >&2; exit 1; fi; }
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing (the report page's browser test): install the Debian package chromium" >&2; exit 1; fi; }
 	@command -v java >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless >/dev/null; \
 	  else echo "java missing: install the Debian package openjdk-17-jre-headless" >&2; exit 1; fi; }

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--spark-master", default="local[2]", metavar="URL",
                    help="--engine spark: the Spark master: local[N], spark://..., k8s://... (default: local[2])")
     p.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE", type=_spark_setting,
-                   help="--engine spark: a Spark setting (repeatable), e.g. spark.executor.instances=8")
+                   help="--engine spark: a Spark setting (repeatable), e.g. spark.executor.instances=8 (default: none)")
     p.add_argument("--work-root", default=None,
                    help="--engine spark with an object-store --root: the local root the version is built in "
                    "(default: a temporary folder; give a kept one to reuse unchanged views)")
@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--allow-regroup", action="store_true",
                    help="accept a view moved to another storage group than in the current version "
                         "(rewrites both groups on every replica) (default: refuse)")
+    p.add_argument("--accept-failed-checks", action="store_true",
+                   help="publish even if features.yaml checks fail, recording it in the manifest (default: a "
+                        "failing version is not published and the load exits 13)")
     p.set_defaults(handler=_load)
 
     p = sub.add_parser("snapshots", help="list the versions under a root")
@@ -68,13 +71,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--users", type=at_least(1), required=True, help="how many users to generate (required)")
     p.add_argument("--out", required=True, help="folder to write the Parquet files and features.yaml to (required)")
     p.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same data (default: 0)")
+    p.add_argument("--with-checks", action="store_true",
+                   help="declare about one check per feature in features.yaml (default: no checks)")
     p.set_defaults(handler=_generate)
 
 
 def _load(args: argparse.Namespace) -> int:
     opts = LoadOptions(workers=args.workers, as_of=args.as_of, compression=args.compression,
                        reuse=not args.no_reuse, allow_type_change=args.allow_type_change,
-                       allow_regroup=args.allow_regroup)
+                       allow_regroup=args.allow_regroup,
+                       accept_failed_checks=args.accept_failed_checks)
     r = _load_on_spark(args, opts) if args.engine == "spark" else load(args.features, args.root, opts)
     rows = sum(r.manifest.rows().values())
     note = "published" if r.published else "already published; CURRENT points to it"
@@ -82,6 +88,10 @@ def _load(args: argparse.Namespace) -> int:
         if n:
             print(f"view {name!r}: dropped {n} older row(s) of duplicate keys (latest event timestamp kept)",
                   file=sys.stderr)
+    for status in ("failed", "warned", "skipped"):
+        for c in r.checks.with_status(status):
+            label = "FAILED (accepted with --accept-failed-checks)" if status == "failed" else status.upper()
+            print(f"{label} {c.describe()}", file=sys.stderr)
     if r.reused_views:
         print(f"reused unchanged view(s) without re-encoding: {', '.join(r.reused_views)}", file=sys.stderr)
     if r.linked_groups:
@@ -122,5 +132,5 @@ def _snapshots(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    print(generate(args.users, args.out, args.seed))
+    print(generate(args.users, args.out, args.seed, args.with_checks))
     return 0
