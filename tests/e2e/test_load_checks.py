@@ -18,11 +18,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from browser import dump_dom, screenshot
-from server_process import QUIVER, ServerProcess, wait_for
 
 from quiver.snapshot import Manifest, SnapshotRoot
 from quiver.snapshot.quality import STATISTICS_FILE
 from quiver.v1 import quiver_pb2 as pb
+from support.datasets import write_every_type
+from support.processes import QUIVER, ServerProcess, wait_for
 
 USERS = 2000
 CHECKS_FAILED = 13
@@ -179,8 +180,8 @@ def _measure(col: pa.Array, f: Any) -> pa.Array:
 
 
 @pytest.mark.parametrize("key_type", ["string", "int64"])
-def test_load_statistics_equal_pyarrow_compute_on_the_sources(key_type: str, tmp_path: Path, shared: Any) -> None:
-    ds = shared.write_every_type(tmp_path / "src", key_type)
+def test_load_statistics_equal_pyarrow_compute_on_the_sources(key_type: str, tmp_path: Path) -> None:
+    ds = write_every_type(tmp_path / "src", key_type)
     r = load(ds.dir, tmp_path / "root", "2026-01-01T00:00:00Z")
     assert r.returncode == 0, r.stderr
     stats = statistics(tmp_path / "root", r.stdout.split()[-1])
