@@ -121,7 +121,7 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
     snapshots = Snapshots(root, Cache(config.cache_bytes_per_worker), config.verify,
                           on_swap=on_swap, on_refused=lambda v, why: metrics.REFUSED.inc())
     reader = FeatureReader(snapshots, config.max_entities)
-    servicer = FeatureStoreServicer(reader, snapshots, config.max_concurrent)
+    servicer = FeatureStoreServicer(reader, snapshots, config.max_concurrent, config.max_queue_ms / 1000)
     server, hs, port = create_server(config, servicer, worker)
     await _set_health(hs, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
