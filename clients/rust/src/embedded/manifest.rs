@@ -84,7 +84,8 @@ impl Manifest {
             .map(|(name, v)| Ok((name.clone(), v.get("rows").and_then(Json::as_u64).ok_or("a view without rows")?)))
             .collect::<Result<HashMap<_, _>, String>>()
             .map_err(&bad)?;
-        let (schema, view_groups) = schema_of(&version, d.get("schema").ok_or("no schema"), &view_rows)
+        let schema_json = d.get("schema").ok_or_else(|| bad("no schema".into()))?;
+        let (schema, view_groups) = schema_of(&version, schema_json, &view_rows)
             .map_err(|e| bad(format!("schema: {e}")))?;
         let listed = object(d, "groups").map_err(&bad)?;
         let mut groups: Vec<GroupEntry> = Vec::new();
@@ -251,7 +252,7 @@ fn schema_of(version: &str, s: &Json, view_rows: &HashMap<String, u64>) -> Resul
 pub fn python_json(v: &Json) -> String {
     match v {
         Json::Null => "null".into(),
-        Json::Bool(b) => if *b { "true" } else { "false" }.into(),
+        Json::Bool(b) => (if *b { "true" } else { "false" }).into(),
         Json::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
             (Some(i), _, _) => i.to_string(),
             (_, Some(u), _) => u.to_string(),
@@ -274,7 +275,7 @@ fn python_float(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { "Infinity" } else { "-Infinity" }.into();
+        return (if f > 0.0 { "Infinity" } else { "-Infinity" }).into();
     }
     let sci = format!("{f:e}"); // e.g. "-1.25e-7", shortest round-trip digits
     let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");

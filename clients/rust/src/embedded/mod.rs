@@ -61,6 +61,9 @@ pub struct EmbeddedOptions {
     /// Where RocksDB writes its info logs (never inside the root); `None`: a folder of this
     /// process under the system temp dir.
     pub log_dir: Option<PathBuf>,
+    /// Read SST files through mmap (as `quiver serve` does): uncompressed blocks are then read
+    /// straight from the page cache, not copied into the block cache.
+    pub mmap_reads: bool,
     pub read: ReadTuning,
 }
 
@@ -71,6 +74,7 @@ impl Default for EmbeddedOptions {
             poll_interval: Some(Duration::from_secs(5)),
             verify_checksums: false,
             log_dir: None,
+            mmap_reads: true,
             read: ReadTuning::default(),
         }
     }
@@ -236,7 +240,7 @@ impl EmbeddedReader {
                 content_checksum: m.content_checksum.clone(),
             }
         };
-        let mut loaded = vec![info(&served.current)];
+        let mut loaded = vec![info(served.current.as_ref())];
         loaded.extend(served.previous.as_deref().map(info));
         GetSnapshotInfoResponse {
             current_version: served.current.id.clone(),

@@ -33,7 +33,7 @@ fn table_options(cache: &Cache) -> BlockBasedOptions {
     b
 }
 
-fn db_options(cache: &Cache, log_dir: &Path) -> Options {
+fn db_options(cache: &Cache, log_dir: &Path, mmap_reads: bool) -> Options {
     let mut o = Options::default();
     o.set_block_based_table_factory(&table_options(cache));
     // Every table reader open at once: no table-cache lookup per read, and every file's
@@ -42,6 +42,10 @@ fn db_options(cache: &Cache, log_dir: &Path) -> Options {
     // RocksDB's info log goes outside the root: the reader never writes into a version folder.
     o.set_db_log_dir(log_dir);
     o.set_keep_log_file_num(1);
+    // As snapshot/rocks.py `reader_options`: uncompressed blocks (the loader's default) come straight
+    // from the mapping, with no pread and no copy into the block cache; compressed ones still go
+    // through the block cache.
+    o.set_allow_mmap_reads(mmap_reads);
     o
 }
 
@@ -116,7 +120,7 @@ pub fn open_version(root: &Path, id: &str, cache: &Cache, log_dir: &Path, option
     if !problems.is_empty() {
         return Err(mismatch(problems));
     }
-    let opts = db_options(cache, log_dir);
+    let opts = db_options(cache, log_dir, options.mmap_reads);
     let mut groups = Vec::with_capacity(manifest.groups.len());
     for g in &manifest.groups {
         let path = vdir.join("online").join(&g.name);

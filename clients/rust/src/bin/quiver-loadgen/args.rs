@@ -31,7 +31,8 @@ USAGE: quiver-loadgen [FLAGS]
   --root PATH                  embedded only: the snapshot root (follows PATH/CURRENT)
   --cache-mb MB                embedded only: block cache size (default 256)
   --read-option OPT            embedded only, repeatable: no-verify-checksums, no-fill-cache,
-                               async-io (RocksDB ReadOptions; default: RocksDB's)
+                               async-io (RocksDB ReadOptions; default: RocksDB's), no-mmap
+                               (pread instead of mmap reads)
   --pin-cpus LIST              pin the tokio worker threads (which run the embedded reads) to
                                these CPUs, round-robin, e.g. 1 or 1,3 (pacing is not pinned)
   --timeout-ms MS              a request slower than this is an error (default 10000)
@@ -161,8 +162,10 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, Str
             "--cache-mb" => cache_mb = number(&flag, &value()?)?,
             "--read-option" => {
                 let opt = value()?;
-                if !["no-verify-checksums", "no-fill-cache", "async-io"].contains(&opt.as_str()) {
-                    return Err(format!("--read-option {opt}: expected no-verify-checksums, no-fill-cache or async-io"));
+                if !["no-verify-checksums", "no-fill-cache", "async-io", "no-mmap"].contains(&opt.as_str()) {
+                    return Err(format!(
+                        "--read-option {opt}: expected no-verify-checksums, no-fill-cache, async-io or no-mmap"
+                    ));
                 }
                 read_options.push(opt);
             }
