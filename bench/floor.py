@@ -21,12 +21,19 @@ async def serve(listen: str, size: int) -> None:
     body = pb.GetFeaturesResponse(version="floor", views=["floor"], rows=[pb.EntityRow(
         views=[pb.ViewRow(bytes_values=[b"x" * size])], found=[True])]).SerializeToString()
 
+    schema = pb.GetSchemaResponse(version="floor", entity_name="user_id", entity_key_type="int64",
+                                  views=[pb.View(name="floor")]).SerializeToString()
+
     async def get_features(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return body
 
+    async def get_schema(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:  # generators ask once
+        return schema
+
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        SERVICE, {"GetFeatures": grpc.unary_unary_rpc_method_handler(get_features)})])
+        SERVICE, {"GetFeatures": grpc.unary_unary_rpc_method_handler(get_features),
+                  "GetSchema": grpc.unary_unary_rpc_method_handler(get_schema)})])
     hs = health.aio.HealthServicer()
     await hs.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)

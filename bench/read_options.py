@@ -54,6 +54,11 @@ def _mmap(b: BlockBasedOptions, o: Options) -> None:
     o.set_allow_mmap_reads(True)
 
 
+def _mmap_4k(b: BlockBasedOptions, o: Options) -> None:
+    _mmap(b, o)
+    b.set_block_size(4 << 10)
+
+
 def _binary_search(b: BlockBasedOptions, o: Options) -> None:
     b.set_data_block_index_type(DataBlockIndexType.binary_search())
 
@@ -69,6 +74,7 @@ CANDIDATES: dict[str, tuple[str, Tweak | None]] = {
     "block 16 KB": ("16 KB data blocks", _block(16 << 10)),
     "no compression": ("data blocks stored uncompressed", _no_compression),
     "no compression + mmap": ("uncompressed, read through mmap (no block-cache copy)", _mmap),
+    "no compression + mmap + 4 KB": ("uncompressed, mmap, 4 KB data blocks", _mmap_4k),
     "binary-search data index": ("no data-block hash index", _binary_search),
     "whole index+filter": ("one index and filter block per file, not partitioned", _whole_index),
 }

@@ -8,7 +8,9 @@
              first: a node that can hold only a quarter of its data in memory, as 90M users on one node
 
 Server CPU per request is the server's user+system CPU time over a row divided by the requests it
-answered. Every figure goes into one JSON file; `--readme` renders it into bench/README.md.
+answered. `--realtime` runs the server and the generator under SCHED_FIFO (`chrt -f 10`), so on a
+machine shared with other work they get their pinned cores as on a quiet one (the results say so).
+Every figure goes into one JSON file; `--readme` renders it into bench/README.md.
 
     python bench/readpath.py --root ROOT --json bench/results/DATE-readpath-10M.json --readme bench/README.md
 """
@@ -61,10 +63,11 @@ class Series:
 
     def row(self, series: str, server_pid: int, target: str, k: int, rate: float) -> dict[str, Any]:
         runs = []
+        pin = [*rt_prefix(self.args), "taskset", "-c", "0"]
         for i in range(self.args.runs):
             cpu0 = cpu_seconds(server_pid)
             r = generators.loadgen("quiver", f"http://{target}", rate, k, self.args.seconds, self.args.warmup,
-                                   self.users, 1, self.tmp / f"r{len(self.rows)}-{i}.json", ["taskset", "-c", "0"])
+                                   self.users, 1, self.tmp / f"r{len(self.rows)}-{i}.json", pin)
             cpu = cpu_seconds(server_pid) - cpu0
             total = (self.args.seconds + self.args.warmup) * rate
             r["server_cpu_us_per_request"] = cpu / total * 1e6 if "failed" not in r else None
@@ -85,9 +88,14 @@ def _median(xs: list[float | None]) -> float | None:
     return vals[len(vals) // 2] if vals else None
 
 
-def start_quiver(procs: Processes, root: Path, log: Path, cache_mb: int, cgroup: Path | None) -> tuple[Any, str]:
+def rt_prefix(args: argparse.Namespace) -> list[str]:
+    return ["chrt", "-f", "10"] if args.realtime else []
+
+
+def start_quiver(procs: Processes, root: Path, log: Path, cache_mb: int, cgroup: Path | None,
+                 prefix: list[str]) -> tuple[Any, str]:
     port = free_port()
-    cmd = ["taskset", "-c", "1", systems.QUIVER, "serve", "--root", str(root), "--listen", f"127.0.0.1:{port}",
+    cmd = [*prefix, "taskset", "-c", "1", systems.QUIVER, "serve", "--root", str(root), "--listen", f"127.0.0.1:{port}",
            "--workers", "1", "--metrics-port", "0", "--cache-mb", str(cache_mb)]
     if cgroup is not None:  # join the group before exec, so every page the server touches is charged to it
         cmd = ["bash", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "serve", *cmd]
@@ -113,6 +121,7 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=5)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--name", default="readpath")
+    p.add_argument("--realtime", action="store_true", help="server and generator under SCHED_FIFO (chrt -f 10)")
     args = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     root = Path(args.root).resolve()
@@ -130,6 +139,7 @@ def main() -> int:
                            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "users": users,
                            "version": version, "online_mb": online_mb, "cache_mb": args.cache_mb,
                            "seconds": args.seconds, "warmup_s": args.warmup, "runs": args.runs,
+                           "realtime": args.realtime,
                            "machine": machine(), "versions": versions()}
     s = Series(args, tmp, users)
     cgroup: Path | None = None
@@ -137,7 +147,8 @@ def main() -> int:
         if "floor" in series:
             print("== floor: do-nothing grpc.aio server, pinned", flush=True)
             port = free_port()
-            proc = procs.start(["taskset", "-c", "1", sys.executable, str(Path(__file__).with_name("floor.py")),
+            floor = str(Path(__file__).with_name("floor.py"))
+            proc = procs.start([*rt_prefix(args), "taskset", "-c", "1", sys.executable, floor,
                                 "--listen", f"127.0.0.1:{port}", "--bytes", "1400"], logs / "floor.log")
             wait_for(lambda: systems.health_serving(f"127.0.0.1:{port}", proc, logs / "floor.log"), timeout=60,
                      what="floor serving", interval=0.3)
@@ -149,7 +160,7 @@ def main() -> int:
                   flush=True)
             subprocess.run(["cat", *map(str, (root / "versions" / version / "online").rglob("*.sst"))],
                            stdout=subprocess.DEVNULL, check=False)  # warm the page cache
-            proc, target = start_quiver(procs, root, logs / "serve-pinned.log", args.cache_mb, None)
+            proc, target = start_quiver(procs, root, logs / "serve-pinned.log", args.cache_mb, None, rt_prefix(args))
             for rate in rates:
                 s.row("pinned", proc.pid, target, 1, rate)
             for rate in batch:
@@ -167,7 +178,7 @@ def main() -> int:
                   f"({args.cap_fraction:.0%} of {online_mb:.0f} MB online), caches dropped", flush=True)
             subprocess.run(["sync"], check=True)
             Path("/proc/sys/vm/drop_caches").write_text("3\n")
-            proc, target = start_quiver(procs, root, logs / "serve-capped.log", args.cache_mb, cgroup)
+            proc, target = start_quiver(procs, root, logs / "serve-capped.log", args.cache_mb, cgroup, rt_prefix(args))
             for rate in [float(x) for x in args.capped_rates.split(",")]:
                 s.row("capped", proc.pid, target, 1, rate)
             for rate in [float(x) for x in args.capped_batch_rates.split(",")]:
@@ -201,7 +212,9 @@ def table(res: dict[str, Any]) -> str:
     lines = [f"Read path, {res['date']}: {res['users']:,} users, online form {res['online_mb'] / 1024:.1f} GB, "
              f"{res['seconds']:g} s runs after {res['warmup_s']:g} s warm-up, median of {res['runs']}; server "
              f"pinned to core 1 (one worker, {res['cache_mb']} MB block cache), quiver-loadgen pinned to core 0; "
-             f"load average at start {res['machine']['loadavg_start'].split()[0]}."
+             f"load average at start {res['machine']['loadavg_start'].split()[0]}"
+             + ("; server and generator under SCHED_FIFO (`--realtime`), the machine shared with other work."
+                if res.get("realtime") else ".")
              + (f" Capped: {res['capped']['limit_mb']} MB memory cgroup, peak usage "
                 f"{res['capped'].get('max_usage_mb', '?')} MB." if "capped" in res else ""), "",
              "| series | entities | rate/s | achieved/s | P50 ms | P99 ms | P99.9 ms | errors | server CPU us/req "

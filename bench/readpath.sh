@@ -6,6 +6,7 @@
 #   bash bench/readpath.sh                    # 10,000,000 generated users (data set reused from bench/work)
 #   ROOT=/path/to/root bash bench/readpath.sh # an existing root
 #   SERIES=pinned RUNS=1 bash bench/readpath.sh
+#   REALTIME=1 bash bench/readpath.sh         # server and generator under SCHED_FIFO on a shared machine
 #
 # Needs root for the capped series (cgroup v1 at /sys/fs/cgroup/memory, drop_caches). Writes
 # bench/results/<date>-readpath-<users>.json and renders it into bench/README.md.
@@ -28,6 +29,6 @@ print(systems.load_quiver(source, root, users, 2, work / "logs" / "load.log")["w
 PY
 fi
 RESULTS=${RESULTS:-bench/results/$(date -u +%F)-readpath-$USERS.json}
-.venv/bin/python bench/readpath.py --root "$ROOT" --json "$RESULTS" --readme "${README:-bench/README.md}" \
+.venv/bin/python bench/readpath.py ${REALTIME:+--realtime} --root "$ROOT" --json "$RESULTS" --readme "${README:-bench/README.md}" \
   --series "${SERIES:-floor,pinned,capped}" --runs "${RUNS:-3}" --seconds "${SECONDS_PER_RUN:-20}" \
   --warmup "${WARMUP:-5}"
