@@ -19,16 +19,24 @@ pub trait FeatureSource: Send + Sync {
     }
 
     /// Like `get_features`, pinned to `version` (empty: the current one).
-    fn get_features_at(&self, ids: &[EntityId], views: &[&str], version: &str)
-    -> impl Future<Output = Result<FeatureBatch>> + Send;
+    fn get_features_at(
+        &self,
+        ids: &[EntityId],
+        views: &[&str],
+        version: &str,
+    ) -> impl Future<Output = Result<FeatureBatch>> + Send;
 
     /// The schema of `version` (empty: the current one).
     fn schema(&self, version: &str) -> impl Future<Output = Result<Arc<Schema>>> + Send;
 }
 
 impl FeatureSource for QuiverClient {
-    fn get_features_at(&self, ids: &[EntityId], views: &[&str], version: &str)
-    -> impl Future<Output = Result<FeatureBatch>> + Send {
+    fn get_features_at(
+        &self,
+        ids: &[EntityId],
+        views: &[&str],
+        version: &str,
+    ) -> impl Future<Output = Result<FeatureBatch>> + Send {
         QuiverClient::get_features_at(self, ids, views, version)
     }
 
@@ -42,8 +50,12 @@ impl FeatureSource for QuiverClient {
 /// cache); run such batches with `spawn_blocking` if that thread serves other tasks.
 #[cfg(feature = "embedded")]
 impl FeatureSource for crate::embedded::EmbeddedReader {
-    fn get_features_at(&self, ids: &[EntityId], views: &[&str], version: &str)
-    -> impl Future<Output = Result<FeatureBatch>> + Send {
+    fn get_features_at(
+        &self,
+        ids: &[EntityId],
+        views: &[&str],
+        version: &str,
+    ) -> impl Future<Output = Result<FeatureBatch>> + Send {
         std::future::ready(crate::embedded::EmbeddedReader::get_features_at(self, ids, views, version))
     }
 

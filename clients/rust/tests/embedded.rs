@@ -4,6 +4,8 @@
 //! answers for the same request. Needs the Python side installed (`make setup`), at $QUIVER_BIN.
 #![cfg(feature = "embedded")]
 
+// Shared with the other end-to-end tests; this binary uses part of it.
+#[allow(dead_code)]
 mod support;
 
 use std::collections::HashMap;
@@ -15,10 +17,10 @@ use std::time::SystemTime;
 use prost::Message;
 use quiver_client::proto::GetFeaturesRequest;
 use quiver_client::{
-    AnySource, EmbeddedOptions, EmbeddedReader, EntityId, Error, FeatureBatch, FeatureSource, Schema,
-    SnapshotError, Value,
+    AnySource, EmbeddedOptions, EmbeddedReader, EntityId, Error, FeatureBatch, FeatureSource, Schema, SnapshotError,
+    Value,
 };
-use support::server::{Dataset, Server, USERS, dataset, load, quiver_bin, serial};
+use support::server::{Server, USERS, dataset, load, quiver_bin, serial};
 use support::source::{Definitions, expected_view, read_definitions};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -69,7 +71,6 @@ fn string_key(id: i64) -> String {
 /// Three roots over the same generated users: one group (int64 keys), three groups (int64
 /// keys), one group (string keys).
 struct Roots {
-    data: &'static Dataset,
     single: PathBuf,
     grouped: PathBuf,
     strings: PathBuf,
@@ -88,7 +89,7 @@ fn roots() -> &'static Roots {
         python(STRING_KEYS, &[&data.dir, &string_dir]);
         let strings = base.join("root-strings");
         load(&string_dir.join("features.yaml"), &strings);
-        Roots { data, single: data.root.clone(), grouped, strings }
+        Roots { single: data.root.clone(), grouped, strings }
     })
 }
 
@@ -213,7 +214,10 @@ fn the_embedded_reader_answers_what_the_server_answers() {
             ];
             for views in selections {
                 for chunk in ids.chunks(100).chain([&ids[..1], &ids[ids.len() - 1..]]) {
-                    let mut request = GetFeaturesRequest { views: views.iter().map(|v| v.to_string()).collect(), ..Default::default() };
+                    let mut request = GetFeaturesRequest {
+                        views: views.iter().map(|v| v.to_string()).collect(),
+                        ..Default::default()
+                    };
                     if strings {
                         request.string_ids = chunk.iter().map(|&id| string_key(id)).collect();
                     } else {
@@ -235,7 +239,10 @@ fn the_embedded_reader_answers_what_the_server_answers() {
                 let typed_ids = ids_of(chunk, strings);
                 let by_path = AnySource::open(root.to_str().unwrap()).await.unwrap();
                 let by_addr = AnySource::open(&tcp).await.unwrap();
-                let (x, y) = (by_path.get_features(&typed_ids, views).await.unwrap(), by_addr.get_features(&typed_ids, views).await.unwrap());
+                let (x, y) = (
+                    by_path.get_features(&typed_ids, views).await.unwrap(),
+                    by_addr.get_features(&typed_ids, views).await.unwrap(),
+                );
                 let mut bad = Vec::new();
                 compare_with_source(&x, chunk, exp, &mut bad);
                 compare_with_source(&y, chunk, exp, &mut bad);
@@ -329,7 +336,10 @@ fn roots_that_cannot_be_served_are_typed_errors_naming_the_path() {
 
     std::fs::write(root.join("CURRENT"), "20991231T000000Z-0123456789ab\n").unwrap();
     let e = open_err(&root, options());
-    assert!(matches!(&e, SnapshotError::MissingVersion { path, .. } if path.ends_with("versions/20991231T000000Z-0123456789ab")), "{e}");
+    assert!(
+        matches!(&e, SnapshotError::MissingVersion { path, .. } if path.ends_with("versions/20991231T000000Z-0123456789ab")),
+        "{e}"
+    );
     std::fs::write(root.join("CURRENT"), format!("{version}\n")).unwrap();
 
     // format 1 (or any other): refused by its format_version, naming the manifest
@@ -337,7 +347,10 @@ fn roots_that_cannot_be_served_are_typed_errors_naming_the_path() {
     let manifest = std::fs::read_to_string(&manifest_path).unwrap();
     std::fs::write(&manifest_path, manifest.replace("\"format_version\": 2", "\"format_version\": 1")).unwrap();
     let e = open_err(&root, options());
-    assert!(matches!(&e, SnapshotError::UnknownFormat { path, found, expected: 2 } if path == &manifest_path && found == "1"), "{e}");
+    assert!(
+        matches!(&e, SnapshotError::UnknownFormat { path, found, expected: 2 } if path == &manifest_path && found == "1"),
+        "{e}"
+    );
     std::fs::write(&manifest_path, manifest.replace("\"version\": \"", "\"version\": \"x")).unwrap();
     let e = open_err(&root, options());
     assert!(matches!(&e, SnapshotError::FilesMismatch { path, .. } if path == &vdir), "{e}");

@@ -3,6 +3,8 @@
 //! matching the version it names; a corrupt new version is refused while the old one serves.
 #![cfg(feature = "embedded")]
 
+// Shared with the other end-to-end tests; this binary uses part of it.
+#[allow(dead_code)]
 mod support;
 
 use std::collections::HashMap;
@@ -81,8 +83,11 @@ fn a_swap_under_continuous_multithreaded_reads_has_no_errors_and_each_call_reads
     let root = data.root.with_file_name("root-swap");
     fresh(&root);
     let first = load_as_of(&dir_a, &root, "2026-11-01T00:00:00Z");
-    let options =
-        EmbeddedOptions { block_cache_bytes: 8 << 20, poll_interval: Some(Duration::from_millis(20)), ..Default::default() };
+    let options = EmbeddedOptions {
+        block_cache_bytes: 8 << 20,
+        poll_interval: Some(Duration::from_millis(20)),
+        ..Default::default()
+    };
     let reader = Arc::new(EmbeddedReader::open(&root, options).unwrap());
     let sources: Arc<RwLock<HashMap<String, Arc<Expected>>>> =
         Arc::new(RwLock::new(HashMap::from([(first.clone(), Arc::clone(&exp_a))])));
@@ -120,7 +125,9 @@ fn a_swap_under_continuous_multithreaded_reads_has_no_errors_and_each_call_reads
                         assert!(Instant::now() < deadline, "a call named unknown version {}", batch.version());
                         std::thread::sleep(Duration::from_millis(1));
                     };
-                    problems.extend(differences(&batch, &ids, &exp).into_iter().map(|d| format!("{}: {d}", batch.version())));
+                    problems.extend(
+                        differences(&batch, &ids, &exp).into_iter().map(|d| format!("{}: {d}", batch.version())),
+                    );
                     *calls.entry(batch.version().to_owned()).or_default() += 1;
                 }
                 (calls, problems)
@@ -149,12 +156,20 @@ fn a_swap_under_continuous_multithreaded_reads_has_no_errors_and_each_call_reads
         c.into_iter().for_each(|(v, n)| *calls.entry(v).or_default() += n);
         problems.extend(p);
     }
-    assert!(problems.is_empty(), "{} problems, first:\n{}", problems.len(), problems[..problems.len().min(20)].join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{} problems, first:\n{}",
+        problems.len(),
+        problems[..problems.len().min(20)].join("\n")
+    );
     assert!(calls.get(&first).copied().unwrap_or(0) > 10 && calls.get(&second).copied().unwrap_or(0) > 10, "{calls:?}");
     eprintln!("calls per version: {calls:?}");
 
     let stats = reader.stats();
-    assert_eq!((stats.current.as_str(), stats.previous.as_deref(), stats.swaps), (second.as_str(), Some(first.as_str()), 1));
+    assert_eq!(
+        (stats.current.as_str(), stats.previous.as_deref(), stats.swaps),
+        (second.as_str(), Some(first.as_str()), 1)
+    );
     // The previous version stays open for pinned reads, with its own values.
     let ids = [3i64, 4, 5];
     let typed: Vec<EntityId> = ids.iter().map(|&i| EntityId::Int64(i)).collect();
@@ -208,7 +223,9 @@ fn a_corrupt_new_version_is_refused_while_the_old_one_keeps_serving() {
     // Not retried while CURRENT names it; the counter counts versions, not polls.
     assert_eq!(reader.refresh().unwrap(), None);
     assert_eq!(reader.stats().refused, 1);
-    assert!(matches!(reader.get_features_at(&typed, &[], &bad), Err(e) if e.code() == Some(tonic::Code::FailedPrecondition)));
+    assert!(
+        matches!(reader.get_features_at(&typed, &[], &bad), Err(e) if e.code() == Some(tonic::Code::FailedPrecondition))
+    );
 
     // The next good version swaps in; the previous one is the version that was serving.
     let good = load_as_of(&dir_b, &root, "2026-11-04T00:00:00Z");

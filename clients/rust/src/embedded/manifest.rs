@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::Value as Json;
@@ -34,7 +34,6 @@ pub struct GroupEntry {
 
 #[derive(Debug)]
 pub struct Manifest {
-    pub path: PathBuf,
     pub version: String,
     pub created: String,
     pub as_of: String,
@@ -85,8 +84,8 @@ impl Manifest {
             .collect::<Result<HashMap<_, _>, String>>()
             .map_err(&bad)?;
         let schema_json = d.get("schema").ok_or_else(|| bad("no schema".into()))?;
-        let (schema, view_groups) = schema_of(&version, schema_json, &view_rows)
-            .map_err(|e| bad(format!("schema: {e}")))?;
+        let (schema, view_groups) =
+            schema_of(&version, schema_json, &view_rows).map_err(|e| bad(format!("schema: {e}")))?;
         let listed = object(d, "groups").map_err(&bad)?;
         let mut groups: Vec<GroupEntry> = Vec::new();
         for (view, group) in schema.views.iter().zip(&view_groups) {
@@ -104,10 +103,10 @@ impl Manifest {
             if views != g.views {
                 return Err(bad(format!("group {} lists views {views:?}, the schema gives {:?}", g.name, g.views)));
             }
-            g.rows = entry.get("rows").and_then(Json::as_u64).ok_or_else(|| bad(format!("group {}: no rows", g.name)))?;
+            g.rows =
+                entry.get("rows").and_then(Json::as_u64).ok_or_else(|| bad(format!("group {}: no rows", g.name)))?;
         }
         Ok(Manifest {
-            path: path.to_owned(),
             created: string(d, "created").map_err(&bad)?,
             as_of: string(d, "as_of").map_err(&bad)?,
             version,
@@ -131,7 +130,9 @@ impl Manifest {
             let p = version_dir.join(&f.path);
             match std::fs::metadata(&p) {
                 Err(_) => problems.push(format!("{}: missing", f.path)),
-                Ok(m) if m.len() != f.size => problems.push(format!("{}: {} bytes, manifest says {}", f.path, m.len(), f.size)),
+                Ok(m) if m.len() != f.size => {
+                    problems.push(format!("{}: {} bytes, manifest says {}", f.path, m.len(), f.size))
+                }
                 Ok(_) if full => match file_checksum(&p) {
                     Ok(sum) if sum == f.checksum => {}
                     Ok(_) => problems.push(format!("{}: checksum differs from the manifest", f.path)),
@@ -209,7 +210,9 @@ fn schema_of(version: &str, s: &Json, view_rows: &HashMap<String, u64>) -> Resul
         let name = string(v, "name")?;
         let mut features = Vec::new();
         let mut per_group: HashMap<u32, u32> = HashMap::new();
-        for (position, f) in v.get("features").and_then(Json::as_array).ok_or("a view without features")?.iter().enumerate() {
+        for (position, f) in
+            v.get("features").and_then(Json::as_array).ok_or("a view without features")?.iter().enumerate()
+        {
             let fname = string(f, "name")?;
             let ty_name = string(f, "type")?;
             let ty = feature_type(&ty_name).ok_or_else(|| format!("view {name}, feature {fname}: type {ty_name}"))?;

@@ -156,7 +156,10 @@ impl EmbeddedReader {
             None => std::env::temp_dir().join(format!("quiver-rocksdb-log-{}", std::process::id())),
         };
         std::fs::create_dir_all(&log_dir).map_err(|e| {
-            Error::Snapshot(SnapshotError::Rocks { path: log_dir.clone(), message: format!("cannot create the log dir: {e}") })
+            Error::Snapshot(SnapshotError::Rocks {
+                path: log_dir.clone(),
+                message: format!("cannot create the log dir: {e}"),
+            })
         })?;
         let cache = Cache::new_lru_cache(options.block_cache_bytes);
         let id = read_current(&root)?;
@@ -287,8 +290,9 @@ impl Inner {
         {
             return Ok(Arc::clone(prev));
         }
-        let loaded: Vec<&str> =
-            std::iter::once(served.current.id.as_str()).chain(served.previous.as_ref().map(|v| v.id.as_str())).collect();
+        let loaded: Vec<&str> = std::iter::once(served.current.id.as_str())
+            .chain(served.previous.as_ref().map(|v| v.id.as_str()))
+            .collect();
         Err(Error::Status(Status::failed_precondition(format!(
             "version {pin:?} is not loaded by this reader (loaded: {})",
             loaded.join(", ")

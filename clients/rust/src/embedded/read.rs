@@ -46,8 +46,11 @@ fn plan(request: &GetFeaturesRequest, version: &OpenVersion) -> Result<(Vec<Stri
     let unknown: Vec<&String> = names.iter().filter(|v| !version.slots.contains_key(*v)).collect();
     if !unknown.is_empty() {
         let all: Vec<&str> = version.schema.views.iter().map(|v| v.name.as_str()).collect();
-        return Err(Status::not_found(format!("unknown view(s) {unknown:?} in version {}; it has {all:?}", version.id))
-            .into());
+        return Err(Status::not_found(format!(
+            "unknown view(s) {unknown:?} in version {}; it has {all:?}",
+            version.id
+        ))
+        .into());
     }
     let slots = names.iter().map(|v| version.slots[v]).collect();
     Ok((names, slots))
@@ -81,10 +84,11 @@ pub fn get_features(request: &GetFeaturesRequest, version: &OpenVersion) -> Resu
         }
         if whole_group {
             let n = slots.len();
-            rows.push(decoded[0].take().unwrap_or_else(|| EntityRow {
-                views: vec![ViewRow::default(); n],
-                found: vec![false; n],
-            }));
+            rows.push(
+                decoded[0]
+                    .take()
+                    .unwrap_or_else(|| EntityRow { views: vec![ViewRow::default(); n], found: vec![false; n] }),
+            );
             continue;
         }
         let mut row = EntityRow { views: Vec::with_capacity(slots.len()), found: Vec::with_capacity(slots.len()) };
@@ -121,7 +125,11 @@ fn entity_row(bytes: &[u8], version: &OpenVersion, g: usize, key: &[u8]) -> Resu
     let row = EntityRow::decode(bytes).map_err(|e| corrupt(format!("is not an EntityRow ({e})")))?;
     let n = version.group_views[g];
     if row.views.len() != n || row.found.len() != n {
-        return Err(corrupt(format!("has {} ViewRows and {} found flags for {n} views", row.views.len(), row.found.len())));
+        return Err(corrupt(format!(
+            "has {} ViewRows and {} found flags for {n} views",
+            row.views.len(),
+            row.found.len()
+        )));
     }
     Ok(row)
 }

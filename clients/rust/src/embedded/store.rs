@@ -104,8 +104,13 @@ impl OpenVersion {
 }
 
 /// Opens and checks `root/versions/<id>` (snapshot/FORMAT.md, "A reader checks a version").
-pub fn open_version(root: &Path, id: &str, cache: &Cache, log_dir: &Path, options: &EmbeddedOptions)
-    -> Result<OpenVersion, SnapshotError> {
+pub fn open_version(
+    root: &Path,
+    id: &str,
+    cache: &Cache,
+    log_dir: &Path,
+    options: &EmbeddedOptions,
+) -> Result<OpenVersion, SnapshotError> {
     let vdir = root.join("versions").join(id);
     if !vdir.is_dir() {
         return Err(SnapshotError::MissingVersion { version: id.to_owned(), path: vdir });
@@ -130,7 +135,8 @@ pub fn open_version(root: &Path, id: &str, cache: &Cache, log_dir: &Path, option
         let cf = ColumnFamilyDescriptor::new("default", opts.clone());
         let db = DB::open_cf_descriptors_read_only(&opts, &path, [cf], false)
             .map_err(|e| SnapshotError::Rocks { path: path.clone(), message: e.into_string() })?;
-        let live = db.live_files().map_err(|e| SnapshotError::Rocks { path: path.clone(), message: e.into_string() })?;
+        let live =
+            db.live_files().map_err(|e| SnapshotError::Rocks { path: path.clone(), message: e.into_string() })?;
         let prefix = format!("online/{}/", g.name);
         let mut listed: Vec<&str> = manifest
             .files

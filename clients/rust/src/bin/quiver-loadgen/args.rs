@@ -170,11 +170,8 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, Str
                 read_options.push(opt);
             }
             "--pin-cpus" => {
-                pin_cpus = value()?
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(|c| number(&flag, c))
-                    .collect::<Result<_, _>>()?
+                pin_cpus =
+                    value()?.split(',').filter(|s| !s.is_empty()).map(|c| number(&flag, c)).collect::<Result<_, _>>()?
             }
             other => return Err(format!("unknown flag {other}; see --help")),
         }
@@ -308,9 +305,11 @@ mod tests {
 
     #[test]
     fn embedded_flags() {
-        let a = args("--target embedded --root /srv/root --cache-mb 64 --read-option no-fill-cache --pin-cpus 1,3 --decode")
-            .unwrap()
-            .unwrap();
+        let a = args(
+            "--target embedded --root /srv/root --cache-mb 64 --read-option no-fill-cache --pin-cpus 1,3 --decode",
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(a.target, TargetKind::Embedded);
         assert_eq!(a.addr, "/srv/root");
         assert_eq!(a.cache_mb, 64);

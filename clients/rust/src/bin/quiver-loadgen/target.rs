@@ -51,7 +51,12 @@ impl Target {
                         return Err(format!("--views: {v} is not a view of version {}", schema.version));
                     }
                 }
-                Ok(Target::Quiver { clients, key_type: schema.key_type, views: args.views.clone(), decode: args.decode })
+                Ok(Target::Quiver {
+                    clients,
+                    key_type: schema.key_type,
+                    views: args.views.clone(),
+                    decode: args.decode,
+                })
             }
             TargetKind::Redis => {
                 let client =
@@ -127,10 +132,22 @@ impl Target {
 }
 
 pub enum Handle {
-    Quiver { client: QuiverClient, key_type: KeyType, views: Vec<String>, decode: bool },
-    Redis { connection: redis::aio::MultiplexedConnection },
+    Quiver {
+        client: QuiverClient,
+        key_type: KeyType,
+        views: Vec<String>,
+        decode: bool,
+    },
+    Redis {
+        connection: redis::aio::MultiplexedConnection,
+    },
     #[cfg(feature = "embedded")]
-    Embedded { reader: Arc<quiver_client::EmbeddedReader>, key_type: KeyType, views: Vec<String>, decode: bool },
+    Embedded {
+        reader: Arc<quiver_client::EmbeddedReader>,
+        key_type: KeyType,
+        views: Vec<String>,
+        decode: bool,
+    },
 }
 
 fn request(ids: Vec<u64>, key_type: KeyType, views: Vec<String>) -> GetFeaturesRequest {
@@ -148,10 +165,11 @@ impl Handle {
         match self {
             Handle::Quiver { client, key_type, views, decode } => {
                 let n = ids.len();
-                let response = client.get_features_raw(request(ids, key_type, views)).await.map_err(|e| match e.code() {
-                    Some(code) => format!("grpc {code:?}"),
-                    None => e.to_string(),
-                })?;
+                let response =
+                    client.get_features_raw(request(ids, key_type, views)).await.map_err(|e| match e.code() {
+                        Some(code) => format!("grpc {code:?}"),
+                        None => e.to_string(),
+                    })?;
                 if response.rows.len() != n {
                     return Err(format!("{} rows for {n} ids", response.rows.len()));
                 }
