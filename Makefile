@@ -31,7 +31,7 @@ proto: $(STAMP)
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy quiver snapshot loader service
+	$(VENV)/bin/mypy quiver snapshot loader service distribution
 
 pytest: setup
 	$(VENV)/bin/pytest -q

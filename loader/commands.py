@@ -1,11 +1,12 @@
 """CLI: `quiver load`, `quiver snapshots`, `quiver generate` (thin wrappers over the Python API)."""
 
 import argparse
-import logging
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
-from quiver.loader.errors import LoadError
+from quiver.args import at_least
+from quiver.errors import RootError
 from quiver.loader.generate import generate
 from quiver.loader.listing import list_snapshots
 from quiver.loader.load import LoadOptions, load
@@ -22,42 +23,38 @@ def _as_of(text: str) -> datetime:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("load", help="build a new snapshot version from the Parquet sources in features.yaml")
-    p.add_argument("--features", required=True, help="features.yaml")
-    p.add_argument("--root", required=True, help="snapshot root folder")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--as-of", type=_as_of, default=None, help="the data's as-of time (default: now)")
+    p.add_argument("--features", required=True, help="features.yaml: the entity, views and their sources (required)")
+    p.add_argument("--root", required=True, help="snapshot root folder; created if missing (required)")
+    p.add_argument("--workers", type=at_least(1), default=2, help="worker processes that encode and sort (default: 2)")
+    p.add_argument("--as-of", type=_as_of, default=None, help="the data's as-of time, ISO 8601 (default: now)")
     p.add_argument("--compression", choices=["lz4", "zstd", "snappy", "none"], default=rocks.DEFAULT_COMPRESSION,
-                   help="of the online form's SST files (default: none, read through mmap; bench/README.md)")
-    p.add_argument("--no-reuse", action="store_true", help="re-encode views even if unchanged")
+                   help="compression of the online form's SST files (default: none, read through mmap; "
+                   "bench/README.md)")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="re-encode views even if unchanged (default: link unchanged ones from CURRENT)")
     p.add_argument("--allow-type-change", action="store_true",
-                   help="accept a feature whose type differs from the current version's")
+                   help="accept a feature whose type differs from the current version's (default: refuse)")
     p.add_argument("--allow-regroup", action="store_true",
                    help="accept a view moved to another storage group than in the current version "
-                        "(rewrites both groups on every replica)")
+                        "(rewrites both groups on every replica) (default: refuse)")
     p.set_defaults(handler=_load)
 
     p = sub.add_parser("snapshots", help="list the versions under a root")
-    p.add_argument("--root", required=True)
+    p.add_argument("--root", required=True, help="snapshot root folder (required)")
     p.set_defaults(handler=_snapshots)
 
     p = sub.add_parser("generate", help="write a synthetic MAU-like data set and its features.yaml")
-    p.add_argument("--users", type=int, required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--users", type=at_least(1), required=True, help="how many users to generate (required)")
+    p.add_argument("--out", required=True, help="folder to write the Parquet files and features.yaml to (required)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same data (default: 0)")
     p.set_defaults(handler=_generate)
 
 
 def _load(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s quiver[load] %(message)s")
-    try:
-        r = load(args.features, args.root, LoadOptions(workers=args.workers, as_of=args.as_of,
-                                                        compression=args.compression, reuse=not args.no_reuse,
-                                                        allow_type_change=args.allow_type_change,
-                                                        allow_regroup=args.allow_regroup))
-    except LoadError as e:
-        print(f"quiver load: error: {e}", file=sys.stderr)
-        print("quiver load: nothing was published; CURRENT is unchanged", file=sys.stderr)
-        return e.exit_code
+    r = load(args.features, args.root, LoadOptions(workers=args.workers, as_of=args.as_of,
+                                                    compression=args.compression, reuse=not args.no_reuse,
+                                                    allow_type_change=args.allow_type_change,
+                                                    allow_regroup=args.allow_regroup))
     rows = sum(r.manifest.rows().values())
     note = "published" if r.published else "already published; CURRENT points to it"
     for name, n in r.dropped.items():
@@ -74,6 +71,8 @@ def _load(args: argparse.Namespace) -> int:
 
 
 def _snapshots(args: argparse.Namespace) -> int:
+    if not Path(args.root).is_dir():
+        raise RootError(f"{args.root}: no such snapshot root")
     rows = list_snapshots(args.root)
     if not rows:
         print(f"no versions under {args.root}")

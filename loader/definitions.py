@@ -20,6 +20,8 @@ def load_definitions(path: str | Path) -> FeatureSet:
         doc = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise DefinitionError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DefinitionError(f"{path}: cannot be read: {getattr(e, 'strerror', None) or e}") from None
     except yaml.YAMLError as e:
         raise DefinitionError(f"{path}: not valid YAML: {e}") from None
     return parse_definitions(doc, str(path))

@@ -1,4 +1,5 @@
-"""The loader's exception tree; each class carries the exit code `quiver load` ends with.
+"""The loader's exception tree; each class carries the exit code `quiver load` ends with (a QuiverError:
+`quiver`'s main maps it, quiver/errors.py has the table). A busy root is the snapshot's RootBusy (9).
 
     LoadError (1)
     ├── DefinitionError (2)   features.yaml is wrong: file, view and feature named
@@ -6,11 +7,13 @@
     └── DataError (4)         the data breaks the definitions: view, column and an example key named
 """
 
+from quiver.errors import QuiverError
 from quiver.snapshot.schema import SchemaError
 
 
-class LoadError(Exception):
+class LoadError(QuiverError):
     exit_code = 1
+    note = "nothing was published; CURRENT is unchanged"
 
 
 class DefinitionError(LoadError, SchemaError):

@@ -36,6 +36,7 @@ from quiver.loader.sst import KeptViews, PartitionResult, PartitionTask, partiti
 from quiver.loader.worker import worker_init
 from quiver.snapshot import rocks
 from quiver.snapshot.layout import SnapshotRoot
+from quiver.snapshot.lifecycle import stage_dir
 from quiver.snapshot.manifest import FileEntry, GroupStats, Manifest, ViewStats, file_checksum
 from quiver.snapshot.schema import FeatureSet
 
@@ -135,7 +136,7 @@ def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str]
                 root.set_current(vid)
                 return LoadResult(vid, Manifest.load(root.manifest_path(vid)), False,
                                   seconds=time.monotonic() - started)
-            stage = root.staging_dir / f"load-{vid}-{os.getpid()}"
+            stage = stage_dir(root, "load", f"{vid}-{os.getpid()}")
             out = stage / "version"
             out.mkdir(parents=True)
             current = planning.current_manifest(root)
