@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Offline checks of everything deploy/ ships: every kustomize overlay renders and validates
-# strictly against the Kubernetes 1.37 schemas, the Dockerfile passes hadolint, and the image's
+# strictly against the Kubernetes 1.37 schemas, the Dockerfiles pass hadolint, and the image's
 # install steps work (deploy/check-image-steps.sh). Run through `make deploy-check`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +30,8 @@ done
 
 echo "== hadolint Dockerfile"
 "$VENV/bin/hadolint" Dockerfile
+echo "== hadolint deploy/spark/Dockerfile"
+"$VENV/bin/hadolint" deploy/spark/Dockerfile
 
 echo "== image install steps"
 bash deploy/check-image-steps.sh

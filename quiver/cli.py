@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "quiver.service.commands",
     "quiver.distribution.commands",
     "quiver.ops",
+    "quiver.review",
 ]
 
 

@@ -35,6 +35,8 @@ EXIT_CODES: dict[int, str] = {
     10: "disk full on the snapshot root",
     11: "object storage refused, for another reason",
     12: "object storage unreachable: endpoint or network",
+    13: "checks: the new version's feature checks failed; nothing was published"
+        " (load; --accept-failed-checks publishes anyway)",
 }
 
 
