@@ -18,8 +18,10 @@ fi
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-for overlay in deploy/k8s/overlays/*/; do
-  name=$(basename "$overlay")
+# Overlays, and the examples nested in them (node-local/embedded-inference).
+for kfile in deploy/k8s/overlays/*/kustomization.yaml deploy/k8s/overlays/*/*/kustomization.yaml; do
+  overlay=$(dirname "$kfile")/
+  name=$(echo "${overlay#deploy/k8s/overlays/}" | tr / - | sed 's/-$//')
   echo "== kustomize build $overlay"
   "$KUSTOMIZE" build "$overlay" > "$out/$name.yaml"
   echo "== kubernetes-validate --strict ($name)"
