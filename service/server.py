@@ -119,7 +119,8 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
         lease.hold([v.version for v in snapshots.loaded()])
 
     snapshots = Snapshots(root, Cache(config.cache_bytes_per_worker), config.verify,
-                          on_swap=on_swap, on_refused=lambda v, why: metrics.REFUSED.inc())
+                          on_swap=on_swap, on_refused=lambda v, why: metrics.REFUSED.inc(),
+                          on_fallback=lambda serving_fallback: metrics.FALLBACK.set(int(serving_fallback)))
     reader = FeatureReader(snapshots, config.max_entities)
     servicer = FeatureStoreServicer(reader, snapshots, config.max_concurrent)
     server, hs, port = create_server(config, servicer, worker)
