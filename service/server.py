@@ -24,7 +24,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from rocksdict import Cache
 
 from quiver.process import die_with_parent
@@ -32,6 +31,7 @@ from quiver.service import metrics
 from quiver.service.config import ServeConfig
 from quiver.service.lease import Lease
 from quiver.service.reader import FeatureReader
+from quiver.service.reflection import enable_reflection
 from quiver.service.servicer import SERVICE, FeatureStoreServicer
 from quiver.service.snapshots import Snapshots
 from quiver.service.store import LoadedVersion
@@ -75,7 +75,7 @@ def create_server(config: ServeConfig, servicer: FeatureStoreServicer, worker: i
     server.add_registered_method_handlers(SERVICE, handlers)
     hs = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-    reflection.enable_server_reflection([SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    enable_reflection(server, [SERVICE, health.SERVICE_NAME])
     port = 0
     if config.listen:
         if config.tls_cert:
