@@ -5,10 +5,10 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-from quiver.loader.build import LoadOptions, load
 from quiver.loader.errors import LoadError
 from quiver.loader.generate import generate
 from quiver.loader.listing import list_snapshots
+from quiver.loader.load import LoadOptions, load
 
 
 def _as_of(text: str) -> datetime:
@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--no-reuse", action="store_true", help="re-encode views even if unchanged")
     p.add_argument("--allow-type-change", action="store_true",
                    help="accept a feature whose type differs from the current version's")
+    p.add_argument("--allow-regroup", action="store_true",
+                   help="accept a view moved to another storage group than in the current version "
+                        "(rewrites both groups on every replica)")
     p.set_defaults(handler=_load)
 
     p = sub.add_parser("snapshots", help="list the versions under a root")
@@ -47,7 +50,8 @@ def _load(args: argparse.Namespace) -> int:
     try:
         r = load(args.features, args.root, LoadOptions(workers=args.workers, as_of=args.as_of,
                                                         compression=args.compression, reuse=not args.no_reuse,
-                                                        allow_type_change=args.allow_type_change))
+                                                        allow_type_change=args.allow_type_change,
+                                                        allow_regroup=args.allow_regroup))
     except LoadError as e:
         print(f"quiver load: error: {e}", file=sys.stderr)
         print("quiver load: nothing was published; CURRENT is unchanged", file=sys.stderr)
@@ -60,6 +64,8 @@ def _load(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     if r.reused_views:
         print(f"reused unchanged view(s) without re-encoding: {', '.join(r.reused_views)}", file=sys.stderr)
+    if r.linked_groups:
+        print(f"linked unchanged storage group(s): {', '.join(r.linked_groups)}", file=sys.stderr)
     print(f"{note}: {r.version} ({rows} rows in {r.seconds:.1f} s)", file=sys.stderr)
     print(r.version)
     return 0

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from quiver.loader.errors import DefinitionError
-from quiver.snapshot.schema import FEATURE_TYPES, KEY_TYPES, EntityDef, FeatureDef, FeatureSet, ViewDef
+from quiver.snapshot.schema import DEFAULT_GROUP, FEATURE_TYPES, KEY_TYPES, EntityDef, FeatureDef, FeatureSet, ViewDef
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _INT_RANGE = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
@@ -72,7 +72,8 @@ def _view(d: Any, where: str, entity: EntityDef) -> ViewDef:
         raise DefinitionError(f"{where}: a view must be a mapping")
     name = _name(d.get("name"), where)
     where = f"{where.rsplit(':', 1)[0]}: view {name!r}"
-    _no_unknown_keys(d, {"name", "source", "features", "event_timestamp", "entity_column"}, where)
+    _no_unknown_keys(d, {"name", "source", "features", "event_timestamp", "entity_column", "group"}, where)
+    group = _group(d, where)
     source = d.get("source")
     if not isinstance(source, str) or not source:
         raise DefinitionError(f"{where}: 'source' must be a Parquet path or glob")
@@ -95,7 +96,20 @@ def _view(d: Any, where: str, entity: EntityDef) -> ViewDef:
             raise DefinitionError(f"{where}: feature {f.name!r} reads the key or timestamp column {f.column!r}")
         seen.add(f.name)
         features.append(f)
-    return ViewDef(name, source, tuple(features), ts, entity_column)
+    return ViewDef(name, source, tuple(features), ts, entity_column, group)
+
+
+def _group(d: dict[str, Any], where: str) -> str:
+    """A view's storage group: one name, or the default group when the key is absent."""
+    if "group" not in d:
+        return DEFAULT_GROUP
+    g = d["group"]
+    if isinstance(g, list):
+        raise DefinitionError(f"{where}: 'group' lists {g!r}; a view belongs to exactly one storage group")
+    if g is None or g == "":
+        raise DefinitionError(f"{where}: 'group' names nothing; give a group name, or drop the key for the "
+                              f"default group {DEFAULT_GROUP!r}")
+    return _name(g, f"{where}: group")
 
 
 def _feature(d: Any, where: str) -> FeatureDef:

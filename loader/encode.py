@@ -14,78 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from quiver.loader.wire import concat_rows, const, ragged, varint, varint_matrix
 from quiver.snapshot.schema import ViewDef
 
 # wire type 2 (length-delimited) tags of ViewRow's fields
 _TAG = {f: (f << 3) | 2 for f in range(1, 11)}
 _FIXED_WIDTH = {"bool": 1, "int32": 4, "int64": 8, "float32": 4, "float64": 8}
 _NUMPY: dict[str, Any] = {"bool": np.uint8, "int32": "<i4", "int64": "<i8", "float32": "<f4", "float64": "<f8"}
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _varint_matrix(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows x 5) bytes and their lengths: the varints of `values` (each < 2**35)."""
-    v = values.astype(np.uint64)
-    out = np.zeros((len(v), 5), dtype=np.uint8)
-    n = np.ones(len(v), dtype=np.int64)
-    for i in range(5):
-        byte = (v & np.uint64(0x7F)).astype(np.uint8)
-        v = v >> np.uint64(7)
-        more = v > 0
-        out[:, i] = byte | (more.astype(np.uint8) << 7)
-        n += more
-    return out, n
-
-
-def _ragged(pieces: list[tuple[np.ndarray, np.ndarray]]) -> pa.Array:
-    """Concatenate per row several (rows x k) byte matrices, each cut to its per-row length."""
-    mats = np.concatenate([m for m, _ in pieces], axis=1)
-    lens = [n for _, n in pieces]
-    mask = np.concatenate([np.arange(m.shape[1])[None, :] < n[:, None] for m, n in pieces], axis=1)
-    data = mats[mask]
-    offsets = np.zeros(len(mats) + 1, dtype=np.int64)
-    np.cumsum(np.sum(lens, axis=0), out=offsets[1:])
-    return pa.Array.from_buffers(pa.large_binary(), len(mats), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-
-
-def _binary_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets, data) of a large_binary array, offsets relative to data."""
-    _, obuf, dbuf = arr.buffers()
-    offsets = np.frombuffer(obuf, dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
-    data = np.frombuffer(dbuf, dtype=np.uint8) if dbuf is not None else np.zeros(0, np.uint8)
-    return offsets, data
-
-
-def _concat_rows(parts: list[pa.Array]) -> pa.Array:
-    """Row-wise concatenation of large_binary arrays of equal length."""
-    split = [_binary_parts(p) for p in parts]
-    lens = [np.diff(o) for o, _ in split]
-    rows = len(parts[0])
-    offsets = np.zeros(rows + 1, dtype=np.int64)
-    np.cumsum(np.sum(lens, axis=0), out=offsets[1:])
-    out = np.empty(int(offsets[-1]), dtype=np.uint8)
-    start = offsets[:-1].copy()
-    for (o, d), n in zip(split, lens, strict=True):
-        dest = np.repeat(start - o[:-1], n) + np.arange(o[0], o[-1])
-        out[dest] = d[o[0]:o[-1]]
-        start += n
-    return pa.Array.from_buffers(pa.large_binary(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(out)])
-
-
-def _const(byte_values: bytes, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    m = np.frombuffer(byte_values, dtype=np.uint8)
-    return np.broadcast_to(m, (rows, len(m))), np.full(rows, len(m), dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -138,8 +73,8 @@ def _length_delimited(tag: int, col: pa.Array) -> list[pa.Array]:
     """[prefix, data] arrays: tag + varint(len) then the value's bytes (empty for null)."""
     data = col.cast(pa.large_binary()).fill_null(b"")
     lens = pc.binary_length(data).to_numpy(zero_copy_only=False)
-    v, n = _varint_matrix(lens)
-    return [_ragged([_const(bytes([tag]), len(col)), (v, n)]), data]
+    v, n = varint_matrix(lens)
+    return [ragged([const(bytes([tag]), len(col)), (v, n)]), data]
 
 
 def _int64_list(col: pa.Array) -> list[pa.Array]:
@@ -148,12 +83,12 @@ def _int64_list(col: pa.Array) -> list[pa.Array]:
     rows = len(col)
     counts = pc.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int64)
     payload = counts * 8
-    iv, ivn = _varint_matrix(payload)
+    iv, ivn = varint_matrix(payload)
     inner_len = np.where(counts > 0, 1 + ivn + payload, 0)
-    ov, ovn = _varint_matrix(inner_len)
+    ov, ovn = varint_matrix(inner_len)
     has = (counts > 0).astype(np.int64)
-    prefix = _ragged([
-        _const(bytes([_TAG[10]]), rows),
+    prefix = ragged([
+        const(bytes([_TAG[10]]), rows),
         (ov, ovn),
         (np.full((rows, 1), _TAG[1], np.uint8), has),  # the packed field's tag, only when non-empty
         (iv, ivn * has),
@@ -211,5 +146,5 @@ class ViewEncoder:
             return fixed
         # Joining the many small variable parts first and the wide fixed part last is ~15x faster
         # than one Arrow join over all of them.
-        tail = _concat_rows(parts[1:])
+        tail = concat_rows(parts[1:])
         return pc.binary_join_element_wise(fixed, tail, pa.scalar(b"", pa.large_binary()))

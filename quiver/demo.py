@@ -20,8 +20,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from quiver.client import FeatureClient
-from quiver.loader.build import LoadOptions, load
 from quiver.loader.generate import generate
+from quiver.loader.load import LoadOptions, load
 
 REPO = Path(__file__).resolve().parent.parent
 

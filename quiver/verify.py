@@ -1,6 +1,7 @@
 """`quiver verify`: a version's two forms hold the same rows.
 
-For every view: the online RocksDB (stored ViewRows, decoded by the manifest's schema) against the offline
+For every view: the online RocksDB (its ViewRows cut out of its storage group's stored values, decoded by the
+manifest's schema) against the offline
 Parquet, key by key and feature by feature, either fully or on a random sample of N offline keys per view;
 plus the row counts (manifest, offline, online), which is what catches a key present online only.
 Floats compare by their bits, so NaN equals NaN when the bits match and a changed NaN payload is a mismatch:
@@ -20,6 +21,8 @@ import pyarrow.dataset as ds
 from rocksdict import AccessType, Options, Rdict
 
 from quiver.snapshot import Manifest, SnapshotRoot, ViewDef, encode_int64_keys
+from quiver.snapshot.values import varint_at as _varint
+from quiver.snapshot.values import view_rows
 from quiver.v1 import quiver_pb2 as pb
 
 __all__ = ["Mismatch", "VerifyReport", "verify"]
@@ -99,17 +102,6 @@ def _offline_column(ftype: str, col: pa.Array) -> list[Any]:
     return col.to_pylist()
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return n, pos
-
-
 def _wire(buf: bytes, wanted: tuple[int, ...]) -> dict[int, list[bytes]]:
     """Payloads of the wanted fields (packed or not), in order."""
     out: dict[int, list[bytes]] = {}
@@ -167,13 +159,11 @@ def _encode(key_type: str, keys: list[Any]) -> list[bytes]:
     return encode_int64_keys(keys) if key_type == "int64" else [k.encode("utf-8") for k in keys]
 
 
-def _online_count(db: Rdict) -> int:
-    it = db.iter()
-    it.seek_to_first()
+def _online_count(db: Rdict, views: int, index: int) -> int:
+    """Entities the group's stored values mark as found in view `index`."""
     n = 0
-    while it.valid():
-        n += 1
-        it.next()
+    for value in db.values():
+        n += value[len(value) - views + index]  # type: ignore[index]
     return n
 
 
@@ -195,11 +185,13 @@ def _verify_view(root: SnapshotRoot, m: Manifest, view: ViewDef, sample: int | N
                    if f.path.startswith(f"offline/{view.name}/") and f.path.endswith(".parquet"))
     dataset = ds.dataset(paths, format="parquet")
     bad = report.mismatches
-    db = Rdict(str(root.online_dir(m.version, view.name)), Options(raw_mode=True),
+    group = m.groups[view.group]
+    width, index = len(group.views), group.views.index(view.name)
+    db = Rdict(str(root.online_dir(m.version, view.group)), Options(raw_mode=True),
                access_type=AccessType.read_only())
     try:
         offline_rows = dataset.count_rows()
-        online_rows = _online_count(db)
+        online_rows = _online_count(db, width, index)
         stated = m.views[view.name].rows
         if not offline_rows == online_rows == stated:
             bad.append(Mismatch(view.name, None, "", f"{online_rows} rows",
@@ -210,7 +202,8 @@ def _verify_view(root: SnapshotRoot, m: Manifest, view: ViewDef, sample: int | N
         compared = 0
         for batch in _batches(dataset, entity, sample, seed):
             keys = batch.column(entity).to_pylist()
-            stored: list[bytes | None] = db.get(list[Any](_encode(key_type, keys))) or []
+            values: list[bytes | None] = db.get(list[Any](_encode(key_type, keys))) or []
+            stored = [None if v is None else view_rows(v, width)[index] for v in values]
             offline = {f.name: _offline_column(f.type, batch.column(f.name)) for f in view.features}
             for i, (k, raw) in enumerate(zip(keys, stored, strict=True)):
                 if raw is None:

@@ -18,6 +18,7 @@ class ServeConfig:
     cache_mb: int = 256                   # block cache, shared by all views and versions, split across workers
     max_entities: int = 1000
     max_concurrent: int = 512             # beyond this: RESOURCE_EXHAUSTED at once
+    max_queue_ms: float = 50.0            # more queued work ahead of a call: RESOURCE_EXHAUSTED at once; 0: off
     verify: str = "full"                  # "full": every checksum before a swap; "size": sizes and row counts
     poll_seconds: float = 1.0
     drain_seconds: float = 10.0
@@ -39,6 +40,8 @@ class ServeConfig:
             raise ValueError("workers, max-entities, max-concurrent and cache-mb must be positive")
         if not self.poll_seconds > 0:  # 0 would spin the follow loop; `not >` also refuses NaN
             raise ValueError(f"poll-seconds {self.poll_seconds}: must be positive")
+        if not self.max_queue_ms >= 0:
+            raise ValueError(f"max-queue-ms {self.max_queue_ms}: must not be negative")
         if not self.drain_seconds >= 0:
             raise ValueError(f"drain-seconds {self.drain_seconds}: must not be negative")
         if self.loop not in ("uvloop", "asyncio"):

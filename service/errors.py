@@ -5,7 +5,9 @@ servicer maps them in one place (servicer.abort_with); tests check every class h
     ├── InvalidRequest      INVALID_ARGUMENT     malformed request, empty or oversized batch, wrong id type
     ├── UnknownView         NOT_FOUND            a view the answering version does not have
     ├── VersionNotLoaded    FAILED_PRECONDITION  a pin to a version this replica has not loaded
-    ├── Overloaded          RESOURCE_EXHAUSTED   more GetFeatures calls at once than --max-concurrent
+    ├── Overloaded          RESOURCE_EXHAUSTED   more GetFeatures calls at once than --max-concurrent, or
+    │                                            more queued work ahead of a call than --max-queue-ms
+    ├── DeadlineExpired     DEADLINE_EXCEEDED    the caller's deadline passed while the call waited
     └── NotReady            UNAVAILABLE          no snapshot loaded yet
 """
 
@@ -30,6 +32,10 @@ class VersionNotLoaded(ServiceError):
 
 class Overloaded(ServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExpired(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class NotReady(ServiceError):

@@ -1,10 +1,18 @@
-"""GetFeatures from stored bytes: validate, pick the version, encode keys, one multi-get per view,
-and splice the stored ViewRow bytes into the response without decoding them.
+"""GetFeatures from stored bytes: validate, pick the version, encode keys, one multi-get per storage
+group, and splice the stored EntityRow bytes into the response without decoding any ViewRow.
 
-Wire layout written here (proto/quiver/v1/quiver.proto):
+Wire layout written here (proto/quiver/v1/quiver.proto; the stored value is snapshot/FORMAT.md's):
     GetFeaturesResponse = version(1) views(2)* rows(3)*
-    EntityRow           = views(1)* found(2, packed bool)
+    EntityRow           = views(1)* found(2, packed bool)   -- one chunk of each per run below
+
+A request's views are cut into runs of consecutive views of one group. A run that is a whole group in
+its stored order splices the stored value as it is; any other run copies the framed entries
+(`0x0A len ViewRow`) of its views out of the stored value and adds its own packed `found` chunk.
+Protobuf concatenates repeated fields across chunks, packed ones included, so the EntityRow lists
+every requested view in request order.
 """
+
+from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
@@ -12,6 +20,7 @@ from quiver.service.errors import InvalidRequest, UnknownView
 from quiver.service.snapshots import Snapshots
 from quiver.service.store import LoadedVersion
 from quiver.snapshot.keys import encode_int64_keys
+from quiver.snapshot.values import entry_spans
 from quiver.v1.quiver_pb2 import GetFeaturesRequest
 
 _VARINT_TABLE: list[bytes] = []
@@ -54,27 +63,82 @@ class ViewStats:
         return r, f
 
 
+def _absent(views: int) -> bytes:
+    """A group value for an entity none of its views holds: empty ViewRows, found all false."""
+    return _NOT_FOUND * views + b"\x12" + varint(views) + bytes(views)
+
+
+@dataclass(frozen=True)
+class Run:
+    group: str
+    group_views: int                 # views in the group's stored value
+    picks: tuple[int, ...] | None    # the run's views by position in the group; None: the whole group
+    absent: bytes                    # this run's bytes for an entity the group lacks
+
+    def cut(self, value: bytes | None) -> bytes:
+        if value is None:
+            return self.absent
+        if self.picks is None:
+            return value
+        spans = entry_spans(value, self.group_views)
+        flags = value[len(value) - self.group_views:]
+        return b"".join([value[s:e] for s, e in (spans[i] for i in self.picks)]) + b"\x12" + varint(
+            len(self.picks)) + bytes(flags[i] for i in self.picks)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one version answers one list of views: the response header, the runs, the groups to read."""
+
+    header: bytes
+    runs: tuple[Run, ...]
+    groups: tuple[str, ...]
+    # per group read: its view count and the requested (view, position in the group), for the stats
+    counted: tuple[tuple[str, int, tuple[tuple[str, int], ...]], ...]
+
+
+def plan(version: LoadedVersion, views: tuple[str, ...]) -> Plan:
+    unknown = [v for v in views if v not in version.group_of]
+    if unknown:
+        raise UnknownView(f"unknown view(s) {unknown} in version {version.version}; "
+                          f"it has {list(version.view_names)}")
+    runs: list[Run] = []
+    i = 0
+    while i < len(views):
+        g = version.group_of[views[i]]
+        j = i
+        while j < len(views) and version.group_of[views[j]] == g:
+            j += 1
+        stored = version.groups[g]
+        if views[i:j] == stored:
+            runs.append(Run(g, len(stored), None, _absent(len(stored))))
+        else:
+            picks = tuple(stored.index(v) for v in views[i:j])
+            runs.append(Run(g, len(stored), picks, _absent(len(picks))))
+        i = j
+    groups = tuple(dict.fromkeys(r.group for r in runs))
+    counted = tuple((g, len(version.groups[g]), tuple((v, version.groups[g].index(v)) for v in dict.fromkeys(views)
+                                                      if version.group_of[v] == g)) for g in groups)
+    header = _field(b"\x0a", version.version.encode()) + b"".join(_field(b"\x12", v.encode()) for v in views)
+    return Plan(header, tuple(runs), groups, counted)
+
+
 class FeatureReader:
     def __init__(self, snapshots: Snapshots, max_entities: int) -> None:
         self.snapshots = snapshots
         self.max_entities = max_entities
         self.stats = ViewStats()
-        self._headers: dict[tuple[str, tuple[str, ...]], bytes] = {}
+        self._plans: dict[tuple[str, tuple[str, ...]], Plan] = {}
 
-    def _header(self, version: LoadedVersion, views: tuple[str, ...]) -> bytes:
+    def _plan(self, version: LoadedVersion, views: tuple[str, ...]) -> Plan:
         key = (version.version, views)
-        h = self._headers.get(key)
-        if h is None:
-            unknown = [v for v in views if v not in version.view_names]
-            if unknown:
-                raise UnknownView(f"unknown view(s) {unknown} in version {version.version}; "
-                                  f"it has {list(version.view_names)}")
-            h = _field(b"\x0a", version.version.encode()) + b"".join(_field(b"\x12", v.encode()) for v in views)
-            if len(self._headers) > 256:
-                self._headers.clear()
-            self._headers[key] = h
-        return h
-
+        p = self._plans.get(key)
+        if p is None:
+            p = plan(version, views)
+            if len(self._plans) > 256:
+                self._plans.clear()
+            self._plans[key] = p
+        return p
     def _keys(self, req: GetFeaturesRequest, version: LoadedVersion) -> list[bytes]:
         ints, strs = req.int64_ids, req.string_ids
         n = len(ints) + len(strs)
@@ -105,22 +169,23 @@ class FeatureReader:
         while not version.acquire():  # retired by a swap since the pick (this may run on a thread): pick again
             version = self.snapshots.pick(req.version)
         try:
-            views = tuple(req.views) or version.view_names
-            header = self._header(version, views)
+            p = self._plan(version, tuple(req.views) or version.view_names)
             keys = self._keys(req, version)
-            columns = [version.get(v, keys) for v in views]
+            stored = {g: version.get(g, keys) for g in p.groups}
         finally:
             version.release()
-        n = len(keys)
-        stats = self.stats
-        framed_views = []
-        found_views = []
-        for view, col in zip(views, columns, strict=True):
-            stats.add(view, n, n - col.count(None))
-            # EntityRow.views entries: tag, length, the stored ViewRow bytes as they are
-            framed_views.append([_NOT_FOUND if v is None else b"\x0a" + varint(len(v)) + v for v in col])
-            found_views.append([v is not None for v in col])
-        found_tag = b"\x12" + varint(len(views))
-        rows = [b"".join(parts) + found_tag + bytes(found)
-                for parts, found in zip(zip(*framed_views, strict=True), zip(*found_views, strict=True), strict=True)]
-        return header + b"".join([b"\x1a" + varint(len(r)) + r for r in rows])
+        self._count(p, stored, len(keys))
+        if len(p.runs) == 1 and p.runs[0].picks is None:  # the default: every view, one group
+            absent = p.runs[0].absent
+            values = [absent if v is None else v for v in stored[p.runs[0].group]]
+        else:
+            values = [b"".join([r.cut(stored[r.group][i]) for r in p.runs]) for i in range(len(keys))]
+        return p.header + b"".join([b"\x1a" + varint(len(v)) + v for v in values])
+
+    def _count(self, p: Plan, stored: dict[str, list[bytes | None]], n: int) -> None:
+        """Entities found per view, from the found flags that end each stored value."""
+        for g, width, views in p.counted:
+            col = stored[g]
+            tails = b"".join([v[-width:] for v in col if v is not None])
+            for view, i in views:
+                self.stats.add(view, n, tails[i::width].count(1))

@@ -122,7 +122,7 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
                           on_swap=on_swap, on_refused=lambda v, why: metrics.REFUSED.inc(),
                           on_fallback=lambda serving_fallback: metrics.FALLBACK.set(int(serving_fallback)))
     reader = FeatureReader(snapshots, config.max_entities)
-    servicer = FeatureStoreServicer(reader, snapshots, config.max_concurrent)
+    servicer = FeatureStoreServicer(reader, snapshots, config.max_concurrent, config.max_queue_ms / 1000)
     server, hs, port = create_server(config, servicer, worker)
     await _set_health(hs, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()

@@ -9,7 +9,7 @@ from typing import NoReturn
 import grpc
 
 from quiver.service import metrics
-from quiver.service.errors import Overloaded, ServiceError
+from quiver.service.errors import DeadlineExpired, Overloaded, ServiceError
 from quiver.service.reader import FeatureReader
 from quiver.service.snapshots import Snapshots
 from quiver.service.store import LoadedVersion
@@ -19,6 +19,7 @@ SERVICE = "quiver.v1.FeatureStore"
 # Batches larger than this are read on a thread so a big multi-get never stalls the event loop;
 # smaller ones run inline, since a thread hop costs more than their read.
 OFFLOAD_ENTITIES = 64
+SERVICE_EWMA = 0.05   # weight of the newest call in the mean service time (about the last 20 calls)
 _TYPES = {"bool": pb.BOOL, "int32": pb.INT32, "int64": pb.INT64, "float32": pb.FLOAT32, "float64": pb.FLOAT64,
           "string": pb.STRING, "bytes": pb.BYTES, "list<float32>": pb.FLOAT32_LIST, "list<int64>": pb.INT64_LIST}
 
@@ -49,10 +50,13 @@ def version_info(v: LoadedVersion) -> pb.VersionInfo:
 
 
 class FeatureStoreServicer:
-    def __init__(self, reader: FeatureReader, snapshots: Snapshots, max_concurrent: int = 512) -> None:
+    def __init__(self, reader: FeatureReader, snapshots: Snapshots, max_concurrent: int = 512,
+                 max_queue: float = 0.05) -> None:
         self.reader = reader
         self.snapshots = snapshots
         self.max_concurrent = max_concurrent
+        self.max_queue = max_queue      # seconds of queued work a call may wait behind; 0: no limit
+        self.service_time = 0.0         # recent mean seconds a call spends reading and packing
         self._schemas: dict[str, pb.GetSchemaResponse] = {}
         # GetFeatures calls started so far and running now: the drain waits for both to settle
         self.started = 0
@@ -63,20 +67,51 @@ class FeatureStoreServicer:
         self.started += 1
         self.active += 1
         try:
-            if self.active > self.max_concurrent:  # shed here, not in grpc's limiter, so it is counted
-                raise Overloaded(f"more than {self.max_concurrent} GetFeatures calls at once on this worker; "
-                                 "retry with backoff or on another replica")
+            self._admit(context)
             req = self.reader.parse(raw)
             if len(req.int64_ids) + len(req.string_ids) > OFFLOAD_ENTITIES:
-                body = await asyncio.to_thread(self.reader.get_features, req)
+                body = await asyncio.to_thread(self._read_after_queue, req, time.perf_counter(),
+                                               context.time_remaining())
             else:
-                body = self.reader.get_features(req)
+                body = self._read(req)
         except ServiceError as e:
             await abort_with(context, "GetFeatures", e)
         finally:
             self.active -= 1
         metrics.GET_FEATURES_LATENCY.observe(time.perf_counter() - started)
         return body
+
+    def _admit(self, context: grpc.aio.ServicerContext) -> None:
+        """Sheds a call at once rather than letting it queue for seconds. Calls in flight on this worker
+        share one core, so the work ahead of this one is about (calls in flight) x (mean service time)."""
+        if self.active > self.max_concurrent:  # shed here, not in grpc's limiter, so it is counted
+            raise Overloaded(f"more than {self.max_concurrent} GetFeatures calls at once on this worker; "
+                             "retry with backoff or on another replica")
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExpired("the call's deadline passed before this worker could start it")
+        ahead = (self.active - 1) * self.service_time
+        if self.max_queue and ahead > self.max_queue:
+            raise Overloaded(f"~{ahead * 1000:.0f} ms of calls queued ahead on this worker (limit "
+                             f"{self.max_queue * 1000:.0f} ms); retry with backoff or on another replica")
+
+    def _read(self, req: pb.GetFeaturesRequest) -> bytes:
+        t = time.perf_counter()
+        body = self.reader.get_features(req)
+        self.service_time += SERVICE_EWMA * (time.perf_counter() - t - self.service_time)
+        return body
+
+    def _read_after_queue(self, req: pb.GetFeaturesRequest, queued: float, remaining: float | None) -> bytes:
+        """On a reader thread: a call that waited for one longer than the queue limit or its deadline is
+        answered at once instead of read late."""
+        waited = time.perf_counter() - queued
+        if remaining is not None and waited >= remaining:
+            raise DeadlineExpired(f"the call's deadline passed after {waited * 1000:.0f} ms waiting for a reader "
+                                  "thread")
+        if self.max_queue and waited > self.max_queue:
+            raise Overloaded(f"waited {waited * 1000:.0f} ms for a reader thread on this worker (limit "
+                             f"{self.max_queue * 1000:.0f} ms); retry with backoff or on another replica")
+        return self._read(req)
 
     async def get_schema(self, req: pb.GetSchemaRequest, context: grpc.aio.ServicerContext) -> pb.GetSchemaResponse:
         try:

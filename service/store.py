@@ -1,5 +1,5 @@
 """The one module that touches RocksDB. A LoadedVersion is one immutable snapshot version, opened
-read-only (one RocksDB per view), checked against its manifest, and closed once nothing reads it."""
+read-only (one RocksDB per storage group), checked against its manifest, and closed once nothing reads it."""
 
 import logging
 import os
@@ -20,7 +20,7 @@ _LOG_DIR = tempfile.mkdtemp(prefix=f"quiver-rocksdb-log-{os.getpid()}-")
 
 
 class LoadedVersion:
-    """An open version. `get` is the hot path: one batched multi-get for one view."""
+    """An open version. `get` is the hot path: one batched multi-get for one storage group."""
 
     def __init__(self, version: str, manifest: Manifest, dbs: dict[str, Rdict]) -> None:
         self.version = version
@@ -28,17 +28,20 @@ class LoadedVersion:
         self.schema: FeatureSet = manifest.schema
         self.key_type = self.schema.entity.key_type
         self.view_names: tuple[str, ...] = tuple(self.schema.view_names)
+        # group -> its views in the order of the ViewRows in its stored values
+        self.groups: dict[str, tuple[str, ...]] = {g: tuple(s.views) for g, s in manifest.groups.items()}
+        self.group_of: dict[str, str] = {v: g for g, views in self.groups.items() for v in views}
         self._dbs = dbs
         self._lock = threading.Lock()
         self._readers = 0
         self._retired = False
         self._closed = False
 
-    def get(self, view: str, keys: list[bytes]) -> list[bytes | None]:
-        """Stored ViewRow bytes per key (None when absent). Callers hold a reader (acquire)."""
+    def get(self, group: str, keys: list[bytes]) -> list[bytes | None]:
+        """Stored EntityRow bytes of one group per key (None when absent). Callers hold a reader (acquire)."""
         if self._closed:  # the guard: never touch a closed handle
             raise RuntimeError(f"version {self.version} is closed")
-        db = self._dbs[view]
+        db = self._dbs[group]
         if len(keys) == 1:
             # a single get keeps the GIL: cheaper than the batched call's release and re-acquire
             return [db.get(keys[0])]
@@ -91,28 +94,33 @@ def open_version(root: SnapshotRoot, version: str, cache: Cache, verify: str) ->
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise VersionRefused(f"version {version}: {shown}")
+    grouped = {v: g for g, s in manifest.groups.items() for v in s.views}
+    stray = [(v.name, v.group) for v in manifest.schema.views if grouped.get(v.name) != v.group]
+    if stray or len(grouped) != len(manifest.schema.views):
+        raise VersionRefused(f"version {version}: the manifest's groups do not hold its views as the schema says "
+                             f"(views and groups: {stray or sorted(grouped.items())})")
     dbs: dict[str, Rdict] = {}
     try:
-        for view in manifest.schema.view_names:
+        for group, stats in manifest.groups.items():
             opts = rocks.reader_options(cache)
             opts.set_db_log_dir(_LOG_DIR)
             # The default column family's options must be passed explicitly: otherwise rocksdict takes
             # them from the OPTIONS file on disk (the loader's, without this process's block cache), and
             # the shared cache configured here would never be used.
-            db = Rdict(str(root.online_dir(version, view)), opts, column_families={"default": opts},
+            db = Rdict(str(root.online_dir(version, group)), opts, column_families={"default": opts},
                        access_type=AccessType.read_only())
-            dbs[view] = db
+            dbs[group] = db
             live = db.live_files()
             listed = {f.path.rsplit("/", 1)[1] for f in manifest.files
-                      if f.path.startswith(f"online/{view}/") and f.path.endswith(".sst")}
+                      if f.path.startswith(f"online/{group}/") and f.path.endswith(".sst")}
             opened = {str(f["name"]).lstrip("/") for f in live}
             if opened != listed:
-                raise VersionRefused(f"version {version}: view {view!r} opens SST files {sorted(opened ^ listed)[:5]} "
-                                     "that differ from the manifest's")
+                raise VersionRefused(f"version {version}: group {group!r} opens SST files "
+                                     f"{sorted(opened ^ listed)[:5]} that differ from the manifest's")
             entries = sum(int(f["num_entries"]) for f in live)
-            if entries != manifest.views[view].rows:
-                raise VersionRefused(f"version {version}: view {view!r} holds {entries} rows, "
-                                     f"the manifest says {manifest.views[view].rows}")
+            if entries != stats.rows:
+                raise VersionRefused(f"version {version}: group {group!r} holds {entries} entities, "
+                                     f"the manifest says {stats.rows}")
     except VersionRefused:
         for db in dbs.values():
             db.close()

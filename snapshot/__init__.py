@@ -4,18 +4,21 @@ A snapshot root holds immutable versions and one pointer::
 
     ROOT/CURRENT                       the served version id (replaced atomically)
     ROOT/versions/<id>/manifest.json   written last inside the version, published by one rename
-    ROOT/versions/<id>/online/<view>/  one RocksDB per feature view (SST files ingested at L6)
+    ROOT/versions/<id>/online/<group>/ one RocksDB per storage group (SST files ingested at L6), one
+                                       value per entity: its EntityRow for the group's views
     ROOT/versions/<id>/offline/<view>/ the same rows as Parquet (sorted by key for views with an event
                                        timestamp, whose older duplicates are dropped; in source order otherwise)
     ROOT/staging/                      loads in progress; never read, cleaned by the next load
 
+FORMAT.md beside this file is the exact specification (format version 2), for readers in any language.
 This package imports neither grpc nor pyarrow.
 """
 
 from quiver.snapshot.keys import decode_int64_key, encode_int64_key, encode_int64_keys, encode_string_key
 from quiver.snapshot.layout import FORMAT_VERSION, SnapshotRoot
-from quiver.snapshot.manifest import FileEntry, Manifest, ManifestError, file_checksum
+from quiver.snapshot.manifest import FileEntry, GroupStats, Manifest, ManifestError, file_checksum
 from quiver.snapshot.schema import (
+    DEFAULT_GROUP,
     FEATURE_TYPES,
     EntityDef,
     FeatureDef,
@@ -25,12 +28,14 @@ from quiver.snapshot.schema import (
 )
 
 __all__ = [
+    "DEFAULT_GROUP",
     "FEATURE_TYPES",
     "FORMAT_VERSION",
     "EntityDef",
     "FeatureDef",
     "FeatureSet",
     "FileEntry",
+    "GroupStats",
     "Manifest",
     "ManifestError",
     "SchemaError",

@@ -4,7 +4,7 @@ import os
 import re
 from pathlib import Path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # snapshot/FORMAT.md; 1 stored one RocksDB per view
 VERSION_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{12}$")
 
 
@@ -62,8 +62,9 @@ class SnapshotRoot:
     def manifest_path(self, version: str) -> Path:
         return self.version_dir(version) / "manifest.json"
 
-    def online_dir(self, version: str, view: str) -> Path:
-        return self.version_dir(version) / "online" / view
+    def online_dir(self, version: str, group: str) -> Path:
+        """One storage group's RocksDB."""
+        return self.version_dir(version) / "online" / group
 
     def offline_dir(self, version: str, view: str) -> Path:
         return self.version_dir(version) / "offline" / view

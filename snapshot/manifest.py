@@ -60,12 +60,25 @@ class ViewStats:
 
 
 @dataclass
+class GroupStats:
+    views: list[str]         # in schema order: the order of the ViewRows in each stored EntityRow
+    rows: int                # keys in the group's RocksDB: entities present in at least one of its views
+    definition: str          # sha256 over the group's name and its views' definitions, in order
+    reused_from: str = ""    # the version whose online files this group links, if any
+
+    def to_json(self) -> dict[str, Any]:
+        return {"views": self.views, "rows": self.rows, "definition": self.definition,
+                "reused_from": self.reused_from}
+
+
+@dataclass
 class Manifest:
     version: str
     created: str
     as_of: str
     schema: FeatureSet
     views: dict[str, ViewStats]
+    groups: dict[str, GroupStats]
     files: list[FileEntry] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
 
@@ -91,6 +104,7 @@ class Manifest:
             "as_of": self.as_of,
             "schema": self.schema.to_json(),
             "views": {name: v.to_json() for name, v in self.views.items()},
+            "groups": {name: g.to_json() for name, g in self.groups.items()},
             "files": [f.to_json() for f in self.files],
             "content_checksum": self.content_checksum,
         }
@@ -100,8 +114,12 @@ class Manifest:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Manifest":
-        if d.get("format_version") != FORMAT_VERSION:
-            raise ManifestError(f"format_version {d.get('format_version')!r}; this quiver reads {FORMAT_VERSION}")
+        found = d.get("format_version")
+        if found != FORMAT_VERSION:
+            hint = (" (one RocksDB per view, before storage groups): rebuild it with `quiver load` into a new root, "
+                    "or load the same features.yaml into this root, which rebuilds every view"
+                    if found == 1 else "")
+            raise ManifestError(f"format_version {found!r}{hint}; this quiver reads {FORMAT_VERSION}")
         views = {
             name: ViewStats(
                 v["rows"],
@@ -112,7 +130,9 @@ class Manifest:
             )
             for name, v in d["views"].items()
         }
-        m = cls(d["version"], d["created"], d["as_of"], FeatureSet.from_json(d["schema"]), views,
+        groups = {name: GroupStats(list(g["views"]), g["rows"], g["definition"], g.get("reused_from", ""))
+                  for name, g in d["groups"].items()}
+        m = cls(d["version"], d["created"], d["as_of"], FeatureSet.from_json(d["schema"]), views, groups,
                 [FileEntry(**f) for f in d["files"]])
         if d.get("content_checksum") != m.content_checksum:
             raise ManifestError(f"manifest of {m.version}: content_checksum does not match its file list")

@@ -18,6 +18,7 @@ FEATURE_TYPES: dict[str, int] = {
     "list<int64>": 10,
 }
 KEY_TYPES = ("int64", "string")
+DEFAULT_GROUP = "default"   # the storage group of every view that names none
 
 
 class SchemaError(ValueError):
@@ -62,6 +63,7 @@ class ViewDef:
     features: tuple[FeatureDef, ...]
     event_timestamp: str = ""           # column; when set, duplicate keys keep the latest row
     entity_column: str = ""             # source column of the entity key; defaults to the entity's name
+    group: str = DEFAULT_GROUP          # storage group: one RocksDB, one stored value per entity for all its views
 
     def feature(self, name: str) -> FeatureDef:
         for f in self.features:
@@ -89,7 +91,7 @@ class ViewDef:
         }
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.definition_json(), "source": self.source}
+        return {**self.definition_json(), "source": self.source, "group": self.group}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "ViewDef":
@@ -99,6 +101,7 @@ class ViewDef:
             tuple(FeatureDef.from_json(f) for f in d["features"]),
             d.get("event_timestamp", ""),
             d.get("entity_column", ""),
+            d.get("group", DEFAULT_GROUP),
         )
 
 
@@ -126,6 +129,14 @@ class FeatureSet:
     @property
     def view_names(self) -> list[str]:
         return [v.name for v in self.views]
+
+    def groups(self) -> dict[str, list[ViewDef]]:
+        """Storage group -> its views in schema order (the order of the ViewRows in its stored value),
+        groups in the order of their first view."""
+        out: dict[str, list[ViewDef]] = {}
+        for v in self.views:
+            out.setdefault(v.group, []).append(v)
+        return out
 
     def to_json(self) -> dict[str, Any]:
         return {"entity": self.entity.to_json(), "views": [v.to_json() for v in self.views]}

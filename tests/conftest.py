@@ -358,28 +358,51 @@ def decode_key(key_type: str, key: bytes) -> Any:
     return decode_int64_key(key) if key_type == "int64" else key.decode("utf-8")
 
 
+def view_of_group_value(manifest: Manifest, view: str, value: bytes | None) -> bytes | None:
+    """The view's ViewRow bytes in a stored group value, parsed as the EntityRow it is with the generated
+    protobuf class (independent of the server's and verify's byte cutting); None when not found."""
+    if value is None:
+        return None
+    group = manifest.groups[manifest.schema.view(view).group]
+    row = quiver_pb2.EntityRow.FromString(value)
+    assert len(row.views) == len(row.found) == len(group.views), "a group value holds every view of its group"
+    i = group.views.index(view)
+    if not row.found[i]:
+        assert row.views[i].ByteSize() == 0, "a view that lacks the entity has an empty ViewRow"
+        return None
+    return row.views[i].SerializeToString()
+
+
 def read_online(root: Path | str, view: str, version: str | None = None) -> list[tuple[Any, dict[str, Any]]]:
-    """(key, row) for every entry of a view's RocksDB, in stored (byte) order."""
+    """(key, row) for every entity the view holds, from its storage group's RocksDB, in stored (byte) order."""
     r = SnapshotRoot(root)
     version = version or r.current()
     assert version is not None
-    features = Manifest.load(r.manifest_path(version)).schema
+    manifest = Manifest.load(r.manifest_path(version))
+    features = manifest.schema
     vdef = features.view(view)
-    db = Rdict(str(r.online_dir(version, view)), Options(raw_mode=True), access_type=AccessType.read_only())
+    db = Rdict(str(r.online_dir(version, vdef.group)), Options(raw_mode=True), access_type=AccessType.read_only())
     try:
-        return [(decode_key(features.entity.key_type, bytes(k)), decode_view_row(vdef, bytes(v)))  # type: ignore[arg-type]
-                for k, v in db.items()]
+        out = []
+        for k, v in db.items():
+            raw = view_of_group_value(manifest, view, bytes(v))  # type: ignore[arg-type]
+            if raw is not None:
+                out.append((decode_key(features.entity.key_type, bytes(k)), decode_view_row(vdef, raw)))  # type: ignore[arg-type]
+        return out
     finally:
         db.close()
 
 
 def read_online_keys(root: Path | str, view: str, keys: list[bytes]) -> list[bytes | None]:
+    """The view's stored ViewRow bytes for each key (None when the view lacks it)."""
     r = SnapshotRoot(root)
     version = r.current()
     assert version is not None
-    db = Rdict(str(r.online_dir(version, view)), Options(raw_mode=True), access_type=AccessType.read_only())
+    manifest = Manifest.load(r.manifest_path(version))
+    db = Rdict(str(r.online_dir(version, manifest.schema.view(view).group)), Options(raw_mode=True),
+               access_type=AccessType.read_only())
     try:
-        return list(db[keys])  # type: ignore[index, arg-type]  # raw mode: bytes in, bytes out
+        return [view_of_group_value(manifest, view, v) for v in db[keys]]  # type: ignore[index, arg-type, union-attr]
     finally:
         db.close()
 

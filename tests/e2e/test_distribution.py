@@ -253,6 +253,7 @@ def test_changing_one_view_moves_only_its_files(store: str, s3_endpoint: str, re
     features = data / "features.yaml"
     spec = yaml.safe_load(features.read_text())
     ads = next(v for v in spec["views"] if v["name"] == "ads")
+    ads["group"] = "ads"  # its own storage group: a change to it moves that group's files only
     last = ads["features"].pop()
     features.write_text(yaml.safe_dump(spec, sort_keys=False))
     run([str(VENV_BIN / "quiver"), "load", "--features", str(features), "--root", str(pub), "--as-of", as_of(1)])
@@ -686,10 +687,10 @@ def test_manifest_of_published_version_is_unchanged(make_version,
 
     # The synced RocksDB opens read-only (without the publisher's LOCK, LOG, rocksdict config) and
     # holds the same rows.
-    for view in got.views:
-        a, b = (open_view(SnapshotRoot(r).online_dir(v, view)) for r in (pub, rep))
+    for group in got.groups:
+        a, b = (open_view(SnapshotRoot(r).online_dir(v, group)) for r in (pub, rep))
         try:
-            assert list(a.items()) == list(b.items()) and len(list(b.keys())) == got.views[view].rows
+            assert list(a.items()) == list(b.items()) and len(list(b.keys())) == got.groups[group].rows
         finally:
             a.close()
             b.close()

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from rocksdict import AccessType, Options, Rdict
 from server_process import QUIVER, ServerProcess, free_port, wait_for
 
 from quiver.client import FeatureClient
@@ -82,16 +83,31 @@ class Store:
         return Manifest.load(SnapshotRoot(self.root).manifest_path(version))
 
     def assert_reused(self, old: str, new: str, views: list[str]) -> None:
-        """Each view's manifest entry says where it came from, and its data files are the old version's inodes."""
+        """Each view's manifest entry says where it came from, its offline files are the old version's inodes,
+        and its stored ViewRows are the old version's bytes (cut out of the old group values, not re-encoded)."""
         snap = SnapshotRoot(self.root)
         before, after = self.manifest(old), self.manifest(new)
         for view in views:
             assert after.views[view].reused_from == (before.views[view].reused_from or old), view
-            data = [f.path for f in after.files if f.path.startswith((f"online/{view}/", f"offline/{view}/"))
-                    and f.path.endswith((".sst", ".parquet"))]
-            assert any(p.endswith(".sst") for p in data) and any(p.endswith(".parquet") for p in data)
+            data = [f.path for f in after.files
+                    if f.path.startswith(f"offline/{view}/") and f.path.endswith(".parquet")]
+            assert data
             for p in data:
                 assert (snap.version_dir(new) / p).stat().st_ino == (snap.version_dir(old) / p).stat().st_ino, p
+            assert self.stored_bytes(view, new) == self.stored_bytes(view, old), view
+
+    def stored_bytes(self, view: str, version: str) -> dict[bytes, bytes]:
+        """key -> the view's ViewRow bytes, parsed out of its group's values with the generated EntityRow."""
+        m = self.manifest(version)
+        group = m.schema.view(view).group
+        at = m.groups[group].views.index(view)
+        db = Rdict(str(SnapshotRoot(self.root).online_dir(version, group)), Options(raw_mode=True),
+                   access_type=AccessType.read_only())
+        try:
+            rows = {k: quiver_pb2.EntityRow.FromString(v) for k, v in db.items()}
+        finally:
+            db.close()
+        return {k: r.views[at].SerializeToString() for k, r in rows.items() if r.found[at]}  # type: ignore[misc]
 
     def source(self, view: str) -> tuple[Path, pa.Table]:
         (path,) = sorted((self.src / view).glob("*.parquet"))

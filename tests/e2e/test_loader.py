@@ -332,7 +332,7 @@ def test_manifest_lists_every_file_and_source(every_type: Any, tmp_path: Path) -
     volatile = {p for p in on_disk - listed if p.rsplit("/", 1)[-1].startswith(("LOG", "LOCK", "rocksdict-config"))}
     assert on_disk - listed - volatile == {"manifest.json"}
     assert listed <= on_disk
-    assert any(p.startswith("online/every/") and p.endswith(".sst") for p in listed)
+    assert any(p.startswith(f"online/{m.schema.view('every').group}/") and p.endswith(".sst") for p in listed)
     assert any(p.startswith("offline/events/") and p.endswith(".parquet") for p in listed)
     for f in m.files:
         assert (vdir / f.path).stat().st_size == f.size

@@ -14,7 +14,7 @@ import grpc
 import pytest
 from server_process import SERVICE, SERVING, UsersSnapshots, quiver_load, short_tmpdir, wait_for
 
-from quiver.snapshot import SnapshotRoot
+from quiver.snapshot import Manifest, SnapshotRoot
 from quiver.v1 import quiver_pb2 as pb
 
 GET_FEATURES = f"/{SERVICE}/GetFeatures"
@@ -102,7 +102,8 @@ def test_corrupted_version_is_refused(start_server: Any, users: UsersSnapshots, 
     root = users.root(tmp_path / "root")
     s = start_server(root, "--verify", verify, metrics=True)
     s.wait_health(SERVING)
-    sst = max((SnapshotRoot(root).online_dir(users.v2, "activity")).glob("*.sst"), key=lambda p: p.stat().st_size)
+    group = Manifest.load(SnapshotRoot(root).manifest_path(users.v2)).schema.view("activity").group
+    sst = max((SnapshotRoot(root).online_dir(users.v2, group)).glob("*.sst"), key=lambda p: p.stat().st_size)
     damage(sst)
     SnapshotRoot(root).set_current(users.v2)
     wait_for(lambda: s.metric("quiver_snapshot_refused_total") == 1, what="the refusal to be counted")

@@ -39,13 +39,15 @@ def test_verify_names_a_corrupted_online_value(users: UsersSnapshots, tmp_path: 
     root = users.root(tmp_path / "root", versions=(users.v1,))
     vdef = Manifest.load(SnapshotRoot(root).manifest_path(users.v1)).schema.view("profile")
     index = next(i for f, g, i in vdef.layout() if f.name == "signup_days")
-    db = Rdict(str(SnapshotRoot(root).online_dir(users.v1, "profile")), Options(raw_mode=True))
+    manifest = Manifest.load(SnapshotRoot(root).manifest_path(users.v1))
+    at = manifest.groups[vdef.group].views.index("profile")
+    db = Rdict(str(SnapshotRoot(root).online_dir(users.v1, vdef.group)), Options(raw_mode=True))
     try:
         key = encode_int64_key(7)
-        row = quiver_pb2.ViewRow.FromString(db[key])
-        was = row.int32s[index]
-        row.int32s[index] = was + 1
-        db[key] = row.SerializeToString()
+        stored = quiver_pb2.EntityRow.FromString(db[key])
+        was = stored.views[at].int32s[index]
+        stored.views[at].int32s[index] = was + 1
+        db[key] = stored.SerializeToString()
         db.flush()
     finally:
         db.close()
@@ -67,9 +69,15 @@ def test_verify_names_a_corrupted_offline_value_and_a_missing_online_row(users: 
     ctr = pc.if_else(pc.equal(table.column("user_id"), uid), pa.scalar(0.5), table.column("ctr_7d"))
     table = table.set_column(table.column_names.index("ctr_7d"), "ctr_7d", ctr)
     pq.write_table(table, part)
-    db = Rdict(str(snap.online_dir(users.v1, "embedding")), Options(raw_mode=True))
+    manifest = Manifest.load(snap.manifest_path(users.v1))
+    group = manifest.schema.view("embedding").group
+    at = manifest.groups[group].views.index("embedding")
+    db = Rdict(str(snap.online_dir(users.v1, group)), Options(raw_mode=True))
     try:
-        del db[encode_int64_key(3)]
+        stored = quiver_pb2.EntityRow.FromString(db[encode_int64_key(3)])
+        stored.views[at].Clear()
+        stored.found[at] = False  # the group keeps the entity; the embedding view no longer holds it
+        db[encode_int64_key(3)] = stored.SerializeToString()
         db.flush()
     finally:
         db.close()

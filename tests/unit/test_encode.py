@@ -8,8 +8,9 @@ import pyarrow as pa
 import pytest
 from google.protobuf.internal import encoder
 
-from quiver.loader.encode import ViewEncoder, varint
+from quiver.loader.encode import ViewEncoder
 from quiver.loader.normalize import normalize
+from quiver.loader.wire import varint
 from quiver.snapshot import EntityDef, FeatureDef, ViewDef
 from quiver.v1 import quiver_pb2
 

@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from quiver.loader.plan import sample_keys
 from quiver.loader.sources import open_parquet
-from quiver.loader.tasks import sample_keys
 from quiver.snapshot.schema import EntityDef, FeatureDef, ViewDef
 
 ROW_GROUP_ROWS = 8192

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from rocksdict import Cache
 
-from quiver.loader.build import LoadOptions, load
+from quiver.loader.load import LoadOptions, load
 from quiver.service.errors import VersionNotLoaded
 from quiver.service.reader import FeatureReader
 from quiver.service.snapshots import Snapshots

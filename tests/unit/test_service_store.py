@@ -4,8 +4,8 @@ from pathlib import Path
 
 from rocksdict import Cache
 
-from quiver.loader.build import LoadOptions, load
 from quiver.loader.generate import generate
+from quiver.loader.load import LoadOptions, load
 from quiver.service.store import open_version
 from quiver.snapshot.keys import encode_int64_keys
 from quiver.snapshot.layout import SnapshotRoot
@@ -19,22 +19,22 @@ def test_reads_fill_the_configured_cache_and_stay_within_it(tmp_path: Path) -> N
     try:
         assert cache.get_usage() < 64 << 10   # opening reads little: no data blocks yet
         for start in range(0, 3000, 100):
-            rows = loaded.get("activity", encode_int64_keys(range(start, start + 100)))
+            rows = loaded.get("default", encode_int64_keys(range(start, start + 100)))
             assert all(r is not None for r in rows)
         assert 128 << 10 < cache.get_usage() <= 256 << 10
     finally:
         loaded.retire()
 
 
-def test_a_view_of_many_sst_files_opens_with_every_row_counted(tmp_path: Path) -> None:
+def test_a_group_of_many_sst_files_opens_with_every_row_counted(tmp_path: Path) -> None:
     """Found by the 10M-user benchmark: with a bounded table cache RocksDB loaded the statistics of
-    only 20 files at open, so a view of 28 SST files 'held' 71% of its rows and was refused."""
+    only 20 files at open, so a group of 28 SST files 'held' 71% of its rows and was refused."""
     features = generate(3000, tmp_path / "src", seed=4)
     result = load(features, tmp_path / "root", LoadOptions(workers=1, partition_bytes=4096))
-    ssts = [f for f in result.manifest.files if f.path.startswith("online/activity/") and f.path.endswith(".sst")]
+    ssts = [f for f in result.manifest.files if f.path.startswith("online/default/") and f.path.endswith(".sst")]
     assert len(ssts) > 20
     loaded = open_version(SnapshotRoot(tmp_path / "root"), result.version, Cache(1 << 20), "size")
     try:
-        assert all(v is not None for v in loaded.get("activity", encode_int64_keys(range(3000))))
+        assert all(v is not None for v in loaded.get("default", encode_int64_keys(range(3000))))
     finally:
         loaded.retire()

@@ -1,0 +1,93 @@
+"""Stage 5, publish: link what the current version already holds, checksum every file, write the
+manifest last, and make the version visible by one rename and a CURRENT move. Also the load's lock and
+its staging folder, which a killed load leaves behind and the next one removes."""
+
+import fcntl
+import os
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+from quiver.loader.errors import LoadError
+from quiver.snapshot.layout import SnapshotRoot, fsync_dir
+from quiver.snapshot.manifest import FileEntry, Manifest, data_files, file_checksum
+
+
+@contextmanager
+def load_lock(root: SnapshotRoot) -> Iterator[None]:
+    root.ensure()
+    with open(root.path / ".load.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LoadError(f"{root.path}: another load is running (lock .load.lock held)") from None
+        yield
+
+
+def clean_staging(root: SnapshotRoot) -> None:
+    """Leftovers of killed loads: safe to remove while we hold the load lock."""
+    for p in root.staging_dir.glob("load-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+@contextmanager
+def staging_removed_on_failure(root: SnapshotRoot) -> Iterator[None]:
+    """A load that fails on bad input leaves nothing behind, rather than a staging folder as large as the
+    version it did not build. Runs after the worker pool has shut down, under the load lock."""
+    try:
+        yield
+    except BaseException:
+        clean_staging(root)
+        raise
+
+
+def link_files(root: SnapshotRoot, prev: Manifest, prefix: str, dest: Path) -> dict[str, str]:
+    """Links the previous version's files under `prefix` (`online/<group>/` or `offline/<view>/`) into the
+    new version; returns their checksums. Immutable data files are hard-linked (copied across
+    filesystems); small metadata is copied."""
+    src = root.version_dir(prev.version)
+    known = {}
+    for f in prev.files:
+        if not f.path.startswith(prefix):
+            continue
+        target = dest / f.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        known[f.path] = f.checksum
+        if f.path.endswith((".sst", ".parquet")):
+            try:
+                os.link(src / f.path, target)
+                continue
+            except OSError:
+                pass
+        shutil.copy2(src / f.path, target)
+    cfg = src / prefix / "rocksdict-config.json"
+    if cfg.exists():
+        shutil.copy2(cfg, dest / prefix / "rocksdict-config.json")
+    return known
+
+
+def checksums(pool: ProcessPoolExecutor, out: Path, known: dict[str, str]) -> list[FileEntry]:
+    """Every file of the version; those not checksummed as they were written (RocksDB's own small
+    files) are read now."""
+    listed = data_files(out)
+    todo = [p for p, _ in listed if p not in known]
+    sums = dict(zip(todo, pool.map(file_checksum, [out / p for p in todo]), strict=True))
+    return [FileEntry(p, size, known.get(p) or sums[p]) for p, size in listed]
+
+
+def publish(root: SnapshotRoot, stage: Path, out: Path, manifest: Manifest) -> None:
+    """The manifest is the last file written; the rename makes the version visible at once."""
+    (out / "manifest.json").write_bytes(manifest.dumps())
+    for d in [p for p in out.rglob("*") if p.is_dir()] + [out]:
+        fsync_dir(d)
+    for p in out.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    target = root.version_dir(manifest.version)
+    os.rename(out, target)
+    fsync_dir(root.versions_dir)
+    shutil.rmtree(stage, ignore_errors=True)
+    root.set_current(manifest.version)

@@ -1,0 +1,230 @@
+"""Stage 3, sort and write: one key range of one storage group. Each re-encoded view's spilled rows are
+sorted and their older duplicates dropped; the views kept from the previous version are cut out of its
+stored values for the same range; the group's EntityRow values are assembled in key order and written to
+SST files (with the serving options baked in), and the offline Parquet of views that drop duplicates."""
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+from rocksdict import AccessType, Options, Rdict, ReadOptions, SstFileWriter
+
+from quiver.loader.entity_row import assemble, split
+from quiver.loader.errors import DataError, SourceError
+from quiver.loader.normalize import normalized_schema
+from quiver.loader.spill import OFFLINE_ROW_GROUP, offline_writer
+from quiver.loader.worker import return_memory
+from quiver.snapshot import rocks
+from quiver.snapshot.manifest import file_checksum
+from quiver.snapshot.schema import EntityDef, ViewDef
+
+SST_ROLL_BYTES = 256 << 20
+PUT_ROWS = 8192             # values turned into Python bytes at a time for the SST writer
+_INTERNAL = ["__key", "__value", "__file"]
+
+
+@dataclass(frozen=True)
+class KeptViews:
+    """Views whose stored bytes come from the previous version's group, not from Parquet."""
+
+    db_dir: str                     # the previous version's online/<group>/
+    group_views: tuple[str, ...]    # that group's views, in the order of its stored values
+    names: tuple[str, ...]          # the views kept
+
+
+@dataclass(frozen=True)
+class PartitionTask:
+    group: str
+    views: tuple[ViewDef, ...]      # the group's views in schema order
+    entity: EntityDef
+    spill_dir: str                  # .../spill/<group>/p<range>: one folder per re-encoded view
+    lower: bytes | None             # the range's keys: lower <= key < upper (None: unbounded)
+    upper: bytes | None
+    sst_dir: str
+    offline_paths: dict[str, str]   # view -> offline file this range writes (views that drop duplicates)
+    source_paths: dict[str, tuple[str, ...]]
+    compression: str
+    kept: KeptViews | None = None
+
+
+@dataclass(frozen=True)
+class SstFile:
+    path: str
+    first_key: bytes        # with the last key, names the file again once RocksDB has renamed it
+    last_key: bytes
+    size: int
+    checksum: str
+
+
+@dataclass
+class PartitionResult:
+    rows: int                                   # keys written: entities in at least one view
+    view_rows: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    sst_files: list[SstFile] = field(default_factory=list)
+    checksums: dict[str, str] = field(default_factory=dict)  # offline files written here
+
+
+def sorted_deduplicated(view: ViewDef, entity: EntityDef, table: pa.Table,
+                        source_paths: tuple[str, ...]) -> tuple[pa.Table, int]:
+    """Rows by key; of duplicate keys the latest event timestamp is kept, or the load fails naming the
+    key and its files when the view has no event timestamp."""
+    key = entity.name
+    order = [(key, "ascending")] + ([(view.event_timestamp, "descending")] if view.event_timestamp else [])
+    table = table.take(pc.sort_indices(table, sort_keys=order))
+    keys = table.column(key)
+    if len(keys) < 2:
+        return table, 0
+    same = pc.equal(keys.slice(1), keys.slice(0, len(keys) - 1)).combine_chunks().to_numpy(zero_copy_only=False)
+    if not same.any():
+        return table, 0
+    if not view.event_timestamp:
+        i = int(np.flatnonzero(same)[0]) + 1
+        dup = keys[i].as_py()
+        n = int(np.sum(same))
+        files = sorted({source_paths[f] for f in pc.filter(table.column("__file"),
+                                                            pc.equal(keys, keys[i])).to_pylist()})
+        raise DataError(f"view {view.name!r}: entity key {dup!r} appears more than once ({n} duplicate row(s) in "
+                        f"this key range) in {', '.join(files)}; declare an event_timestamp column to keep the "
+                        f"latest row")
+    keep = np.concatenate([[True], ~same])
+    return table.filter(pa.array(keep)), int(np.sum(same))
+
+
+def _encoded_view(t: PartitionTask, view: ViewDef, result: PartitionResult) -> tuple[pa.Array, pa.Array] | None:
+    """(keys, values) of one re-encoded view in this range, sorted; its offline rows written."""
+    files = sorted((Path(t.spill_dir) / view.name).glob("*.arrow"))
+    if not files:
+        return None
+    tables = [ipc.open_file(str(f)).read_all() for f in files]
+    # no combine_chunks: the sort's take makes the one contiguous copy this needs
+    table, result.dropped[view.name] = sorted_deduplicated(view, t.entity, pa.concat_tables(tables),
+                                                           t.source_paths[view.name])
+    del tables
+    path = t.offline_paths.get(view.name, "")
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with offline_writer(path, normalized_schema(t.entity, view)) as w:
+            w.write_table(table.drop_columns(_INTERNAL), row_group_size=OFFLINE_ROW_GROUP)
+        result.checksums[path] = file_checksum(path)
+    for f in files:
+        os.unlink(f)
+    return table.column("__key").combine_chunks(), table.column("__value").combine_chunks()
+
+
+def previous_values(kept: KeptViews, lower: bytes | None, upper: bytes | None) -> tuple[pa.Array, pa.Array]:
+    """(keys, stored values) of the previous version's group in [lower, upper), in key order."""
+    opts = Options(raw_mode=True)
+    opts.set_db_log_dir(os.environ.get("TMPDIR", "/tmp"))  # never write into a published version
+    db = Rdict(kept.db_dir, opts, access_type=AccessType.read_only())
+    keys: list[bytes] = []
+    values: list[bytes] = []
+    try:
+        ro = ReadOptions()  # bounds are raw bytes: the DB was opened in raw mode
+        ro.fill_cache(False)  # type: ignore[call-arg]  # the stub lacks its argument; a bulk scan
+        ro.set_readahead_size(2 << 20)
+        if upper is not None:
+            ro.set_iterate_upper_bound(upper)
+        for k, v in db.items(from_key=lower if lower is not None else b"", read_opt=ro):
+            keys.append(k)  # type: ignore[arg-type]
+            values.append(v)
+    except Exception as e:  # RocksDB reports corruption as plain exceptions
+        raise SourceError(f"{kept.db_dir}: cannot read the previous version's stored values: {e}") from None
+    finally:
+        db.close()
+    return pa.array(keys, pa.binary()), pa.array(values, pa.large_binary())
+
+
+def _kept_views(t: PartitionTask, result: PartitionResult) -> dict[str, tuple[pa.Array, pa.Array]]:
+    assert t.kept is not None
+    keys, values = previous_values(t.kept, t.lower, t.upper)
+    try:
+        parts = split(values, len(t.kept.group_views))
+    except ValueError as e:
+        raise SourceError(f"{t.kept.db_dir}: {e}; reload with --no-reuse") from None
+    out = {}
+    for name in t.kept.names:
+        col = parts[t.kept.group_views.index(name)]
+        valid = col.is_valid()
+        out[name] = (keys.filter(valid), col.filter(valid))
+        result.dropped[name] = 0
+    return out
+
+
+Columns = dict[str, tuple[pa.Array, pa.Array]]   # view -> (sorted encoded keys, ViewRow bytes)
+
+
+def group_values(views: tuple[ViewDef, ...], columns: Columns) -> tuple[pa.Array, pa.Array]:
+    """The group's (keys, EntityRow values) in key order from each view's sorted (keys, ViewRows)."""
+    present = [columns[v.name] for v in views if v.name in columns]
+    if len(present) == 1:
+        keys = present[0][0]
+    else:
+        union = pc.unique(pa.concat_arrays([k.cast(pa.binary()) for k, _ in present]))
+        keys = union.take(pc.sort_indices(union))  # binary sorts bytewise: RocksDB's order
+    aligned = []
+    for v in views:
+        if v.name not in columns:
+            aligned.append(pa.nulls(len(keys), pa.large_binary()))
+            continue
+        vk, vv = columns[v.name]
+        aligned.append(vv.take(pc.index_in(keys, value_set=vk.cast(pa.binary()))) if len(present) > 1 else vv)
+    return keys, assemble(aligned)
+
+
+def partition_task(t: PartitionTask) -> PartitionResult:
+    """Sorts one key range of one group and writes its SST file(s) and offline Parquet."""
+    result = PartitionResult(0)
+    columns: dict[str, tuple[pa.Array, pa.Array]] = {}
+    for view in t.views:
+        if t.kept is None or view.name not in t.kept.names:
+            got = _encoded_view(t, view, result)
+            if got is not None:
+                columns[view.name] = got
+    if t.kept is not None:
+        columns |= _kept_views(t, result)
+    for view in t.views:
+        result.view_rows[view.name] = len(columns[view.name][0]) if view.name in columns else 0
+    if columns:
+        keys, values = group_values(t.views, columns)
+        del columns
+        Path(t.sst_dir).mkdir(parents=True, exist_ok=True)
+        result.rows = len(keys)
+        result.sst_files = _write_ssts(t, keys, values)
+    return_memory()
+    return result
+
+
+def _write_ssts(t: PartitionTask, keys: pa.Array, values: pa.Array) -> list[SstFile]:
+    """Sorted (key, value) rows into SST files of up to SST_ROLL_BYTES each."""
+    out: list[SstFile] = []
+    opts = rocks.writer_options(t.compression)
+    part = Path(t.spill_dir).name
+    writer: SstFileWriter | None = None
+    path, first, last = "", b"", b""
+
+    def finish(w: SstFileWriter) -> None:
+        w.finish()
+        out.append(SstFile(path, first, last, os.path.getsize(path), file_checksum(path)))
+
+    for start in range(0, len(keys), PUT_ROWS):
+        ks = keys.slice(start, PUT_ROWS).to_pylist()
+        vs = values.slice(start, PUT_ROWS).to_pylist()
+        if writer is None:
+            path = str(Path(t.sst_dir) / f"{part}-{len(out):03d}.sst")
+            writer = SstFileWriter(opts)
+            writer.open(path)
+            first = ks[0]
+        for k, v in zip(ks, vs, strict=True):
+            writer[k] = v
+        last = ks[-1]
+        if writer.file_size() > SST_ROLL_BYTES:
+            finish(writer)
+            writer = None
+    if writer is not None:
+        finish(writer)
+    return out
