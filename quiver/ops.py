@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--sample", type=int, default=None, metavar="N",
                    help="compare N random keys per view instead of every key (row counts are always checked)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --sample draw")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes comparing in parallel (default: one per CPU)")
     p.set_defaults(handler=_verify)
 
     p = sub.add_parser("gc", help="remove old versions: keeps the K newest, CURRENT, the previous one and leased ones")
@@ -31,8 +33,11 @@ def _verify(args: argparse.Namespace) -> int:
     if args.sample is not None and args.sample < 1:
         print("quiver verify: error: --sample must be at least 1", file=sys.stderr)
         return 2
+    if args.workers is not None and args.workers < 1:
+        print("quiver verify: error: --workers must be at least 1", file=sys.stderr)
+        return 2
     try:
-        report = verify(args.root, args.version, args.sample, args.seed)
+        report = verify(args.root, args.version, args.sample, args.seed, args.workers)
     except (FileNotFoundError, ManifestError) as e:
         print(f"quiver verify: error: {e}", file=sys.stderr)
         return 2
@@ -42,7 +47,8 @@ def _verify(args: argparse.Namespace) -> int:
     if report.ok:
         print(f"ok: {report.version}: online and offline agree ({checked} key(s) compared)")
         return 0
-    print(f"quiver verify: {len(report.mismatches)} mismatch(es) in {report.version} ({checked} key(s) compared)",
+    more = f" (and {report.unnamed} more not named)" if report.unnamed else ""
+    print(f"quiver verify: {len(report.mismatches)} mismatch(es){more} in {report.version} ({checked} key(s) compared)",
           file=sys.stderr)
     return 1
 

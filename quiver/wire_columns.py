@@ -141,6 +141,14 @@ def fixed(buf: np.ndarray, start: np.ndarray, length: np.ndarray, index: int, wi
     return value.astype(f"<u{width}"), present
 
 
+def matrix(buf: np.ndarray, start: np.ndarray, length: np.ndarray, size: int) -> np.ndarray:
+    """The first `size` bytes of each payload as an (N, size) array; zeros past a payload's end or
+    where start is -1."""
+    at = np.where(start >= 0, start, 0)[:, None] + np.arange(size)
+    inside = np.arange(size) < np.where(start >= 0, length, 0)[:, None]
+    return np.where(inside, buf[at], 0).astype(np.uint8)
+
+
 def binary(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> pa.BinaryArray:
     """The payloads as one Arrow binary array (empty where start is -1)."""
     length = np.where(start >= 0, length, 0)
