@@ -1,61 +1,55 @@
 """`quiver verify`: a version's two forms hold the same rows (snapshot format 2, snapshot/FORMAT.md).
 
-The offline Parquet of each view is read in chunks of row groups, one chunk per task, over worker
-processes. A task looks its keys up in the view's storage group (one batched multi-get per batch of
-rows), cuts the view's ViewRow out of each stored EntityRow and compares every feature column-wise:
-the stored values are scanned with numpy (quiver/wire_columns.py), never decoded row by row; only a
-mismatch is decoded, to name it. Floats compare by their bits, so NaN equals NaN when the bits match
-and a changed NaN payload is a mismatch.
+Two stages, each a set of tasks over `workers` processes, so every stored value is read once:
 
-Counts close the gaps a lookup by offline key cannot see: each group's RocksDB is also scanned in key
-order (one task per run of its SST files' key ranges), counting its keys and each view's `found`
-flags, which must equal the manifest's group rows and each view's offline and manifest rows (a key or
-a flag online only is counted once too many), and finding keys that no view holds.
+1. partition: each view's offline Parquet, in chunks of row groups, is cut by key range (the ranges
+   split a sample of the keys evenly) into Arrow IPC spill files in a temporary folder, never in the
+   root;
+2. compare: per key range and storage group, the group's RocksDB is read once in key order over the
+   range; each of the group's views' spilled rows are sorted by key and matched to the stored keys;
+   every feature is compared column-wise (quiver/verify_columns.py: numpy over the wire bytes, Arrow
+   for strings and lists; only a mismatch is decoded, to name it); each stored `found` flag must
+   match the view's offline rows exactly, and a stored key that no view holds is named.
 
-`sample`: N random offline rows per view instead of all of them; the counts are still taken in full.
+Counts close the rest: the keys each group holds against the manifest's group rows, the `found`
+flags per view against the manifest's and the offline row counts.
+
+`sample`: N random offline rows per view instead of all of them; the stored values are still all read
+and counted, but flags are only checked by their counts.
+
+Opening a RocksDB through rocksdict 0.3.29 rewrites its `rocksdict-config.json` (a file the manifest
+leaves out, as the server's opens do); nothing else is written into the root.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import struct
+import shutil
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 from rocksdict import AccessType, Cache, Rdict
 
 from quiver import wire_columns as wc
-from quiver.snapshot import Manifest, SnapshotRoot, ViewDef, decode_int64_key, rocks
-from quiver.v1 import quiver_pb2 as pb
+from quiver.snapshot import Manifest, SnapshotRoot, decode_int64_key, rocks
+from quiver.verify_columns import FloatBits, compare_view, offline_value, online_value, show
 
-__all__ = ["Mismatch", "VerifyReport", "verify"]
+__all__ = ["FloatBits", "Mismatch", "VerifyReport", "verify"]
 
-BATCH = 16384             # rows per multi-get and column comparison
-TASK_ROWS = 131072        # offline rows per task (whole row groups)
-SHOWN_PER_TASK = 100      # mismatches a task names; the rest are counted
-_FIXED = {3: 4, 4: 8, 5: 4, 6: 8, 2: 1}   # ViewRow field -> bytes per value (bools: one-byte varints)
-_LISTS = {9: 4, 10: 8}                     # list field -> bytes per element
-_GROUPS = {2: "bools", 3: "int32s", 4: "int64s", 7: "strings", 8: "bytes_values"}
-
-
-class FloatBits(NamedTuple):
-    """A float by its bits: equal when the bits are equal (NaN payloads included)."""
-
-    width: int   # 32 or 64
-    bits: int
-
-    def __str__(self) -> str:
-        fmt, ifmt = ("<f", "<I") if self.width == 32 else ("<d", "<Q")
-        value = struct.unpack(fmt, struct.pack(ifmt, self.bits))[0]
-        return f"{value!r} (0x{self.bits:0{self.width // 4}x})" if value != value else repr(value)
+TASK_ROWS = 262144             # offline rows per partition task (whole row groups)
+RANGE_BYTES = 128 << 20        # offline bytes (uncompressed) per key range
+SHOWN_PER_TASK = 100           # mismatches a task names; the rest are counted
+_SIGN = np.uint64(1 << 63)
 
 
 @dataclass(frozen=True)
@@ -65,13 +59,13 @@ class Mismatch:
     feature: str        # "" for a whole row (missing online) or a count
     online: Any
     offline: Any
-    scope: str = "view"  # "group" for a storage group's key count
+    scope: str = "view"  # "group" for a storage group's keys
 
     def __str__(self) -> str:
         where = f"{self.scope} {self.view!r}" + ("" if self.key is None else f" key {self.key!r}")
         if self.feature:
             where += f" feature {self.feature!r}"
-        return f"{where}: online {_show(self.online)}, offline {_show(self.offline)}"
+        return f"{where}: online {show(self.online)}, offline {show(self.offline)}"
 
 
 @dataclass
@@ -86,89 +80,36 @@ class VerifyReport:
         return not self.mismatches and not self.unnamed
 
 
-def _show(v: Any) -> str:
-    if isinstance(v, FloatBits):
-        return str(v)
-    if isinstance(v, tuple | list):
-        return "[" + ", ".join(_show(x) for x in v) + "]"
-    return repr(v)
+# ---------------------------------------------------------------------------------------------
+# Keys: int64 ids as unsigned 64-bit numbers in stored byte order, string ids as bytes
+# ---------------------------------------------------------------------------------------------
+
+def _sortable(key_type: str, col: pa.Array) -> np.ndarray:
+    """Offline ids in the stored keys' order: numbers compare as their stored bytes do."""
+    if key_type == "int64":
+        return col.to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64) ^ _SIGN
+    return np.array([s.encode("utf-8") for s in col.to_pylist()], dtype=object)
+
+
+def _stored(key_type: str, keys: list[bytes]) -> np.ndarray:
+    if key_type == "int64":
+        return np.frombuffer(b"".join(keys), ">u8").astype(np.uint64)
+    return np.array(keys, dtype=object)
+
+
+def _key_bytes(key_type: str, value: Any) -> bytes:
+    return int(value).to_bytes(8, "big") if key_type == "int64" else bytes(value)
+
+
+def _show_key(key_type: str, value: Any) -> Any:
+    if key_type == "int64":
+        return decode_int64_key(int(value).to_bytes(8, "big"))
+    return bytes(value).decode("utf-8", "replace")
 
 
 # ---------------------------------------------------------------------------------------------
-# Naming one mismatch: one row decoded, both sides, floats as FloatBits, None for null
+# Per worker process: open databases and manifests
 # ---------------------------------------------------------------------------------------------
-
-def _offline_value(ftype: str, col: pa.Array, i: int) -> Any:
-    v = col[i]
-    if not v.is_valid:
-        return None
-    if ftype in ("float32", "float64"):
-        width = 32 if ftype == "float32" else 64
-        return FloatBits(width, int(col.slice(i, 1).to_numpy(zero_copy_only=False).view(f"<u{width // 8}")[0]))
-    if ftype == "list<float32>":
-        return tuple(FloatBits(32, int(b)) for b in v.values.to_numpy(zero_copy_only=False).view("<u4"))
-    if ftype == "list<int64>":
-        return tuple(v.as_py())
-    return v.as_py()
-
-
-def _online_value(view: ViewDef, raw: bytes, feature: str) -> Any:
-    """One feature of one stored ViewRow: floats by their bits (wire_columns), the rest by the
-    protobuf runtime."""
-    try:
-        row = pb.ViewRow.FromString(raw)
-    except Exception:
-        return "<unparseable stored row>"
-    buf, starts, ends, _ = wc.pack([raw])
-    fields = wc.scan(buf, starts, ends)
-    pos, (f, g, i) = next((p, x) for p, x in enumerate(view.layout()) if x[0].name == feature)
-    if pos // 8 < len(row.nulls) and row.nulls[pos // 8] >> (pos % 8) & 1:
-        return None
-    absent = "<absent from the stored row>"
-    if g in (5, 6):
-        values, present = wc.fixed(buf, *fields.span(g), i, _FIXED[g])
-        return FloatBits(_FIXED[g] * 8, int(values[0])) if present[0] else absent
-    if g == 9:
-        start, length = fields.span(9, i)
-        if start[0] < 0:
-            return absent
-        inner = wc.scan(buf, start, start + length)
-        s, n = inner.span(1)
-        bits = np.frombuffer(buf[s[0]:s[0] + n[0]].tobytes() if s[0] >= 0 else b"", "<u4")
-        return tuple(FloatBits(32, int(b)) for b in bits)
-    try:
-        return tuple(row.int64_lists[i].values) if g == 10 else getattr(row, _GROUPS[g])[i]
-    except IndexError:
-        return absent
-
-
-# ---------------------------------------------------------------------------------------------
-# One task: a chunk of one view's offline Parquet against its storage group
-# ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Task:
-    view: str
-    group: str
-    path: str
-    row_groups: tuple[int, ...]
-    rows: tuple[int, ...] | None = None   # a sample: row numbers within these row groups
-
-
-@dataclass
-class TaskResult:
-    view: str
-    group: str
-    compared: int = 0
-    mismatches: list[Mismatch] = field(default_factory=list)
-    unnamed: int = 0
-
-    def add(self, m: Mismatch) -> None:
-        if len(self.mismatches) < SHOWN_PER_TASK:
-            self.mismatches.append(m)
-        else:
-            self.unnamed += 1
-
 
 _OPEN: dict[tuple[str, str, str], Rdict] = {}
 _MANIFESTS: dict[tuple[str, str], Manifest] = {}
@@ -176,8 +117,8 @@ _LOG_DIR = ""
 
 
 def _db(root: SnapshotRoot, version: str, group: str) -> Rdict:
-    """The group's RocksDB, opened read-only once per worker process; RocksDB's info log goes to a
-    temporary folder, never into the version."""
+    """The group's RocksDB, opened read-only once per process; RocksDB's info log goes to a temporary
+    folder, never into the version."""
     global _LOG_DIR
     key = (str(root.path), version, group)
     if key not in _OPEN:
@@ -196,185 +137,168 @@ def _manifest(root: SnapshotRoot, version: str) -> Manifest:
     return _MANIFESTS[key]
 
 
-def _keys(key_type: str, col: pa.Array) -> list[bytes]:
-    if key_type == "int64":
-        flipped = col.to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64) ^ np.uint64(1 << 63)
-        raw = flipped.astype(">u8").tobytes()
-        return [raw[i:i + 8] for i in range(0, len(raw), 8)]
-    return [s.encode("utf-8") for s in col.to_pylist()]
+def _close() -> None:
+    for db in _OPEN.values():
+        db.close()
+    _OPEN.clear()
 
 
-def _offline_binary(ftype: str, col: pa.Array) -> pa.Array:
-    """A column as one binary value per row, in the stored bytes' form: strings as UTF-8, lists as
-    their elements' little-endian bytes."""
-    if ftype in ("string", "bytes"):
-        return pc.cast(col, pa.large_binary())
-    width = _LISTS[9 if ftype == "list<float32>" else 10]
-    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    values = pc.list_flatten(col).to_numpy(zero_copy_only=False)
-    data = values.view(f"<u{width}").astype(f"<u{width}").tobytes()
-    offsets = np.zeros(len(col) + 1, np.int64)
-    np.cumsum(lengths * width, out=offsets[1:])
-    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(col),
-                                            [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(data)])
+# ---------------------------------------------------------------------------------------------
+# Stage 1: partition the offline rows by key range
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Chunk:
+    view: str
+    path: str
+    row_groups: tuple[int, ...]
+    rows: tuple[int, ...] | None = None   # a sample: row numbers within these row groups
 
 
-def _offline_bits(ftype: str, col: pa.Array) -> np.ndarray:
-    """A fixed-width column as unsigned ints of the stored width (nulls as 0)."""
-    filled = pc.fill_null(col, False if ftype == "bool" else 0).to_numpy(zero_copy_only=False)
-    if ftype == "bool":
-        return filled.astype(np.uint8)
-    width = {"int32": 4, "int64": 8, "float32": 4, "float64": 8}[ftype]
-    return filled.astype(f"<{'i' if ftype.startswith('int') else 'f'}{width}").view(f"<u{width}")
+def _partition(root_dir: str, version: str, spill: str, bounds: np.ndarray, n: int, chunk: Chunk) -> None:
+    m = _manifest(SnapshotRoot(root_dir), version)
+    table = pq.ParquetFile(chunk.path).read_row_groups(list(chunk.row_groups))
+    if chunk.rows is not None:
+        table = table.take(pa.array(chunk.rows, pa.int64()))
+    keys = _sortable(m.schema.entity.key_type, table.column(m.schema.entity.name).combine_chunks())
+    ranges = np.searchsorted(bounds, keys, side="right")
+    order = np.argsort(ranges, kind="stable")
+    cuts = np.searchsorted(ranges[order], np.arange(len(bounds) + 2))
+    for r in range(len(bounds) + 1):
+        lo, hi = int(cuts[r]), int(cuts[r + 1])
+        if lo == hi:
+            continue
+        folder = Path(spill) / chunk.view / f"{r:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        part = table.take(pa.array(order[lo:hi]))
+        with ipc.new_file(folder / f"{n:05d}.arrow", part.schema,
+                          options=ipc.IpcWriteOptions(compression="lz4")) as w:
+            w.write_table(part)
 
 
-def _compare_view(view: ViewDef, table: pa.Table, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray,
-                  rows: np.ndarray) -> list[tuple[int, str]]:
-    """(row, feature) of every mismatch among the table's `rows`, whose ViewRows lie at buf[starts:ends].
-    Each packed field and the null bitmap are gathered once for all of their features."""
-    fields = wc.scan(buf, starts[rows], ends[rows])
-    out: list[tuple[int, str]] = [(int(rows[r]), "<unparseable stored row>") for r in np.flatnonzero(fields.bad)]
-    layout = view.layout()
-    nulls = np.unpackbits(wc.matrix(buf, *fields.span(1), (len(layout) + 7) // 8), axis=1, bitorder="little")
-    counts: dict[int, int] = {}
-    for _, g, _ in layout:
-        counts[g] = counts.get(g, 0) + 1
-    packed = {}
-    for g, n in counts.items():
-        if g in _FIXED:
-            start, length = fields.span(g)
-            width = _FIXED[g]
-            packed[g] = (wc.matrix(buf, start, length, n * width).view(f"<u{width}"),
-                         np.where(start >= 0, length, 0) // width)
-    taken = None if len(rows) == table.num_rows else pa.array(rows)
-    for pos, (f, g, i) in enumerate(layout):
-        col = table.column(f.name).combine_chunks()
-        col = col if taken is None else col.take(taken)
-        offline_null = col.is_null().to_numpy(zero_copy_only=False)
-        online_null = nulls[:, pos].astype(bool)
-        if g in packed:
-            values, slots = packed[g]
-            same = (slots > i) & (values[:, i] == _offline_bits(f.type, col))
-        else:
-            start, length = fields.span(g, i)
-            present = start >= 0
-            if g in _LISTS:  # a Float32List/Int64List message: its packed field 1 holds the elements
-                inner = wc.scan(buf, np.where(present, start, 0), np.where(present, start + length, 0))
-                start, length = inner.span(1)
-                present &= ~inner.bad
-            online = wc.binary(buf, start, length)
-            same = present & pc.fill_null(pc.equal(online, _offline_binary(f.type, col)), False).to_numpy(
-                zero_copy_only=False)
-        wrong = (online_null != offline_null) | (~offline_null & ~same)
-        out += [(int(rows[r]), f.name) for r in np.flatnonzero(wrong & ~fields.bad)]
-    return out
-
-
-def _check(root_dir: str, version: str, task: Task) -> TaskResult:
-    root = SnapshotRoot(root_dir)
-    m = _manifest(root, version)
-    view = m.schema.view(task.view)
-    members = m.groups[task.group].views
-    j = members.index(task.view)
-    entity, key_type = m.schema.entity.name, m.schema.entity.key_type
-    db = _db(root, version, task.group)
-    table = pq.ParquetFile(task.path).read_row_groups(list(task.row_groups))
-    if task.rows is not None:
-        table = table.take(pa.array(task.rows, pa.int64()))
-    result = TaskResult(task.view, task.group)
-    for offset in range(0, table.num_rows, BATCH):
-        part = table.slice(offset, BATCH)
-        ids = part.column(entity).combine_chunks()
-        buf, starts, ends, missing = wc.pack(db.get(_keys(key_type, ids)))  # type: ignore[arg-type]
-        rows = wc.scan(buf, starts, ends)
-        vstart, vlen = rows.span(1, j)
-        fstart, flen = rows.span(2)
-        found = np.stack([np.where(flen > k, buf[np.where(fstart >= 0, fstart + k, 0)], 0) == 1
-                          for k in range(len(members))], axis=1)
-        ok = ~missing & found[:, j] & (vstart >= 0) & ~rows.bad
-        for gone in np.flatnonzero(~ok):
-            result.add(Mismatch(task.view, ids[int(gone)].as_py(), "", "missing", "present"))
-        for r, feature in _compare_view(view, part, buf, vstart, vstart + vlen, np.flatnonzero(ok)):
-            key = ids[r].as_py()
-            if feature.startswith("<"):
-                result.add(Mismatch(task.view, key, "", feature, "present"))
-                continue
-            raw = buf[vstart[r]:vstart[r] + vlen[r]].tobytes()
-            col = part.column(feature).combine_chunks()
-            result.add(Mismatch(task.view, key, feature, _online_value(view, raw, feature),
-                                _offline_value(view.feature(feature).type, col, r)))
-        result.compared += part.num_rows
-    return result
-
+# ---------------------------------------------------------------------------------------------
+# Stage 2: one key range of one group against its views' spilled rows
+# ---------------------------------------------------------------------------------------------
 
 @dataclass
-class ScanResult:
+class RangeResult:
     group: str
     keys: int = 0
-    found: list[int] = field(default_factory=list)   # per group view: entities whose flag is set
-    in_no_view: list[Any] = field(default_factory=list)  # keys whose flags are all 0 (a few named)
-    in_no_view_count: int = 0
+    found: dict[str, int] = field(default_factory=dict)     # view -> stored found flags set
+    compared: dict[str, int] = field(default_factory=dict)  # view -> offline rows compared
+    mismatches: list[Mismatch] = field(default_factory=list)
+    unnamed: int = 0
+
+    def add(self, m: Mismatch) -> None:
+        if len(self.mismatches) < SHOWN_PER_TASK:
+            self.mismatches.append(m)
+        else:
+            self.unnamed += 1
 
 
-def _scan(root_dir: str, version: str, group: str, first: bytes, last: bytes) -> ScanResult:
-    """Counts the keys of the group's RocksDB from `first` to `last` (inclusive) and their found flags
-    (each value's last `views` bytes)."""
+def _read_range(db: Rdict, key_type: str, lo: Any, hi: Any) -> tuple[list[bytes], list[bytes]]:
+    """The stored (keys, values) from `lo` (None: the first) up to, not including, `hi` (None: the end)."""
+    it = db.iter()
+    if lo is None:
+        it.seek_to_first()
+    else:
+        it.seek(_key_bytes(key_type, lo))
+    stop = None if hi is None else _key_bytes(key_type, hi)
+    keys: list[bytes] = []
+    values: list[bytes] = []
+    while it.valid():
+        key = it.key()
+        if stop is not None and key >= stop:
+            break
+        keys.append(key)
+        values.append(it.value())
+        it.next()
+    return keys, values
+
+
+def _spilled(spill: str, view: str, r: int) -> pa.Table | None:
+    files = sorted((Path(spill) / view / f"{r:05d}").glob("*.arrow"))
+    if not files:
+        return None
+    return pa.concat_tables(ipc.open_file(f).read_all() for f in files)
+
+
+def _compare(root_dir: str, version: str, spill: str, bounds: np.ndarray, sampled: bool, group: str,
+             r: int) -> RangeResult:
     root = SnapshotRoot(root_dir)
     m = _manifest(root, version)
-    views = len(m.groups[group].views)
-    result = ScanResult(group, found=[0] * views)
-    it = _db(root, version, group).iter()
-    it.seek(first)
-    while True:
-        keys: list[bytes] = []
-        flags: list[bytes] = []
-        while it.valid() and len(keys) < BATCH:
-            key = it.key()
-            if key > last:
-                break
-            keys.append(key)
-            flags.append(it.value()[-views:])
-            it.next()
-        if not keys:
-            return result
-        found = np.frombuffer(b"".join(flags), np.uint8).reshape(len(keys), views) == 1
-        result.keys += len(keys)
-        for k, n in enumerate(found.sum(axis=0)):
-            result.found[k] += int(n)
-        empty = np.flatnonzero(~found.any(axis=1))
-        result.in_no_view_count += len(empty)
-        result.in_no_view += [_decode_key(m.schema.entity.key_type, keys[r]) for r in empty[:SHOWN_PER_TASK]]
-
-
-def _decode_key(key_type: str, key: bytes) -> Any:
-    return decode_int64_key(key) if key_type == "int64" else key.decode("utf-8", "replace")
-
-
-def _scan_ranges(root: SnapshotRoot, version: str, group: str) -> list[tuple[bytes, bytes]]:
-    """The group's key space as runs of its SST files' key ranges, overlapping ones merged."""
-    spans = sorted((bytes(f["start_key"]), bytes(f["end_key"])) for f in _db(root, version, group).live_files())
-    merged: list[tuple[bytes, bytes]] = []
-    for lo, hi in spans:
-        if merged and lo <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
-        else:
-            merged.append((lo, hi))
-    return merged
+    entity, key_type = m.schema.entity.name, m.schema.entity.key_type
+    members = m.groups[group].views
+    result = RangeResult(group, found={v: 0 for v in members}, compared={v: 0 for v in members})
+    lo = bounds[r - 1] if r > 0 else None
+    hi = bounds[r] if r < len(bounds) else None
+    keys, values = _read_range(_db(root, version, group), key_type, lo, hi)
+    stored = _stored(key_type, keys)
+    buf, starts, ends, _ = wc.pack(values)  # type: ignore[arg-type]
+    del values
+    rows = wc.scan(buf, starts, ends)
+    fstart, flen = rows.span(2)
+    found = np.stack([np.where(flen > k, buf[np.where(fstart >= 0, fstart + k, 0)], 0) == 1
+                      for k in range(len(members))], axis=1) if len(keys) else np.zeros((0, len(members)), bool)
+    found &= ~rows.bad[:, None]
+    result.keys = len(keys)
+    for k in np.flatnonzero(rows.bad):
+        result.add(Mismatch(group, _show_key(key_type, stored[k]), "", "<unparseable stored value>", "-", "group"))
+    for k in np.flatnonzero(~found.any(axis=1) & ~rows.bad):
+        result.add(Mismatch(group, _show_key(key_type, stored[k]), "", "present, in none of its views", "absent",
+                            "group"))
+    for j, name in enumerate(members):
+        result.found[name] = int(found[:, j].sum())
+        view = m.schema.view(name)
+        table = _spilled(spill, name, r)
+        member = np.zeros(len(keys), bool)
+        if table is not None:
+            offline = _sortable(key_type, table.column(entity).combine_chunks())
+            order = np.argsort(offline, kind="stable")
+            offline, table = offline[order], table.take(pa.array(order))
+            result.compared[name] = len(offline)
+            for d in np.flatnonzero(offline[1:] == offline[:-1]):
+                result.add(Mismatch(name, _show_key(key_type, offline[d]), "", "-", "a duplicate key"))
+            at = np.minimum(np.searchsorted(stored, offline), max(len(keys) - 1, 0))
+            hit = (at < len(keys)) & (stored[at] == offline) if len(keys) else np.zeros(len(offline), bool)
+            member[at[hit]] = True
+            ok = hit & found[at, j] if len(keys) else hit
+            for gone in np.flatnonzero(~ok):
+                result.add(Mismatch(name, _show_key(key_type, offline[gone]), "", "missing", "present"))
+            sel = np.flatnonzero(ok)
+            vstart, vlen = rows.span(1, j)
+            part = table if len(sel) == len(offline) else table.take(pa.array(sel))
+            s = vstart[at[sel]]
+            for i, feature in compare_view(view, part, buf, s, s + vlen[at[sel]]):
+                key = _show_key(key_type, offline[sel[i]])
+                if feature.startswith("<"):
+                    result.add(Mismatch(name, key, "", feature, "present"))
+                    continue
+                raw = buf[s[i]:s[i] + vlen[at[sel[i]]]].tobytes()
+                result.add(Mismatch(name, key, feature, online_value(view, raw, feature),
+                                    offline_value(view.feature(feature).type, part.column(feature).combine_chunks(),
+                                                  i)))
+        if not sampled:
+            for k in np.flatnonzero(found[:, j] & ~member):
+                result.add(Mismatch(name, _show_key(key_type, stored[k]), "", "present", "missing"))
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
 # The plan and the verdict
 # ---------------------------------------------------------------------------------------------
 
-def _plan(root: SnapshotRoot, m: Manifest, sample: int | None, seed: int) -> tuple[list[Task], dict[str, int]]:
-    """Tasks of whole row groups, about TASK_ROWS rows each; and the offline rows per view."""
-    tasks: list[Task] = []
+def _chunks(root: SnapshotRoot, m: Manifest, sample: int | None, seed: int
+            ) -> tuple[list[Chunk], dict[str, int], int]:
+    """Partition tasks of whole row groups; the offline rows per view; their uncompressed bytes."""
+    chunks: list[Chunk] = []
     offline_rows: dict[str, int] = {}
+    size = 0
     rng = np.random.default_rng(seed)
     for view in m.schema.views:
         paths = sorted(str(root.version_dir(m.version) / f.path) for f in m.files
                        if f.path.startswith(f"offline/{view.name}/") and f.path.endswith(".parquet"))
-        chunks: list[tuple[str, tuple[int, ...], int]] = []
+        spans: list[tuple[str, tuple[int, ...], int]] = []
         for path in paths:
             meta = pq.ParquetFile(path).metadata
             group: list[int] = []
@@ -382,28 +306,42 @@ def _plan(root: SnapshotRoot, m: Manifest, sample: int | None, seed: int) -> tup
             for rg in range(meta.num_row_groups):
                 group.append(rg)
                 rows += meta.row_group(rg).num_rows
+                size += meta.row_group(rg).total_byte_size
                 if rows >= TASK_ROWS or rg == meta.num_row_groups - 1:
-                    chunks.append((path, tuple(group), rows))
+                    spans.append((path, tuple(group), rows))
                     group, rows = [], 0
-        total = sum(n for _, _, n in chunks)
+        total = sum(n for _, _, n in spans)
         offline_rows[view.name] = total
         picks = None if sample is None or sample >= total else np.sort(rng.choice(total, sample, replace=False))
         base = 0
-        for path, rgs, n in chunks:
+        for path, rgs, n in spans:
             if picks is None:
-                tasks.append(Task(view.name, view.group, path, rgs))
+                chunks.append(Chunk(view.name, path, rgs))
             else:
                 mine = picks[(picks >= base) & (picks < base + n)] - base
                 if len(mine):
-                    tasks.append(Task(view.name, view.group, path, rgs, tuple(int(r) for r in mine)))
+                    chunks.append(Chunk(view.name, path, rgs, tuple(int(r) for r in mine)))
             base += n
-    return tasks, offline_rows
+    return chunks, offline_rows, size
+
+
+def _bounds(m: Manifest, chunks: list[Chunk], ranges: int) -> np.ndarray:
+    """ranges - 1 keys that split a sample of every view's keys evenly."""
+    samples = []
+    for c in chunks:
+        keys = pq.ParquetFile(c.path).read_row_groups(list(c.row_groups), columns=[m.schema.entity.name]).column(0)
+        samples.append(_sortable(m.schema.entity.key_type, keys.combine_chunks())[::16])
+    keys = np.sort(np.concatenate(samples)) if samples else np.zeros(0, np.uint64)
+    if ranges <= 1 or not len(keys):
+        return keys[:0]
+    return np.unique(keys[(np.arange(1, ranges) * len(keys)) // ranges])
 
 
 def verify(root_dir: str | Path, version: str | None = None, sample: int | None = None,
-           seed: int = 0, workers: int | None = None) -> VerifyReport:
+           seed: int = 0, workers: int | None = None, spill_dir: str | None = None) -> VerifyReport:
     """Compares both forms of `version` (default: CURRENT); `sample`: N random offline rows per view;
-    `workers`: processes (default: one per CPU). Reads the version, never writes into it."""
+    `workers`: processes (default: one per CPU); `spill_dir`: where the partitioned offline rows go
+    (default: a temporary folder)."""
     root = SnapshotRoot(root_dir)
     version = version or root.current()
     if version is None:
@@ -416,25 +354,28 @@ def verify(root_dir: str | Path, version: str | None = None, sample: int | None 
             f"{vdir}: no offline form here ({len(absent)} file(s) missing, e.g. {absent[0]}): a root synced "
             f"with `quiver sync --online-only` holds only what the server reads; verify where the version "
             f"was loaded")
-    tasks, offline_rows = _plan(root, m, sample, seed)
+    workers = workers or os.cpu_count() or 1
+    chunks, offline_rows, size = _chunks(root, m, sample, seed)
+    bounds = _bounds(m, chunks, max(2 * workers, math.ceil(size / RANGE_BYTES)))
     report = VerifyReport(version, {v: 0 for v in m.schema.view_names})
     found = {v: 0 for v in m.schema.view_names}
     keys = {g: 0 for g in m.groups}
-    workers = workers or os.cpu_count() or 1
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        scans = [pool.submit(_scan, str(root.path), version, g, lo, hi)
-                 for g in m.groups for lo, hi in _scan_ranges(root, version, g)]
-        for r in pool.map(_check, [str(root.path)] * len(tasks), [version] * len(tasks), tasks):
-            report.compared[r.view] += r.compared
-            report.mismatches += r.mismatches
-            report.unnamed += r.unnamed
-        for s in (f.result() for f in scans):
-            keys[s.group] += s.keys
-            for name, n in zip(m.groups[s.group].views, s.found, strict=True):
-                found[name] += n
-            report.mismatches += [Mismatch(s.group, k, "", "present, in none of its views", "absent", "group")
-                                  for k in s.in_no_view]
-            report.unnamed += s.in_no_view_count - len(s.in_no_view)
+    spill = tempfile.mkdtemp(prefix="quiver-verify-", dir=spill_dir)
+    try:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            list(pool.map(partial(_partition, str(root.path), version, spill, bounds), range(len(chunks)), chunks))
+            tasks = [(g, r) for r in range(len(bounds) + 1) for g in m.groups]
+            compare = partial(_compare, str(root.path), version, spill, bounds, sample is not None)
+            for res in pool.map(compare, [g for g, _ in tasks], [r for _, r in tasks]):
+                keys[res.group] += res.keys
+                for name, n in res.found.items():
+                    found[name] += n
+                for name, n in res.compared.items():
+                    report.compared[name] += n
+                report.mismatches += res.mismatches
+                report.unnamed += res.unnamed
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
     for view in m.schema.views:
         stated = m.views[view.name].rows
         if not offline_rows[view.name] == stated == found[view.name]:
@@ -444,11 +385,4 @@ def verify(root_dir: str | Path, version: str | None = None, sample: int | None 
         if keys[g] != stats.rows:
             report.mismatches.append(Mismatch(g, None, "", f"{keys[g]} keys", f"manifest: {stats.rows} keys",
                                               scope="group"))
-    _close()
     return report
-
-
-def _close() -> None:
-    for db in _OPEN.values():
-        db.close()
-    _OPEN.clear()
