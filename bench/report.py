@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 MARKERS = {"serve": ("<!-- results:start -->", "<!-- results:end -->"),
-           "load": ("<!-- load:start -->", "<!-- load:end -->")}
+           "load": ("<!-- load:start -->", "<!-- load:end -->"),
+           "verify": ("<!-- verify:start -->", "<!-- verify:end -->")}
 
 
 def f(x: Any, digits: int = 0, scale: float = 1.0) -> str:
@@ -144,8 +145,27 @@ def load(res: dict[str, Any], title: str) -> list[str]:
     return out
 
 
+def verify(res: dict[str, Any], title: str) -> list[str]:
+    out = [f"### {title}", "", f"`quiver load --workers {res['workers']} --no-reuse` into an empty root, then "
+           f"`quiver verify --workers {res['workers']}` of that version, one after the other in one run; "
+           f"result file `{res.get('file', '')}`.", ""]
+    out += machine(res)
+    out += table(["users", "load wall s", "load CPU s", "verify wall s", "verify CPU s", "verify / load (wall)",
+                  "verify / load (CPU)", "peak RSS MB load / verify"],
+                 [[f(s["users"]), f(s["load"]["wall_s"], 1), f(s["load"]["cpu_s"], 1), f(s["verify"]["wall_s"], 1),
+                   f(s["verify"]["cpu_s"], 1), f(s["verify_vs_load_wall"], 2), f(s["verify_vs_load_cpu"], 2),
+                   f"{f(s['load']['peak_rss_mb'])} / {f(s['verify']['peak_rss_mb'])}"] for s in res["sizes"]])
+    for s in res["sizes"]:
+        c = s.get("changed_value")
+        if c:
+            out += ["", f"One offline value changed at {s['users']:,} users (view `{c['view']}`, key {c['key']}, "
+                    f"feature `{c['feature']}`): {'found' if c['found'] else '**not found**'} in "
+                    f"{c['wall_s']:.1f} s; verify reported:", "", *(f"    {line}" for line in c["reported"])]
+    return out
+
+
 def render(res: dict[str, Any], title: str, images: Sequence[Path] = ()) -> str:
-    body = serve(res, title) if res["kind"] == "serve" else load(res, title)
+    body = {"serve": serve, "load": load, "verify": verify}[res["kind"]](res, title)
     # charts sit beside the result JSON in bench/results/; the README that embeds them is bench/README.md
     body += ["", *(f"![{c.stem}](results/{c.name})" for c in images)] if images else []
     return "\n".join(body) + "\n"
