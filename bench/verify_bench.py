@@ -109,6 +109,8 @@ def main() -> int:
     p.add_argument("--work", required=True, help="folder for data sets and roots")
     p.add_argument("--phase", choices=["both", "load", "verify"], default="both",
                    help="load: load each size and record it in --json; verify: verify the sizes --json records")
+    p.add_argument("--changed-at", type=int, default=None, metavar="N",
+                   help="the size at which to change one value (default: the first; 0: none)")
     p.add_argument("--name", default="verify")
     p.add_argument("--json", required=True)
     args = p.parse_args()
@@ -129,7 +131,8 @@ def main() -> int:
         if args.phase in ("both", "load"):
             by_users[n] = load_size(n, sources.get(n) or systems.dataset(work, n)[0], work, args.workers, log)
         if args.phase in ("both", "verify"):
-            verify_size(by_users[n], args.workers, work, log, changed=i == 0)
+            changed = n == args.changed_at if args.changed_at is not None else i == 0
+            verify_size(by_users[n], args.workers, work, log, changed=changed)
         res["sizes"] = [by_users[k] for k in sorted(by_users)]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(res, indent=1) + "\n")

@@ -54,3 +54,19 @@ def test_a_load_result_without_phases_draws_nothing(tmp_path: Path) -> None:
     src = tmp_path / "load.json"
     shutil.copy(BENCH / "results" / "2026-11-27-load-quick.json", src)
     assert r.charts(json.loads(src.read_text()), src) == []
+
+
+def test_a_verify_result_renders_both_times_and_the_changed_value() -> None:
+    r = report()
+    res = {"kind": "verify", "name": "verify", "date": "2026-12-01", "workers": 2, "file": "x.json",
+           "machine": {"nproc": 2, "cpu_model": "cpu", "kernel": "k", "free_g": "Mem: 23", "loadavg_start": "1"},
+           "versions": {"quiver": "0", "git_commit": "0123456789ab", "redis": "", "ghz": "", "rustc": "", "go": "",
+                        "python": "3.11"},
+           "sizes": [{"users": 1000, "load": {"wall_s": 10.0, "cpu_s": 8.0, "peak_rss_mb": 100},
+                      "verify": {"wall_s": 5.0, "cpu_s": 6.0, "peak_rss_mb": 200},
+                      "verify_vs_load_wall": 0.5, "verify_vs_load_cpu": 0.75,
+                      "changed_value": {"view": "ads", "key": 7, "feature": "ad_01", "wall_s": 4.0, "found": True,
+                                        "reported": ["MISMATCH view 'ads' key 7 feature 'ad_01': online 1"]}}]}
+    text = r.render(res, "title")
+    assert "| 1,000 | 10.0 | 8.0 | 5.0 | 6.0 | 0.50 | 0.75 | 100 / 200 |" in text
+    assert "found in 4.0 s" in text and "MISMATCH view 'ads' key 7" in text
