@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 USERS ?= 1000000
 DEMO := demo-data
 
-.PHONY: setup proto test lint typecheck pytest rust-test deploy-check demo bench bench-load clean system-deps tools
+.PHONY: setup proto test lint typecheck pytest rust-test deploy-check demo bench bench-load bench-readpath clean system-deps tools
 
 # redis-server for the tests that compare against Redis; iproute2 for the netem hop in bench/.
 system-deps:
@@ -66,6 +66,10 @@ bench: setup tools
 # The loader alone at 1M and 10M users (issue 2).
 bench-load: setup
 	bash bench/load.sh
+
+# The read path's named series at 10M users (issue 10): floor, pinned, capped (run as root).
+bench-readpath: setup tools
+	bash bench/readpath.sh
 
 clean:
 	rm -rf $(VENV) quiver/v1 *.egg-info $(DEMO) bench/work

@@ -37,12 +37,14 @@ def dataset(work: Path, users: int, seed: int = 1) -> tuple[Path, dict[str, Any]
     return source, {"generated": True, "generate_s": time.monotonic() - t}
 
 
-def load_quiver(source: Path, root: Path, users: int, workers: int, log: Path) -> dict[str, Any]:
-    """A fresh `quiver load` (root emptied first, --no-reuse) with its wall time and the peak memory of
-    the loader's process tree."""
-    shutil.rmtree(root, ignore_errors=True)
+def load_quiver(source: Path, root: Path, users: int, workers: int, log: Path, fresh: bool = True,
+                as_of: str = "") -> dict[str, Any]:
+    """`quiver load` with its wall time and the peak memory of the loader's process tree; `fresh`: into an
+    emptied root with --no-reuse, otherwise into the root as it is (reusing what did not change)."""
+    if fresh:
+        shutil.rmtree(root, ignore_errors=True)
     cmd = [QUIVER, "load", "--features", str(source / "features.yaml"), "--root", str(root),
-           "--workers", str(workers), "--no-reuse"]
+           "--workers", str(workers), *(["--no-reuse"] if fresh else []), *(["--as-of", as_of] if as_of else [])]
     t = time.monotonic()
     with open(log, "ab") as err:
         start = err.tell()
@@ -77,7 +79,8 @@ def load_phases(log: Path, offset: int) -> dict[str, float]:
 
 
 def views_of(root: Path, version: str) -> list[str]:
-    return sorted(p.name for p in (root / "versions" / version / "online").iterdir() if p.is_dir())
+    manifest = json.loads((root / "versions" / version / "manifest.json").read_text())
+    return [v["name"] for v in manifest["schema"]["views"]]
 
 
 @dataclass
@@ -86,6 +89,18 @@ class QuiverServer:
     target: str        # host:port
     uds: Path          # worker 0's socket; worker i>0 listens on uds.i
     workers: int
+
+
+def health_serving(target: str, proc: subprocess.Popen[bytes], log: Path) -> bool:
+    """The server at `target` reports SERVING; raises when its process has exited."""
+    if proc.poll() is not None:
+        raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}; see {log}")
+    try:
+        with grpc.insecure_channel(target) as ch:
+            r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            return bool(r.status == health_pb2.HealthCheckResponse.SERVING)
+    except grpc.RpcError:
+        return False
 
 
 def serve_quiver(procs: Processes, root: Path, workers: int, cache_mb: int, sock_dir: Path, log: Path,
@@ -97,18 +112,8 @@ def serve_quiver(procs: Processes, root: Path, workers: int, cache_mb: int, sock
            "--workers", str(workers), "--metrics-port", "0", "--cache-mb", str(cache_mb)]
     proc = procs.start(cmd, log)
     target = f"127.0.0.1:{port}"
-
-    def serving() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"quiver serve exited with {proc.returncode}; see {log}")
-        try:
-            with grpc.insecure_channel(target) as ch:
-                r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
-                return bool(r.status == health_pb2.HealthCheckResponse.SERVING)
-        except grpc.RpcError:
-            return False
-
-    wait_for(serving, timeout=180, what=f"quiver serve health SERVING on {target}", interval=0.3)
+    wait_for(lambda: health_serving(target, proc, log), timeout=180,
+             what=f"quiver serve health SERVING on {target}", interval=0.3)
     # Every worker must be up before load starts; each creates its own socket.
     wait_for(lambda: all(Path(f"{uds}.{i}" if i else uds).exists() for i in range(workers)),
              timeout=60, what="every worker's Unix socket")
@@ -164,7 +169,7 @@ def load_redis(redis: RedisServer, root: Path, version: str, log: Path, parallel
             while pending and len(running) < parallel:
                 view = pending.pop(0)
                 feed = subprocess.Popen([sys.executable, str(BENCH / "redis_feed.py"),
-                                         str(root / "versions" / version / "online" / view), view],
+                                         str(root / "versions" / version), view],
                                         stdout=subprocess.PIPE, stderr=err)
                 pipe = subprocess.Popen([*redis.prefix, "redis-cli", "-p", str(redis.port), "--pipe"],
                                         stdin=feed.stdout, stdout=subprocess.PIPE, stderr=err)

@@ -9,6 +9,7 @@ from quiver.loader.errors import LoadError
 from quiver.loader.generate import generate
 from quiver.loader.listing import list_snapshots
 from quiver.loader.load import LoadOptions, load
+from quiver.snapshot import rocks
 
 
 def _as_of(text: str) -> datetime:
@@ -25,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--root", required=True, help="snapshot root folder")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--as-of", type=_as_of, default=None, help="the data's as-of time (default: now)")
-    p.add_argument("--compression", choices=["lz4", "zstd", "snappy", "none"], default="lz4")
+    p.add_argument("--compression", choices=["lz4", "zstd", "snappy", "none"], default=rocks.DEFAULT_COMPRESSION,
+                   help="of the online form's SST files (default: none, read through mmap; bench/README.md)")
     p.add_argument("--no-reuse", action="store_true", help="re-encode views even if unchanged")
     p.add_argument("--allow-type-change", action="store_true",
                    help="accept a feature whose type differs from the current version's")

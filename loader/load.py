@@ -34,6 +34,7 @@ from quiver.loader.sources import SourceFile, inspect
 from quiver.loader.spill import encode_task, encode_tasks, spills_all_columns
 from quiver.loader.sst import KeptViews, PartitionResult, PartitionTask, partition_task
 from quiver.loader.worker import worker_init
+from quiver.snapshot import rocks
 from quiver.snapshot.layout import SnapshotRoot
 from quiver.snapshot.manifest import FileEntry, GroupStats, Manifest, ViewStats, file_checksum
 from quiver.snapshot.schema import FeatureSet
@@ -47,7 +48,7 @@ PROGRESS_SECONDS = 10.0
 class LoadOptions:
     workers: int = 2
     as_of: datetime | None = None
-    compression: str = "lz4"
+    compression: str = rocks.DEFAULT_COMPRESSION
     batch_rows: int = 1 << 14  # rows read, normalized and encoded at a time: bounds a worker's memory
     partition_bytes: int = PARTITION_BYTES
     reuse: bool = True           # take unchanged views and groups from the current version

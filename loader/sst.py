@@ -17,6 +17,7 @@ from quiver.loader.entity_row import assemble, split
 from quiver.loader.errors import DataError, SourceError
 from quiver.loader.normalize import normalized_schema
 from quiver.loader.spill import OFFLINE_ROW_GROUP, offline_writer
+from quiver.loader.wire import binary_parts
 from quiver.loader.worker import return_memory
 from quiver.snapshot import rocks
 from quiver.snapshot.manifest import file_checksum
@@ -158,22 +159,44 @@ def _kept_views(t: PartitionTask, result: PartitionResult) -> dict[str, tuple[pa
 Columns = dict[str, tuple[pa.Array, pa.Array]]   # view -> (sorted encoded keys, ViewRow bytes)
 
 
+def _fixed8(keys: pa.Array) -> np.ndarray | None:
+    """int64 entities' keys (8 big-endian bytes each) as uint64, in the same order; None for other keys."""
+    offsets, data = binary_parts(keys.cast(pa.large_binary()))
+    if int(offsets[-1] - offsets[0]) != 8 * len(keys):
+        return None
+    return data[offsets[0]:offsets[-1]].view(">u8")
+
+
 def group_values(views: tuple[ViewDef, ...], columns: Columns) -> tuple[pa.Array, pa.Array]:
     """The group's (keys, EntityRow values) in key order from each view's sorted (keys, ViewRows)."""
-    present = [columns[v.name] for v in views if v.name in columns]
+    present = [v.name for v in views if v.name in columns]
     if len(present) == 1:
-        keys = present[0][0]
+        keys = columns[present[0]][0]
+        aligned = [columns[v.name][1] if v.name in columns else pa.nulls(len(keys), pa.large_binary())
+                   for v in views]
+        return keys, assemble(aligned)
+    ints = {name: _fixed8(columns[name][0]) for name in present}
+    if all(k is not None for k in ints.values()):
+        union = np.unique(np.concatenate([k for k in ints.values() if k is not None]))
+        keys = pa.Array.from_buffers(pa.binary(8), len(union), [None, pa.py_buffer(union.astype(">u8"))])
+        rank = {name: np.searchsorted(union, k) for name, k in ints.items() if k is not None}
     else:
-        union = pc.unique(pa.concat_arrays([k.cast(pa.binary()) for k, _ in present]))
-        keys = union.take(pc.sort_indices(union))  # binary sorts bytewise: RocksDB's order
+        raw = pc.unique(pa.concat_arrays([columns[n][0].cast(pa.binary()) for n in present]))
+        keys = raw.take(pc.sort_indices(raw))  # binary sorts bytewise: RocksDB's order
+        rank = {n: pc.index_in(columns[n][0].cast(pa.binary()), value_set=keys).to_numpy() for n in present}
     aligned = []
     for v in views:
         if v.name not in columns:
             aligned.append(pa.nulls(len(keys), pa.large_binary()))
             continue
-        vk, vv = columns[v.name]
-        aligned.append(vv.take(pc.index_in(keys, value_set=vk.cast(pa.binary()))) if len(present) > 1 else vv)
-    return keys, assemble(aligned)
+        values = columns[v.name][1]
+        if len(values) == len(keys):  # the view holds every key of the range: already aligned
+            aligned.append(values)
+            continue
+        row = np.full(len(keys), -1, dtype=np.int64)
+        row[rank[v.name]] = np.arange(len(values))
+        aligned.append(values.take(pa.array(row, mask=row < 0)))
+    return keys.cast(pa.binary()), assemble(aligned)
 
 
 def partition_task(t: PartitionTask) -> PartitionResult:

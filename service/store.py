@@ -37,12 +37,14 @@ class LoadedVersion:
         self._retired = False
         self._closed = False
 
-    def get(self, group: str, keys: list[bytes]) -> list[bytes | None]:
-        """Stored EntityRow bytes of one group per key (None when absent). Callers hold a reader (acquire)."""
+    def get(self, group: str, keys: list[bytes], off_loop: bool = False) -> list[bytes | None]:
+        """Stored EntityRow bytes of one group per key (None when absent). Callers hold a reader (acquire).
+        Off the event loop every read is a batched one, which releases the GIL while RocksDB works (a
+        page-cache miss waits on the disk without stopping the loop)."""
         if self._closed:  # the guard: never touch a closed handle
             raise RuntimeError(f"version {self.version} is closed")
         db = self._dbs[group]
-        if len(keys) == 1:
+        if len(keys) == 1 and not off_loop:
             # a single get keeps the GIL: cheaper than the batched call's release and re-acquire
             return [db.get(keys[0])]
         return db.get(keys)  # type: ignore[arg-type, return-value]

@@ -36,7 +36,14 @@ def table_options(cache: Cache | None = None) -> BlockBasedOptions:
     return b
 
 
-def writer_options(compression: str = "lz4") -> Options:
+# Stored uncompressed and read through mmap: a lookup then reads its block straight from the page
+# cache, with no pread, no decompression and no copy into the block cache. Measured with
+# bench/read_options.py on 300,000 entities of the 10M-user group (64 MB cache, page cache warm):
+# 4.3 us per key in batches of 100 against 8.7-9.6 us with LZ4 and pread, for 1.4x the bytes on disk.
+DEFAULT_COMPRESSION = "none"
+
+
+def writer_options(compression: str = DEFAULT_COMPRESSION) -> Options:
     o = Options(raw_mode=True)
     o.set_block_based_table_factory(table_options())
     o.set_compression_type(COMPRESSION[compression]())
@@ -51,6 +58,9 @@ def reader_options(cache: Cache) -> Options:
     # (with a limit it loads 20, and the row count check below would see a fraction of the rows).
     o.set_max_open_files(-1)
     o.set_keep_log_file_num(1)
+    # Uncompressed blocks come straight from the mapping (compressed ones, from older loads or
+    # --compression, still go through the block cache).
+    o.set_allow_mmap_reads(True)
     return o
 
 

@@ -348,7 +348,8 @@ def test_not_serving_until_the_first_snapshot_then_serving(start_server: Any, us
 
 
 def test_sigterm_drains_in_flight_requests(start_server: Any, users: UsersSnapshots, tmp_path: Path) -> None:
-    s = start_server(users.root(tmp_path / "root"), "--drain-seconds", "5")
+    # --max-queue-ms 0: the 16 big calls below must all be in flight when SIGTERM lands, not shed
+    s = start_server(users.root(tmp_path / "root"), "--drain-seconds", "5", "--max-queue-ms", "0")
     s.wait_health(SERVING)
     channel = s.channel()
     watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=30)

@@ -5,6 +5,7 @@ a subset of views out of the stored bytes."""
 from types import SimpleNamespace
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from quiver.loader.entity_row import assemble, split
@@ -67,3 +68,32 @@ def test_any_order_and_subset_is_cut_out_of_the_stored_bytes(views: tuple[str, .
             assert row.views[j].SerializeToString() == (want or b""), (i, v)
     whole = plan(version({"g1": ("a", "b", "c")}), ("a", "b", "c"))  # type: ignore[arg-type]
     assert [r.picks for r in whole.runs] == [None]  # a whole group in stored order: spliced as stored
+
+
+@pytest.mark.parametrize("key_type", ["int64", "string"])
+def test_a_group_holds_the_union_of_its_views_keys_in_byte_order(key_type: str) -> None:
+    from quiver.loader.partition import encoded_keys
+    from quiver.loader.sst import group_values
+    from quiver.snapshot import ViewDef
+
+    def keys(ids: list[int]) -> pa.Array:
+        raw = pa.array(ids, pa.int64()) if key_type == "int64" else pa.array([f"u{i:03d}" for i in ids])
+        enc = encoded_keys(raw)
+        return enc.take(pc.sort_indices(enc))  # each view's keys arrive sorted bytewise
+
+    ids = {"a": [-5, 1, 2, 3, 7], "b": [1, 3, 100], "c": [-5, 1, 2, 3, 7]}
+    columns = {}
+    for name, xs in ids.items():
+        k = keys(xs)
+        columns[name] = (k, pa.array([pb.ViewRow(strings=[f"{name}:{x.hex()}"]).SerializeToString()
+                                      for x in k.to_pylist()], pa.large_binary()))
+    views = tuple(ViewDef(n, "", ()) for n in ("a", "b", "c", "d"))  # d: no rows in this range
+    got_keys, values = group_values(views, columns)
+    union = sorted({k for name in ids for k in columns[name][0].to_pylist()})
+    assert got_keys.to_pylist() == union
+    for k, raw in zip(union, values.to_pylist(), strict=True):
+        row = pb.EntityRow.FromString(raw)
+        for j, name in enumerate("abcd"):
+            held = name in columns and k in columns[name][0].to_pylist()
+            assert row.found[j] == held
+            assert row.views[j].strings == ([f"{name}:{k.hex()}"] if held else [])

@@ -12,8 +12,10 @@ from quiver.snapshot.layout import SnapshotRoot
 
 
 def test_reads_fill_the_configured_cache_and_stay_within_it(tmp_path: Path) -> None:
+    """Compressed data blocks are read through the cache (the default, uncompressed, is read from the mmap
+    and only index and filter blocks use the cache)."""
     features = generate(3000, tmp_path / "src", seed=3)
-    version = load(features, tmp_path / "root", LoadOptions(workers=1)).version
+    version = load(features, tmp_path / "root", LoadOptions(workers=1, compression="lz4")).version
     cache = Cache(256 << 10)  # smaller than the data: reads must evict, never grow past it
     loaded = open_version(SnapshotRoot(tmp_path / "root"), version, cache, "size")
     try:
