@@ -113,18 +113,17 @@ def _show_key(key_type: str, value: Any) -> Any:
 
 _OPEN: dict[tuple[str, str, str], Rdict] = {}
 _MANIFESTS: dict[tuple[str, str], Manifest] = {}
-_LOG_DIR = ""
 
 
-def _db(root: SnapshotRoot, version: str, group: str) -> Rdict:
-    """The group's RocksDB, opened read-only once per process; RocksDB's info log goes to a temporary
-    folder, never into the version."""
-    global _LOG_DIR
+def _db(root: SnapshotRoot, version: str, group: str, spill: str) -> Rdict:
+    """The group's RocksDB, opened read-only once per process; RocksDB's info log goes into the spill
+    folder (removed at the end), never into the version."""
     key = (str(root.path), version, group)
     if key not in _OPEN:
-        _LOG_DIR = _LOG_DIR or tempfile.mkdtemp(prefix=f"quiver-verify-log-{os.getpid()}-")
+        log_dir = Path(spill) / "rocksdb-logs" / str(os.getpid())
+        log_dir.mkdir(parents=True, exist_ok=True)
         opts = rocks.reader_options(Cache(64 << 20))
-        opts.set_db_log_dir(_LOG_DIR)
+        opts.set_db_log_dir(str(log_dir))
         _OPEN[key] = Rdict(str(root.online_dir(version, group)), opts, column_families={"default": opts},
                            access_type=AccessType.read_only())
     return _OPEN[key]
@@ -135,12 +134,6 @@ def _manifest(root: SnapshotRoot, version: str) -> Manifest:
     if key not in _MANIFESTS:
         _MANIFESTS[key] = Manifest.load(root.manifest_path(version))
     return _MANIFESTS[key]
-
-
-def _close() -> None:
-    for db in _OPEN.values():
-        db.close()
-    _OPEN.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +225,7 @@ def _compare(root_dir: str, version: str, spill: str, bounds: np.ndarray, sample
     result = RangeResult(group, found={v: 0 for v in members}, compared={v: 0 for v in members})
     lo = bounds[r - 1] if r > 0 else None
     hi = bounds[r] if r < len(bounds) else None
-    keys, values = _read_range(_db(root, version, group), key_type, lo, hi)
+    keys, values = _read_range(_db(root, version, group, spill), key_type, lo, hi)
     stored = _stored(key_type, keys)
     buf, starts, ends, _ = wc.pack(values)  # type: ignore[arg-type]
     del values
