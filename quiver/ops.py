@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--seed", type=int, default=0, help="seed of the --sample draw")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="worker processes comparing in parallel (default: one per CPU)")
+    p.add_argument("--spill-dir", default=None, metavar="DIR",
+                   help="where the offline rows are partitioned by key range while comparing (default: the "
+                        "temporary folder, TMPDIR); needs about 1.7 times the offline Parquet's size")
     p.set_defaults(handler=_verify)
 
     p = sub.add_parser("gc", help="remove old versions: keeps the K newest, CURRENT, the previous one and leased ones")
@@ -37,7 +40,7 @@ def _verify(args: argparse.Namespace) -> int:
         print("quiver verify: error: --workers must be at least 1", file=sys.stderr)
         return 2
     try:
-        report = verify(args.root, args.version, args.sample, args.seed, args.workers)
+        report = verify(args.root, args.version, args.sample, args.seed, args.workers, args.spill_dir)
     except (FileNotFoundError, ManifestError) as e:
         print(f"quiver verify: error: {e}", file=sys.stderr)
         return 2
