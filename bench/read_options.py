@@ -38,6 +38,8 @@ from rocksdict import (
     SstFileWriter,
 )
 
+from quiver.snapshot import rocks
+
 Tweak = Callable[[BlockBasedOptions, Options], None]
 
 
@@ -81,19 +83,8 @@ CANDIDATES: dict[str, tuple[str, Tweak | None]] = {
 
 
 def options(tweak: Tweak | None, cache: Cache | None) -> Options:
-    b = BlockBasedOptions()
-    b.set_block_size(8 << 10)
-    b.set_bloom_filter(10, False)
-    b.set_data_block_index_type(DataBlockIndexType.binary_and_hash())
-    b.set_index_type(BlockBasedIndexType.two_level_index_search())
-    b.set_partition_filters(True)
-    b.set_metadata_block_size(4096)
-    if cache is None:
-        b.disable_cache()
-    else:
-        b.set_block_cache(cache)
-        b.set_cache_index_and_filter_blocks(True)
-        b.set_pin_top_level_index_and_filter(True)
+    """The baseline: snapshot/rocks.py's table options with LZ4 and pread (what shipped before issue 10)."""
+    b = rocks.table_options(cache)
     o = Options(raw_mode=True)
     o.set_compression_type(DBCompressionType.lz4())
     if tweak is not None:
