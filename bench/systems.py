@@ -75,7 +75,7 @@ def load_phases(log: Path, offset: int) -> dict[str, float]:
     with open(log, "rb") as f:
         f.seek(offset)
         text = f.read().decode(errors="replace")
-    return {m.group(1): float(m.group(2)) for m in re.finditer(r"quiver\[load\] (\S+)\s+([\d.]+) s", text)}
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"quiver\[load\] (?:INFO )?(\S+)\s+([\d.]+) s", text)}
 
 
 def views_of(root: Path, version: str) -> list[str]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Offline checks of everything deploy/ ships: every kustomize overlay renders and validates
-# strictly against the Kubernetes 1.37 schemas, the Dockerfile passes hadolint, the image's
+# strictly against the Kubernetes 1.37 schemas, the Dockerfiles pass hadolint, the image's
 # install steps work (deploy/check-image-steps.sh), and the monitoring in deploy/monitoring/ holds:
 # promtool checks and unit-tests the alert rules and parses every dashboard query, and a test pins
 # the dashboard and the rules to the metrics the server exports. Run through `make deploy-check`.
@@ -31,8 +31,10 @@ fi
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-for overlay in deploy/k8s/overlays/*/; do
-  name=$(basename "$overlay")
+# Overlays, and the examples nested in them (node-local/embedded-inference).
+for kfile in deploy/k8s/overlays/*/kustomization.yaml deploy/k8s/overlays/*/*/kustomization.yaml; do
+  overlay=$(dirname "$kfile")/
+  name=$(echo "${overlay#deploy/k8s/overlays/}" | tr / - | sed 's/-$//')
   echo "== kustomize build $overlay"
   "$KUSTOMIZE" build "$overlay" > "$out/$name.yaml"
   echo "== kubernetes-validate --strict ($name)"
@@ -52,6 +54,8 @@ echo "== dashboard and rules against the exported metrics"
 
 echo "== hadolint Dockerfile"
 "$VENV/bin/hadolint" Dockerfile
+echo "== hadolint deploy/spark/Dockerfile"
+"$VENV/bin/hadolint" deploy/spark/Dockerfile
 
 echo "== image install steps"
 bash deploy/check-image-steps.sh

@@ -1,14 +1,15 @@
 """CLI: `quiver load`, `quiver snapshots`, `quiver generate` (thin wrappers over the Python API)."""
 
 import argparse
-import logging
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
-from quiver.loader.errors import LoadError
+from quiver.args import at_least
+from quiver.errors import RootError
 from quiver.loader.generate import generate
 from quiver.loader.listing import list_snapshots
-from quiver.loader.load import LoadOptions, load
+from quiver.loader.load import LoadOptions, LoadResult, load
 from quiver.snapshot import rocks
 
 
@@ -20,50 +21,77 @@ def _as_of(text: str) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
+def _spark_setting(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key.startswith("spark."):
+        raise argparse.ArgumentTypeError(f"--spark-conf {text!r}: expected spark.KEY=VALUE")
+    return key, value
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("load", help="build a new snapshot version from the Parquet sources in features.yaml")
-    p.add_argument("--features", required=True, help="features.yaml")
-    p.add_argument("--root", required=True, help="snapshot root folder")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--as-of", type=_as_of, default=None, help="the data's as-of time (default: now)")
+    p.add_argument("--features", required=True, help="features.yaml: the entity, views and their sources (required)")
+    p.add_argument("--root", required=True,
+                   help="snapshot root folder; created if missing (required); with --engine spark also "
+                   "s3://bucket/prefix or file:///dir: the version is built in --work-root, then published there "
+                   "as `quiver publish` does")
+    p.add_argument("--workers", type=at_least(1), default=2,
+                   help="local engine: worker processes that encode and sort (default: 2)")
+    p.add_argument("--engine", choices=["local", "spark"], default="local",
+                   help="local: worker processes on this machine; spark: a Spark job (pip extra [spark], Java 17) "
+                   "(default: local)")
+    p.add_argument("--spark-master", default="local[2]", metavar="URL",
+                   help="--engine spark: the Spark master: local[N], spark://..., k8s://... (default: local[2])")
+    p.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE", type=_spark_setting,
+                   help="--engine spark: a Spark setting (repeatable), e.g. spark.executor.instances=8 (default: none)")
+    p.add_argument("--work-root", default=None,
+                   help="--engine spark with an object-store --root: the local root the version is built in "
+                   "(default: a temporary folder; give a kept one to reuse unchanged views)")
+    p.add_argument("--as-of", type=_as_of, default=None, help="the data's as-of time, ISO 8601 (default: now)")
     p.add_argument("--compression", choices=["lz4", "zstd", "snappy", "none"], default=rocks.DEFAULT_COMPRESSION,
-                   help="of the online form's SST files (default: none, read through mmap; bench/README.md)")
-    p.add_argument("--no-reuse", action="store_true", help="re-encode views even if unchanged")
+                   help="compression of the online form's SST files (default: none, read through mmap; "
+                   "bench/README.md)")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="re-encode views even if unchanged (default: link unchanged ones from CURRENT)")
     p.add_argument("--allow-type-change", action="store_true",
-                   help="accept a feature whose type differs from the current version's")
+                   help="accept a feature whose type differs from the current version's (default: refuse)")
     p.add_argument("--allow-regroup", action="store_true",
                    help="accept a view moved to another storage group than in the current version "
-                        "(rewrites both groups on every replica)")
+                        "(rewrites both groups on every replica) (default: refuse)")
+    p.add_argument("--accept-failed-checks", action="store_true",
+                   help="publish even if features.yaml checks fail, recording it in the manifest (default: a "
+                        "failing version is not published and the load exits 13)")
     p.set_defaults(handler=_load)
 
     p = sub.add_parser("snapshots", help="list the versions under a root")
-    p.add_argument("--root", required=True)
+    p.add_argument("--root", required=True, help="snapshot root folder (required)")
     p.set_defaults(handler=_snapshots)
 
     p = sub.add_parser("generate", help="write a synthetic MAU-like data set and its features.yaml")
-    p.add_argument("--users", type=int, required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--users", type=at_least(1), required=True, help="how many users to generate (required)")
+    p.add_argument("--out", required=True, help="folder to write the Parquet files and features.yaml to (required)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same data (default: 0)")
+    p.add_argument("--with-checks", action="store_true",
+                   help="declare about one check per feature in features.yaml (default: no checks)")
     p.set_defaults(handler=_generate)
 
 
 def _load(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s quiver[load] %(message)s")
-    try:
-        r = load(args.features, args.root, LoadOptions(workers=args.workers, as_of=args.as_of,
-                                                        compression=args.compression, reuse=not args.no_reuse,
-                                                        allow_type_change=args.allow_type_change,
-                                                        allow_regroup=args.allow_regroup))
-    except LoadError as e:
-        print(f"quiver load: error: {e}", file=sys.stderr)
-        print("quiver load: nothing was published; CURRENT is unchanged", file=sys.stderr)
-        return e.exit_code
+    opts = LoadOptions(workers=args.workers, as_of=args.as_of, compression=args.compression,
+                       reuse=not args.no_reuse, allow_type_change=args.allow_type_change,
+                       allow_regroup=args.allow_regroup,
+                       accept_failed_checks=args.accept_failed_checks)
+    r = _load_on_spark(args, opts) if args.engine == "spark" else load(args.features, args.root, opts)
     rows = sum(r.manifest.rows().values())
     note = "published" if r.published else "already published; CURRENT points to it"
     for name, n in r.dropped.items():
         if n:
             print(f"view {name!r}: dropped {n} older row(s) of duplicate keys (latest event timestamp kept)",
                   file=sys.stderr)
+    for status in ("failed", "warned", "skipped"):
+        for c in r.checks.with_status(status):
+            label = "FAILED (accepted with --accept-failed-checks)" if status == "failed" else status.upper()
+            print(f"{label} {c.describe()}", file=sys.stderr)
     if r.reused_views:
         print(f"reused unchanged view(s) without re-encoding: {', '.join(r.reused_views)}", file=sys.stderr)
     if r.linked_groups:
@@ -73,7 +101,25 @@ def _load(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_on_spark(args: argparse.Namespace, opts: LoadOptions) -> LoadResult:
+    """The same load, its data path run by Spark. Its errors are the local loader's (and, publishing to
+    object storage, `quiver publish`'s), mapped to exit codes in quiver.cli like theirs."""
+    from dataclasses import replace
+
+    from quiver.loader.spark import load as spark_load
+    from quiver.loader.spark import spark_session
+
+    spark = spark_session(args.spark_master, conf=dict(args.spark_conf))
+    try:
+        return spark_load(spark, args.features, args.root,
+                          replace(opts, workers=spark.sparkContext.defaultParallelism), work_root=args.work_root)
+    finally:
+        spark.stop()
+
+
 def _snapshots(args: argparse.Namespace) -> int:
+    if not Path(args.root).is_dir():
+        raise RootError(f"{args.root}: no such snapshot root")
     rows = list_snapshots(args.root)
     if not rows:
         print(f"no versions under {args.root}")
@@ -86,5 +132,5 @@ def _snapshots(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    print(generate(args.users, args.out, args.seed))
+    print(generate(args.users, args.out, args.seed, args.with_checks))
     return 0

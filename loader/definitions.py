@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from quiver.loader.checks import CheckDefinitionError, parse_feature_checks, parse_view_checks
 from quiver.loader.errors import DefinitionError
 from quiver.snapshot.schema import DEFAULT_GROUP, FEATURE_TYPES, KEY_TYPES, EntityDef, FeatureDef, FeatureSet, ViewDef
 
@@ -20,6 +21,8 @@ def load_definitions(path: str | Path) -> FeatureSet:
         doc = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise DefinitionError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DefinitionError(f"{path}: cannot be read: {getattr(e, 'strerror', None) or e}") from None
     except yaml.YAMLError as e:
         raise DefinitionError(f"{path}: not valid YAML: {e}") from None
     return parse_definitions(doc, str(path))
@@ -72,7 +75,7 @@ def _view(d: Any, where: str, entity: EntityDef) -> ViewDef:
         raise DefinitionError(f"{where}: a view must be a mapping")
     name = _name(d.get("name"), where)
     where = f"{where.rsplit(':', 1)[0]}: view {name!r}"
-    _no_unknown_keys(d, {"name", "source", "features", "event_timestamp", "entity_column", "group"}, where)
+    _no_unknown_keys(d, {"name", "source", "features", "event_timestamp", "entity_column", "group", "checks"}, where)
     group = _group(d, where)
     source = d.get("source")
     if not isinstance(source, str) or not source:
@@ -96,7 +99,8 @@ def _view(d: Any, where: str, entity: EntityDef) -> ViewDef:
             raise DefinitionError(f"{where}: feature {f.name!r} reads the key or timestamp column {f.column!r}")
         seen.add(f.name)
         features.append(f)
-    return ViewDef(name, source, tuple(features), ts, entity_column, group)
+    checks = _checks(d, where, parse_view_checks)
+    return ViewDef(name, source, tuple(features), ts, entity_column, group, checks)
 
 
 def _group(d: dict[str, Any], where: str) -> str:
@@ -112,12 +116,22 @@ def _group(d: dict[str, Any], where: str) -> str:
     return _name(g, f"{where}: group")
 
 
+def _checks(d: dict[str, Any], where: str, parse: Any) -> dict[str, Any]:
+    if "checks" not in d:
+        return {}
+    try:
+        checks: dict[str, Any] = parse(d["checks"])
+    except CheckDefinitionError as e:
+        raise DefinitionError(f"{where}: checks: {e}") from None
+    return checks
+
+
 def _feature(d: Any, where: str) -> FeatureDef:
     if not isinstance(d, dict):
         raise DefinitionError(f"{where}: a feature must be a mapping with name and type")
     name = _name(d.get("name"), f"{where}: feature")
     where = f"{where}, feature {name!r}"
-    _no_unknown_keys(d, {"name", "type", "length", "default", "source_column"}, where)
+    _no_unknown_keys(d, {"name", "type", "length", "default", "source_column", "checks"}, where)
     ftype = d.get("type")
     if ftype not in FEATURE_TYPES:
         raise DefinitionError(f"{where}: type {ftype!r} must be one of {list(FEATURE_TYPES)}")
@@ -133,7 +147,9 @@ def _feature(d: Any, where: str) -> FeatureDef:
     default = d.get("default")
     if default is not None:
         _check_default(ftype, length, default, where)
-    return FeatureDef(name, ftype, length, default, column)
+    f = FeatureDef(name, ftype, length, default, column)
+    checks = _checks(d, where, lambda raw: parse_feature_checks(raw, f))
+    return FeatureDef(name, ftype, length, default, column, checks)
 
 
 def _check_default(ftype: Any, length: int, value: Any, where: str) -> None:

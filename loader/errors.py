@@ -1,16 +1,22 @@
-"""The loader's exception tree; each class carries the exit code `quiver load` ends with.
+"""The loader's exception tree; each class carries the exit code `quiver load` ends with (a QuiverError:
+`quiver`'s main maps it, quiver/errors.py has the table). A busy root is the snapshot's RootBusy (9).
 
     LoadError (1)
     ├── DefinitionError (2)   features.yaml is wrong: file, view and feature named
     ├── SourceError (3)       a source file is missing, unreadable, truncated or empty
-    └── DataError (4)         the data breaks the definitions: view, column and an example key named
+    ├── DataError (4)         the data breaks the definitions: view, column and an example key named
+    └── ChecksFailed (13)     the version's feature checks failed: each named with feature, measured
+                              value, limit and example keys; nothing published (--accept-failed-checks
+                              publishes anyway). 13: codes up to 12 are taken by the CLI's table.
 """
 
+from quiver.errors import QuiverError
 from quiver.snapshot.schema import SchemaError
 
 
-class LoadError(Exception):
+class LoadError(QuiverError):
     exit_code = 1
+    note = "nothing was published; CURRENT is unchanged"
 
 
 class DefinitionError(LoadError, SchemaError):
@@ -23,3 +29,7 @@ class SourceError(LoadError):
 
 class DataError(LoadError):
     exit_code = 4
+
+
+class ChecksFailed(LoadError):
+    exit_code = 13

@@ -115,9 +115,39 @@ def _ads(rng: np.random.Generator, ids: np.ndarray) -> pa.Table:
 VIEWS = {"profile": _profile, "activity": _activity, "embedding": _embedding, "ads": _ads}
 AD_COVERAGE = 0.85  # ads only knows users who saw an ad: the rest are 'not found' there
 
+def checks(users: int) -> dict[str, dict[str, Any]]:
+    """A realistic set of checks for the generated data, about one per feature, all passing on it
+    except churn_score's warn-only `finite` (1% NaN): feature name or view name -> checks."""
+    out: dict[str, dict[str, Any]] = {
+        "country": {"allowed": COUNTRIES.tolist()}, "language": {"max_null_fraction": 0.1},
+        "device": {"allowed": DEVICES.tolist()}, "plan": {"allowed": PLANS.tolist()},
+        "age": {"min": 0, "max": 120, "max_null_fraction": 0.3}, "is_premium": {"max_null_fraction": 0},
+        "email_verified": {"max_null_fraction": 0.05}, "signup_days": {"min": 0}, "lifetime_value": {"min": 0},
+        "churn_score": {"min": 0, "max": 1, "finite": True, "warn": ["finite"]}, "sessions_total": {"min": 0},
+        "avatar": {"max_null_fraction": 0}, "user_embedding": {"norm_between": [1, 20], "finite": True},
+        "embedding_norm": {"min": 0}, "ctr_7d": {"min": 0, "max": 1}, "recent_ad_ids": {"length_between": [0, 50]},
+        "opted_out": {"max_null_fraction": 0.1},
+    }
+    out |= {f"pref_{i:02d}": {"min": 0, "max": 1} for i in range(12)}
+    out |= {f"act_{i:03d}": {"min": 0, "max": 1000} for i in range(ACTIVITY)}
+    out |= {f"ad_{i:02d}": {"min": 0, "max": 100_000} for i in range(AD_COUNTS)}
+    view = {"min_rows": users // 2, "max_row_change": 0.5, "max_null_fraction_change": 0.1}
+    out |= {v: dict(view) for v in VIEWS}
+    return out
 
-def generate(users: int, out: str | Path, seed: int = 0) -> Path:
-    """Writes OUT/features.yaml and OUT/<view>/part-*.parquet; returns the features.yaml path."""
+
+def with_checks(doc: dict[str, Any], users: int) -> dict[str, Any]:
+    table = checks(users)
+    for v in doc["views"]:
+        v["checks"] = table[v["name"]]
+        for f in v["features"]:
+            f["checks"] = table[f["name"]]
+    return doc
+
+
+def generate(users: int, out: str | Path, seed: int = 0, checked: bool = False) -> Path:
+    """Writes OUT/features.yaml (with checks() when checked) and OUT/<view>/part-*.parquet; returns the
+    features.yaml path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for chunk, start in enumerate(range(0, users, CHUNK)):
@@ -131,5 +161,5 @@ def generate(users: int, out: str | Path, seed: int = 0) -> Path:
             pq.write_table(table, out / name / f"part-{chunk:05d}.parquet", row_group_size=ROW_GROUP,
                            compression="zstd")
     path = out / "features.yaml"
-    path.write_text(yaml.safe_dump(definitions(), sort_keys=False))
+    path.write_text(yaml.safe_dump(with_checks(definitions(), users) if checked else definitions(), sort_keys=False))
     return path

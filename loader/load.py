@@ -7,6 +7,8 @@ features.yaml, in five stages, each in its own module with its record, planner a
     sst      (sst.py)      per group and key range: sort, dedup, cut the kept views out of the current
                            version, assemble EntityRows, write SST files and offline Parquet  N workers
     ingest   (ingest.py)   one RocksDB per storage group
+    checks   (quality.py)  merge the statistics the spill and sst stages accumulated, evaluate the
+                           checks, refuse the version (nothing published) when one fails
     publish  (publish.py)  link unchanged groups and views, checksum, manifest last, rename, CURRENT
 
 Nothing is visible under versions/ until the final rename; a killed load leaves only staging/load-*,
@@ -26,6 +28,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from quiver.loader import plan as planning
+from quiver.loader import quality
 from quiver.loader.definitions import load_definitions
 from quiver.loader.ingest import ingest_task
 from quiver.loader.plan import GroupPlan
@@ -33,10 +36,13 @@ from quiver.loader.publish import checksums, clean_staging, link_files, load_loc
 from quiver.loader.sources import SourceFile, inspect
 from quiver.loader.spill import encode_task, encode_tasks, spills_all_columns
 from quiver.loader.sst import KeptViews, PartitionResult, PartitionTask, partition_task
+from quiver.loader.statistics import ViewAccumulator
 from quiver.loader.worker import worker_init
 from quiver.snapshot import rocks
 from quiver.snapshot.layout import SnapshotRoot
+from quiver.snapshot.lifecycle import stage_dir
 from quiver.snapshot.manifest import FileEntry, GroupStats, Manifest, ViewStats, file_checksum
+from quiver.snapshot.quality import CheckSummary
 from quiver.snapshot.schema import FeatureSet
 
 log = logging.getLogger("quiver.loader")
@@ -54,6 +60,8 @@ class LoadOptions:
     reuse: bool = True           # take unchanged views and groups from the current version
     allow_type_change: bool = False  # a feature whose type differs from the current version's fails the load
     allow_regroup: bool = False      # a view moved to another storage group fails the load
+    accept_failed_checks: bool = False  # publish although checks failed (the manifest records it)
+    statistics: bool = True      # False: no statistics and no checks (the checks benchmark's baseline)
 
 
 @dataclass
@@ -70,6 +78,10 @@ class LoadResult:
     @property
     def dropped(self) -> dict[str, int]:
         return {n: v.dropped_duplicates for n, v in self.manifest.views.items()}
+
+    @property
+    def checks(self) -> CheckSummary:
+        return self.manifest.checks
 
 
 class Progress:
@@ -135,7 +147,7 @@ def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str]
                 root.set_current(vid)
                 return LoadResult(vid, Manifest.load(root.manifest_path(vid)), False,
                                   seconds=time.monotonic() - started)
-            stage = root.staging_dir / f"load-{vid}-{os.getpid()}"
+            stage = stage_dir(root, "load", f"{vid}-{os.getpid()}")
             out = stage / "version"
             out.mkdir(parents=True)
             current = planning.current_manifest(root)
@@ -149,10 +161,15 @@ def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str]
                                      opts.workers)
             phases.end("plan")
             # 2. spill
-            known, rows_read = _spill(pool, features, groups, files, stage, out, opts)
+            partials: dict[str, list[ViewAccumulator]] = {v.name: [] for v in features.views}
+            known, rows_read = _spill(pool, features, groups, files, stage, out, opts, partials)
             phases.end("encode")
             # 3. sort, assemble, write SST
             results = _write_groups(pool, root, prev, features, groups, files, stage, out, opts, known)
+            for rs in results.values():
+                for r in rs:
+                    for name, acc in r.statistics.items():
+                        partials[name].append(acc)
             phases.end("sort+sst")
             # 4. ingest
             jobs = [pool.submit(ingest_task, str(out / "online" / g.name),
@@ -162,13 +179,18 @@ def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str]
             shutil.rmtree(stage / "spill", ignore_errors=True)
             shutil.rmtree(stage / "sst", ignore_errors=True)
             phases.end("ingest")
-            # 5. publish
-            reused = _link_unchanged(root, prev, groups, out, known)
+            # 5. checks: a failing version ends here, before anything is published
+            per_view = view_stats(features, prev, groups, results, sources)
+            summary = CheckSummary()
+            if opts.statistics:
+                summary = _checks(root, prev, current, features, groups, partials, per_view, out, opts)
+            phases.end("checks")
+            # 6. publish
+            reused = link_unchanged(root, prev, groups, out, known)
             entries = checksums(pool, out, known)
             phases.end("checksums")
         manifest = Manifest(vid, planning.utc_text(datetime.now(UTC)), planning.utc_text(as_of), features,
-                            _view_stats(features, prev, groups, results, sources),
-                            _group_stats(prev, groups, results), entries)
+                            per_view, group_stats(prev, groups, results), entries, checks=summary)
         publish(root, stage, out, manifest)
         return LoadResult(vid, manifest, True, reused, [g.name for g in groups if g.linked], rows_read,
                           time.monotonic() - started, phases.seconds)
@@ -184,20 +206,24 @@ def _sources(pool: ProcessPoolExecutor, features: FeatureSet,
 
 def _spill(pool: ProcessPoolExecutor, features: FeatureSet, groups: list[GroupPlan],
            files: dict[str, list[SourceFile]], stage: Path, out: Path,
-           opts: LoadOptions) -> tuple[dict[str, str], dict[str, int]]:
+           opts: LoadOptions, partials: dict[str, list[ViewAccumulator]]) -> tuple[dict[str, str], dict[str, int]]:
     """Encodes the re-read views into their groups' key ranges; returns the checksums of the offline
-    files written on the way (relative path -> checksum) and the rows read per view."""
+    files written on the way (relative path -> checksum) and the rows read per view, and adds the
+    tasks' statistics to partials."""
     tasks = []
     for g in groups:
         for v in g.encode:
             tasks += encode_tasks(features.entity, v, files[v.name], stage / "spill" / g.name,
-                                  out / "offline" / v.name, g.boundaries, opts.batch_rows, opts.workers)
+                                  out / "offline" / v.name, g.boundaries, opts.batch_rows, opts.workers,
+                                  opts.statistics)
     known: dict[str, str] = {}
     rows = {v.name: 0 for g in groups for v in g.encode}
     progress = Progress("encode", len(tasks), "rows spilled")
     for task, encoded in zip(tasks, pool.map(encode_task, tasks), strict=True):
         known |= {Path(p).relative_to(out).as_posix(): c for p, c in encoded.checksums.items()}
         rows[task.view.name] += sum(encoded.counts)
+        if encoded.statistics is not None:
+            partials[task.view.name].append(encoded.statistics)
         progress.done(sum(encoded.counts))
     return known, rows
 
@@ -224,7 +250,8 @@ def _write_groups(pool: ProcessPoolExecutor, root: SnapshotRoot, prev: Manifest 
             task = PartitionTask(g.name, tuple(g.views), features.entity, str(spill), lower, upper,
                                  str(stage / "sst" / g.name), offline,
                                  {v.name: tuple(f.path for f in files[v.name]) for v in g.encode},
-                                 opts.compression, kept)
+                                 opts.compression, kept, {v.name: sum(f.rows for f in files[v.name]) for v in g.encode},
+                                 opts.statistics)
             jobs.append((g.name, pool.submit(partition_task, task)))
     results: dict[str, list[PartitionResult]] = {g.name: [] for g in groups}
     progress = Progress("sort+sst", len(jobs), "entities stored")
@@ -236,7 +263,28 @@ def _write_groups(pool: ProcessPoolExecutor, root: SnapshotRoot, prev: Manifest 
     return results
 
 
-def _link_unchanged(root: SnapshotRoot, prev: Manifest | None, groups: list[GroupPlan], out: Path,
+def _checks(root: SnapshotRoot, prev: Manifest | None, current: Manifest | None, features: FeatureSet,
+            groups: list[GroupPlan], partials: dict[str, list[ViewAccumulator]], per_view: dict[str, ViewStats],
+            out: Path, opts: LoadOptions) -> CheckSummary:
+    """Statistics of every view (re-read views' merged from the tasks, reused views' carried from the
+    version they come from), written into the version; the checks' verdict, which raises ChecksFailed
+    unless the load accepts failures."""
+    carried_from = quality.read(root, prev)
+    statistics = {}
+    for g in groups:
+        for v in g.views:
+            if g.linked or v.name in g.kept:
+                statistics[v.name] = quality.carried(carried_from, v.name, per_view[v.name].rows)
+            else:
+                statistics[v.name] = quality.merged(partials[v.name]) if partials[v.name] else \
+                    ViewAccumulator(v).to_json()
+    results = quality.evaluate(features, statistics, current, quality.read(root, current))
+    summary = quality.verdict(results, opts.accept_failed_checks)   # raises: nothing is published
+    quality.write(out, {v.name: statistics[v.name] for v in features.views})
+    return summary
+
+
+def link_unchanged(root: SnapshotRoot, prev: Manifest | None, groups: list[GroupPlan], out: Path,
                     known: dict[str, str]) -> list[str]:
     """Links linked groups' online files and every reused view's offline files; returns the views whose
     data was not re-read from their sources."""
@@ -254,7 +302,7 @@ def _link_unchanged(root: SnapshotRoot, prev: Manifest | None, groups: list[Grou
     return reused
 
 
-def _view_stats(features: FeatureSet, prev: Manifest | None, groups: list[GroupPlan],
+def view_stats(features: FeatureSet, prev: Manifest | None, groups: list[GroupPlan],
                 results: dict[str, list[PartitionResult]], sources: dict[str, list[FileEntry]]) -> dict[str, ViewStats]:
     stats = {}
     for g in groups:
@@ -272,7 +320,7 @@ def _view_stats(features: FeatureSet, prev: Manifest | None, groups: list[GroupP
     return {v.name: stats[v.name] for v in features.views}
 
 
-def _group_stats(prev: Manifest | None, groups: list[GroupPlan],
+def group_stats(prev: Manifest | None, groups: list[GroupPlan],
                  results: dict[str, list[PartitionResult]]) -> dict[str, GroupStats]:
     out = {}
     for g in groups:

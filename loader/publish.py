@@ -1,35 +1,28 @@
 """Stage 5, publish: link what the current version already holds, checksum every file, write the
 manifest last, and make the version visible by one rename and a CURRENT move. Also the load's lock and
-its staging folder, which a killed load leaves behind and the next one removes."""
+its staging folder, which a killed load leaves behind and the next one removes (both kept by
+snapshot/lifecycle.py, the one home of a root's locks and staging)."""
 
-import fcntl
 import os
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
-from quiver.loader.errors import LoadError
+from quiver.snapshot import lifecycle
 from quiver.snapshot.layout import SnapshotRoot, fsync_dir
 from quiver.snapshot.manifest import FileEntry, Manifest, data_files, file_checksum
 
 
-@contextmanager
-def load_lock(root: SnapshotRoot) -> Iterator[None]:
-    root.ensure()
-    with open(root.path / ".load.lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LoadError(f"{root.path}: another load is running (lock .load.lock held)") from None
-        yield
+def load_lock(root: SnapshotRoot) -> AbstractContextManager[None]:
+    """ROOT/.load.lock for the whole load (snapshot/lifecycle.py); RootBusy when another load holds it."""
+    return lifecycle.lock(root, "load")
 
 
 def clean_staging(root: SnapshotRoot) -> None:
     """Leftovers of killed loads: safe to remove while we hold the load lock."""
-    for p in root.staging_dir.glob("load-*"):
-        shutil.rmtree(p, ignore_errors=True)
+    lifecycle.clean_staging(root, "load")
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from quiver.loader.errors import SourceError
 from quiver.loader.normalize import normalize, normalized_schema
 from quiver.loader.partition import Partitioner, encoded_keys
 from quiver.loader.sources import SourceFile, open_parquet
+from quiver.loader.statistics import ViewAccumulator
 from quiver.loader.worker import return_memory
 from quiver.snapshot.manifest import file_checksum
 from quiver.snapshot.schema import EntityDef, ViewDef
@@ -59,6 +60,8 @@ class EncodeTask:
     boundaries: list[int] | list[bytes]
     batch_rows: int
     offline_path: str   # where this task writes its offline rows; "" when the partitions must (dedup)
+    view_rows: int = 0  # the view's rows in all its sources: sets the statistics' sample rate
+    statistics: bool = True
 
 
 def spills_all_columns(view: ViewDef) -> bool:
@@ -72,6 +75,7 @@ def spills_all_columns(view: ViewDef) -> bool:
 class EncodeResult:
     counts: list[int]              # rows spilled per partition
     checksums: dict[str, str]      # file written -> checksum, taken while it is in the page cache
+    statistics: ViewAccumulator | None = None   # of the rows it read, for views that keep every row
 
 
 def encode_task(t: EncodeTask) -> EncodeResult:
@@ -86,6 +90,8 @@ def encode_task(t: EncodeTask) -> EncodeResult:
         offline = offline_writer(t.offline_path, normalized_schema(t.entity, t.view))
     writers: dict[int, ipc.RecordBatchFileWriter] = {}
     counts = [0] * part.count
+    # statistics of the rows the version serves: all of them here; after dedup in the sst stage otherwise
+    stats = ViewAccumulator(t.view, t.view_rows) if t.statistics and not spills_all_columns(t.view) else None
     try:
         batches = pf.iter_batches(batch_size=t.batch_rows, row_groups=list(t.row_groups),
                                   columns=source_columns(t.entity, t.view))
@@ -93,6 +99,8 @@ def encode_task(t: EncodeTask) -> EncodeResult:
             batch = normalize(t.entity, t.view, raw, t.path)
             if offline is not None:
                 offline.write_batch(batch, row_group_size=OFFLINE_ROW_GROUP)
+            if stats is not None:
+                stats.add(batch)
             keys = batch.column(0)
             full = rows.of(batch, t.file_index)
             assignment = part.assign(keys)
@@ -117,7 +125,7 @@ def encode_task(t: EncodeTask) -> EncodeResult:
         if offline is not None:
             offline.close()
     return_memory()
-    return EncodeResult(counts, {t.offline_path: file_checksum(t.offline_path)} if t.offline_path else {})
+    return EncodeResult(counts, {t.offline_path: file_checksum(t.offline_path)} if t.offline_path else {}, stats)
 
 
 def offline_writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:
@@ -138,7 +146,8 @@ def offline_writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:
 
 
 def encode_tasks(entity: EntityDef, view: ViewDef, files: list[SourceFile], spill: Path, offline_dir: Path,
-                 bounds: list[int] | list[bytes], batch_rows: int, workers: int) -> list[EncodeTask]:
+                 bounds: list[int] | list[bytes], batch_rows: int, workers: int,
+                 statistics: bool = True) -> list[EncodeTask]:
     """A view's row groups cut into about TASKS_PER_WORKER tasks per worker."""
     out: list[EncodeTask] = []
     total_groups = sum(f.row_groups for f in files)
@@ -148,5 +157,5 @@ def encode_tasks(entity: EntityDef, view: ViewDef, files: list[SourceFile], spil
             groups = tuple(range(start, min(f.row_groups, start + per_task)))
             offline = "" if spills_all_columns(view) else str(offline_dir / f"part-t{len(out):05d}.parquet")
             out.append(EncodeTask(view, entity, f.path, i, groups, str(spill), len(out), bounds, batch_rows,
-                                  offline))
+                                  offline, sum(f.rows for f in files), statistics))
     return out

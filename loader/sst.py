@@ -17,6 +17,7 @@ from quiver.loader.entity_row import assemble, split
 from quiver.loader.errors import DataError, SourceError
 from quiver.loader.normalize import normalized_schema
 from quiver.loader.spill import OFFLINE_ROW_GROUP, offline_writer
+from quiver.loader.statistics import ViewAccumulator
 from quiver.loader.wire import binary_parts
 from quiver.loader.worker import return_memory
 from quiver.snapshot import rocks
@@ -50,6 +51,8 @@ class PartitionTask:
     source_paths: dict[str, tuple[str, ...]]
     compression: str
     kept: KeptViews | None = None
+    view_rows: dict[str, int] = field(default_factory=dict)   # rows in a view's sources: the statistics' sample rate
+    statistics: bool = True
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class PartitionResult:
     dropped: dict[str, int] = field(default_factory=dict)
     sst_files: list[SstFile] = field(default_factory=list)
     checksums: dict[str, str] = field(default_factory=dict)  # offline files written here
+    statistics: dict[str, ViewAccumulator] = field(default_factory=dict)  # views with an event timestamp, deduped
 
 
 def sorted_deduplicated(view: ViewDef, entity: EntityDef, table: pa.Table,
@@ -109,9 +113,15 @@ def _encoded_view(t: PartitionTask, view: ViewDef, result: PartitionResult) -> t
     path = t.offline_paths.get(view.name, "")
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        rows = table.drop_columns(_INTERNAL)
         with offline_writer(path, normalized_schema(t.entity, view)) as w:
-            w.write_table(table.drop_columns(_INTERNAL), row_group_size=OFFLINE_ROW_GROUP)
+            w.write_table(rows, row_group_size=OFFLINE_ROW_GROUP)
         result.checksums[path] = file_checksum(path)
+        if t.statistics:   # of the rows kept after dedup: what the version serves
+            stats = result.statistics[view.name] = ViewAccumulator(view, t.view_rows.get(view.name, 0))
+            for batch in rows.to_batches(max_chunksize=1 << 14):
+                stats.add(batch)
+        del rows
     for f in files:
         os.unlink(f)
     return table.column("__key").combine_chunks(), table.column("__value").combine_chunks()

@@ -4,28 +4,42 @@
 import argparse
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+
+def _help(text: str) -> dict[str, Any]:
+    return {"help": text}
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    root: str
-    listen: str = "127.0.0.1:50051"      # "" to serve on the Unix socket only
-    uds: str = ""                         # worker k > 0 listens on "<uds>.<k>"
-    workers: int = 1
-    metrics_port: int = 9095              # 0: no metrics endpoint
-    metrics_host: str = "127.0.0.1"       # 0.0.0.0 in Kubernetes, for scraping
-    cache_mb: int = 256                   # block cache, shared by all views and versions, split across workers
-    max_entities: int = 1000
-    max_concurrent: int = 512             # beyond this: RESOURCE_EXHAUSTED at once
-    max_queue_ms: float = 50.0            # more queued work ahead of a call: RESOURCE_EXHAUSTED at once; 0: off
-    verify: str = "full"                  # "full": every checksum before a swap; "size": sizes and row counts
-    poll_seconds: float = 1.0
-    drain_seconds: float = 10.0
-    loop: str = "uvloop"
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_client_ca: str = ""
+    root: str = field(metadata=_help("snapshot root to serve; the server follows its CURRENT (required)"))
+    listen: str = field(default="127.0.0.1:50051", metadata=_help(
+        "HOST:PORT for gRPC over TCP; empty to serve on the Unix socket only"))
+    uds: str = field(default="", metadata=_help(
+        "Unix socket path for worker 0; worker k > 0 listens on PATH.k (plaintext)"))
+    workers: int = field(default=1, metadata=_help("server processes sharing the port (SO_REUSEPORT)"))
+    metrics_port: int = field(default=9095, metadata=_help("Prometheus metrics port, summed over workers; 0: off"))
+    metrics_host: str = field(default="127.0.0.1", metadata=_help(
+        "address the metrics endpoint binds (0.0.0.0 in Kubernetes, for scraping)"))
+    cache_mb: int = field(default=256, metadata=_help(
+        "RocksDB block cache in MB, shared by all views and versions, split across workers"))
+    max_entities: int = field(default=1000, metadata=_help("most entities one GetFeatures request may ask for"))
+    max_concurrent: int = field(default=512, metadata=_help(
+        "GetFeatures calls in flight per worker; beyond this: RESOURCE_EXHAUSTED at once"))
+    max_queue_ms: float = field(default=50.0, metadata=_help(
+        "more queued work than this ahead of a call, in ms: RESOURCE_EXHAUSTED at once; 0: off"))
+    verify: str = field(default="full", metadata=_help(
+        "checks before a version is swapped in: full (every file's checksum) or size (sizes and row counts)"))
+    poll_seconds: float = field(default=1.0, metadata=_help("how often each worker reads CURRENT, in seconds"))
+    drain_seconds: float = field(default=10.0, metadata=_help(
+        "after SIGTERM, how long in-flight calls may finish, in seconds"))
+    loop: str = field(default="uvloop", metadata=_help("event loop: uvloop or asyncio"))
+    tls_cert: str = field(default="", metadata=_help("PEM certificate for TLS on the TCP port (with --tls-key)"))
+    tls_key: str = field(default="", metadata=_help("PEM private key for TLS on the TCP port (with --tls-cert)"))
+    tls_client_ca: str = field(default="", metadata=_help(
+        "PEM CA bundle: clients must present a certificate it signed (mutual TLS)"))
 
     def __post_init__(self) -> None:
         if not self.listen and not self.uds:
@@ -62,10 +76,13 @@ def env_name(field_name: str) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per field: its help says what it does, its default and its environment variable."""
     for f in fields(ServeConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = f.type if isinstance(f.type, type) else {"str": str, "int": int, "float": float}[str(f.type)]
-        p.add_argument(flag, type=kind, default=None, help=f"env {env_name(f.name)}")
+        default = "" if f.default is MISSING else f" (default: {f.default if f.default != '' else 'none'})"
+        p.add_argument(flag, type=kind, default=None, metavar=f.name.upper(),
+                       help=f"{f.metadata['help']}{default}; env {env_name(f.name)}")
 
 
 def from_sources(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> ServeConfig:

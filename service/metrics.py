@@ -29,6 +29,14 @@ SWAPS = Counter("quiver_snapshot_swaps_total", "Versions swapped in")
 REFUSED = Counter("quiver_snapshot_refused_total", "New versions refused by their checks")
 FALLBACK = Gauge("quiver_snapshot_fallback", "1 while a worker serves another version because CURRENT's was refused "
                  "at start", multiprocess_mode="livemax")
+# the served version's feature checks, as its load recorded them (manifest "checks")
+CHECKS_FAILED = Gauge("quiver_snapshot_checks_failed", "Feature checks that failed in the served version",
+                      multiprocess_mode="livemax")
+CHECKS_WARNED = Gauge("quiver_snapshot_checks_warned", "Warn-only feature checks that fired in the served version",
+                      multiprocess_mode="livemax")
+ACCEPTED_FAILURES = Gauge("quiver_snapshot_accepted_failed_checks",
+                          "1 when the served version was published despite failed checks (--accept-failed-checks)",
+                          multiprocess_mode="livemax")
 
 GET_FEATURES_LATENCY = RPC_LATENCY.labels("GetFeatures")
 
@@ -42,6 +50,10 @@ def on_swap(version: LoadedVersion, previous: LoadedVersion | None) -> None:
         SNAPSHOT_INFO.labels(previous.version).set(0)
     SNAPSHOT_INFO.labels(version.version).set(1)
     SNAPSHOT_AS_OF.set(as_of_seconds(version))
+    checks = version.manifest.checks
+    CHECKS_FAILED.set(checks.failed)
+    CHECKS_WARNED.set(checks.warned)
+    ACCEPTED_FAILURES.set(1 if checks.accepted_failures else 0)
     SWAPS.inc()
 
 

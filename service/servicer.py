@@ -75,7 +75,7 @@ class FeatureStoreServicer:
             req = self.reader.parse(raw)
             if (len(req.int64_ids) + len(req.string_ids)) * self.reader.key_seconds > OFFLOAD_SECONDS:
                 body = await asyncio.to_thread(self._read_after_queue, req, time.perf_counter(),
-                                               context.time_remaining())
+                                               context.time_remaining(), self.active > 1)
             else:
                 body = self._read(req)
         except ServiceError as e:
@@ -105,14 +105,16 @@ class FeatureStoreServicer:
         self.service_time += SERVICE_EWMA * (time.perf_counter() - t - self.service_time)
         return body
 
-    def _read_after_queue(self, req: pb.GetFeaturesRequest, queued: float, remaining: float | None) -> bytes:
-        """On a reader thread: a call that waited for one longer than the queue limit or its deadline is
-        answered at once instead of read late."""
+    def _read_after_queue(self, req: pb.GetFeaturesRequest, queued: float, remaining: float | None,
+                          behind_others: bool) -> bytes:
+        """On a reader thread: a call that waited for one longer than its deadline, or longer than the
+        queue limit behind other calls, is answered at once instead of read late. A lone call is never
+        shed for its wait: that is the scheduler's latency, not a queue."""
         waited = time.perf_counter() - queued
         if remaining is not None and waited >= remaining:
             raise DeadlineExpired(f"the call's deadline passed after {waited * 1000:.0f} ms waiting for a reader "
                                   "thread")
-        if self.max_queue and waited > self.max_queue:
+        if self.max_queue and behind_others and waited > self.max_queue:
             raise Overloaded(f"waited {waited * 1000:.0f} ms for a reader thread on this worker (limit "
                              f"{self.max_queue * 1000:.0f} ms); retry with backoff or on another replica")
         return self._read(req, off_loop=True)

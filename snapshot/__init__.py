@@ -10,6 +10,10 @@ A snapshot root holds immutable versions and one pointer::
                                        timestamp, whose older duplicates are dropped; in source order otherwise)
     ROOT/staging/                      loads in progress; never read, cleaned by the next load
 
+A root's lifecycle lives here too, in one place each: staging, trash and the load/sync locks
+(`lifecycle`), server leases (`leases`), and the one retention rule `gc` and `sync` apply
+(`retention`: kept are CURRENT, the previous, leased, the newest K).
+
 FORMAT.md beside this file is the exact specification (format version 2), for readers in any language.
 This package imports neither grpc nor pyarrow.
 """

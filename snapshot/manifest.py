@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from quiver.snapshot.layout import FORMAT_VERSION
+from quiver.snapshot.quality import CheckSummary
 from quiver.snapshot.schema import FeatureSet
 
 _CHUNK = 4 << 20
@@ -81,6 +82,7 @@ class Manifest:
     groups: dict[str, GroupStats]
     files: list[FileEntry] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
+    checks: CheckSummary = field(default_factory=CheckSummary)
 
     @property
     def content_checksum(self) -> str:
@@ -107,6 +109,7 @@ class Manifest:
             "groups": {name: g.to_json() for name, g in self.groups.items()},
             "files": [f.to_json() for f in self.files],
             "content_checksum": self.content_checksum,
+            "checks": self.checks.to_json(),
         }
 
     def dumps(self) -> bytes:
@@ -133,7 +136,7 @@ class Manifest:
         groups = {name: GroupStats(list(g["views"]), g["rows"], g["definition"], g.get("reused_from", ""))
                   for name, g in d["groups"].items()}
         m = cls(d["version"], d["created"], d["as_of"], FeatureSet.from_json(d["schema"]), views, groups,
-                [FileEntry(**f) for f in d["files"]])
+                [FileEntry(**f) for f in d["files"]], checks=CheckSummary.from_json(d.get("checks")))
         if d.get("content_checksum") != m.content_checksum:
             raise ManifestError(f"manifest of {m.version}: content_checksum does not match its file list")
         return m

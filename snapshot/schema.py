@@ -32,6 +32,8 @@ class FeatureDef:
     length: int = 0            # list<float32> only: the fixed embedding size
     default: Any = None        # stored in place of a null source value; None: keep the null
     source_column: str = ""    # Parquet column; defaults to the feature's name
+    # what good values look like (loader/checks.py); not part of the encoding, so a new check reuses the data
+    checks: dict[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def column(self) -> str:
@@ -41,7 +43,8 @@ class FeatureDef:
     def group_field(self) -> int:
         return FEATURE_TYPES[self.type]
 
-    def to_json(self) -> dict[str, Any]:
+    def definition_json(self) -> dict[str, Any]:
+        """What decides the encoded bytes of this feature (checks do not)."""
         out: dict[str, Any] = {"name": self.name, "type": self.type}
         if self.length:
             out["length"] = self.length
@@ -51,9 +54,13 @@ class FeatureDef:
             out["source_column"] = self.source_column
         return out
 
+    def to_json(self) -> dict[str, Any]:
+        return {**self.definition_json(), **({"checks": self.checks} if self.checks else {})}
+
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "FeatureDef":
-        return cls(d["name"], d["type"], d.get("length", 0), d.get("default"), d.get("source_column", ""))
+        return cls(d["name"], d["type"], d.get("length", 0), d.get("default"), d.get("source_column", ""),
+                   d.get("checks") or {})
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,7 @@ class ViewDef:
     event_timestamp: str = ""           # column; when set, duplicate keys keep the latest row
     entity_column: str = ""             # source column of the entity key; defaults to the entity's name
     group: str = DEFAULT_GROUP          # storage group: one RocksDB, one stored value per entity for all its views
+    checks: dict[str, Any] = field(default_factory=dict, hash=False)  # view checks: min_rows, max_row_change...
 
     def feature(self, name: str) -> FeatureDef:
         for f in self.features:
@@ -87,11 +95,16 @@ class ViewDef:
             "name": self.name,
             "event_timestamp": self.event_timestamp,
             "entity_column": self.entity_column,
-            "features": [f.to_json() for f in self.features],
+            "features": [f.definition_json() for f in self.features],
         }
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.definition_json(), "source": self.source, "group": self.group}
+        """definition_json plus where the rows come from, the storage group and the checks they must pass."""
+        out = {**self.definition_json(), "source": self.source, "group": self.group,
+               "features": [f.to_json() for f in self.features]}
+        if self.checks:
+            out["checks"] = self.checks
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "ViewDef":
@@ -102,6 +115,7 @@ class ViewDef:
             d.get("event_timestamp", ""),
             d.get("entity_column", ""),
             d.get("group", DEFAULT_GROUP),
+            d.get("checks") or {},
         )
 
 

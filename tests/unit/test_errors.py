@@ -1,6 +1,5 @@
 """Every loader error class carries its own non-zero exit code, and `quiver load` ends with it."""
 
-import argparse
 from pathlib import Path
 
 import pytest
@@ -26,20 +25,15 @@ def test_definition_error_is_a_schema_error() -> None:
     assert issubclass(DefinitionError, SchemaError)
 
 
-def commands_parser() -> argparse.ArgumentParser:
-    from quiver.cli import build_parser
-
-    return build_parser()
-
-
 @pytest.mark.parametrize("cls", _all(LoadError))
 def test_load_command_exits_with_the_class_code(cls: type[LoadError], monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from quiver.cli import main
+
     def fail(*args: object, **kwargs: object) -> None:
         raise cls("what went wrong, where")
 
     monkeypatch.setattr(commands, "load", fail)
-    args = commands_parser().parse_args(["load", "--features", "f.yaml", "--root", str(tmp_path)])
-    assert commands._load(args) == cls.exit_code
+    assert main(["load", "--features", "f.yaml", "--root", str(tmp_path)]) == cls.exit_code
     err = capsys.readouterr().err
-    assert "what went wrong, where" in err and "nothing was published" in err
+    assert "quiver load: error: what went wrong, where" in err and "nothing was published" in err

@@ -19,11 +19,18 @@
 //!
 //! The server sends each entity's stored ViewRow bytes untouched; this crate decodes them by
 //! feature name with the schema of the version that answered (GetSchema, cached per version).
+//!
+//! With the cargo feature `embedded`, [`EmbeddedReader`] reads a snapshot root on local disk
+//! in-process instead (no gRPC hop), returning the same rows; [`FeatureSource`] is implemented by
+//! both, and [`AnySource`] picks one from a setting.
 
 mod client;
 mod decode;
+#[cfg(feature = "embedded")]
+mod embedded;
 mod error;
 mod schema;
+mod source;
 mod tls;
 mod value;
 
@@ -34,7 +41,10 @@ pub mod proto {
 
 pub use client::{ClientOptions, QuiverClient, build_request, endpoint};
 pub use decode::{EntityFeatures, FeatureBatch, ViewValues, decode_response, decode_view_row};
-pub use error::{Error, Result};
+#[cfg(feature = "embedded")]
+pub use embedded::{EmbeddedOptions, EmbeddedReader, FORMAT_VERSION, ReadTuning, ReaderStats};
+pub use error::{Error, Result, SnapshotError};
 pub use schema::{FeatureSchema, FeatureType, KeyType, Schema, ViewSchema, group_field_of};
+pub use source::{AnySource, FeatureSource};
 pub use tls::{ClientIdentity, Pem, TlsOptions};
 pub use value::{EntityId, Value};

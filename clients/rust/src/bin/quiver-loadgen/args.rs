@@ -4,14 +4,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub const USAGE: &str = "\
-quiver-loadgen: open-loop load at a fixed rate against quiver or Redis
+quiver-loadgen: open-loop load at a fixed rate against quiver, Redis, or a snapshot root read in-process
 
 Requests are scheduled at t0 + i/rate whatever the server does, each runs on its own task, and
 latency is measured from the scheduled time, so a slow server shows up as queueing (no
 coordinated omission).
 
 USAGE: quiver-loadgen [FLAGS]
-  --target quiver|redis        what to load (default quiver)
+  --target quiver|redis|embedded
+                               what to load (default quiver); embedded reads --root in this
+                               process with the embedded reader (built with feature `embedded`)
   --addr ADDR[,ADDR...]        quiver: http://127.0.0.1:50051 or unix:///path.sock (several, comma-
                                separated, are used round-robin: one per worker socket);
                                redis: redis://127.0.0.1:6379 (default per target)
@@ -23,7 +25,16 @@ USAGE: quiver-loadgen [FLAGS]
   --seed S                     id sequence seed, the same for both targets (default 1)
   --connections C              connections used round-robin (default 1); use at least the
                                number of SO_REUSEPORT server processes
-  --views a,b                  quiver only: views to request (default: all)
+  --views a,b                  quiver and embedded: views to request (default: all)
+  --decode                     quiver and embedded: also decode each response into typed values
+                               (what get_features returns); default: the raw response only
+  --root PATH                  embedded only: the snapshot root (follows PATH/CURRENT)
+  --cache-mb MB                embedded only: block cache size (default 256)
+  --read-option OPT            embedded only, repeatable: no-verify-checksums, no-fill-cache,
+                               async-io (RocksDB ReadOptions; default: RocksDB's), no-mmap
+                               (pread instead of mmap reads)
+  --pin-cpus LIST              pin the tokio worker threads (which run the embedded reads) to
+                               these CPUs, round-robin, e.g. 1 or 1,3 (pacing is not pinned)
   --timeout-ms MS              a request slower than this is an error (default 10000)
   --threads T                  tokio worker threads (default 1; pacing has its own thread)
   --json-out FILE              also write the summary as JSON
@@ -42,6 +53,7 @@ USAGE: quiver-loadgen [FLAGS]
 pub enum TargetKind {
     Quiver,
     Redis,
+    Embedded,
 }
 
 impl TargetKind {
@@ -49,6 +61,7 @@ impl TargetKind {
         match self {
             TargetKind::Quiver => "quiver",
             TargetKind::Redis => "redis",
+            TargetKind::Embedded => "embedded",
         }
     }
 }
@@ -69,6 +82,10 @@ pub struct Args {
     pub threads: usize,
     pub json_out: Option<PathBuf>,
     pub tls: Option<TlsArgs>,
+    pub cache_mb: usize,
+    pub read_options: Vec<String>,
+    pub pin_cpus: Vec<usize>,
+    pub decode: bool,
 }
 
 /// The --tls-* flags; files are read when connecting.
@@ -96,11 +113,20 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, Str
     let mut threads = 1usize;
     let mut json_out = None;
     let (mut tls_ca, mut tls_cert, mut tls_key, mut tls_domain) = (None, None, None, None);
+    let mut root = None;
+    let mut cache_mb = 256usize;
+    let mut read_options = Vec::new();
+    let mut pin_cpus = Vec::new();
+    let mut decode = false;
 
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
         if arg == "-h" || arg == "--help" {
             return Ok(None);
+        }
+        if arg == "--decode" {
+            decode = true;
+            continue;
         }
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
@@ -112,7 +138,8 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, Str
                 target = match value()?.as_str() {
                     "quiver" => TargetKind::Quiver,
                     "redis" => TargetKind::Redis,
-                    other => return Err(format!("--target {other}: expected quiver or redis")),
+                    "embedded" => TargetKind::Embedded,
+                    other => return Err(format!("--target {other}: expected quiver, redis or embedded")),
                 }
             }
             "--addr" => addr = Some(value()?),
@@ -131,6 +158,21 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, Str
             "--tls-cert" => tls_cert = Some(PathBuf::from(value()?)),
             "--tls-key" => tls_key = Some(PathBuf::from(value()?)),
             "--tls-domain" => tls_domain = Some(value()?),
+            "--root" => root = Some(value()?),
+            "--cache-mb" => cache_mb = number(&flag, &value()?)?,
+            "--read-option" => {
+                let opt = value()?;
+                if !["no-verify-checksums", "no-fill-cache", "async-io", "no-mmap"].contains(&opt.as_str()) {
+                    return Err(format!(
+                        "--read-option {opt}: expected no-verify-checksums, no-fill-cache, async-io or no-mmap"
+                    ));
+                }
+                read_options.push(opt);
+            }
+            "--pin-cpus" => {
+                pin_cpus =
+                    value()?.split(',').filter(|s| !s.is_empty()).map(|c| number(&flag, c)).collect::<Result<_, _>>()?
+            }
             other => return Err(format!("unknown flag {other}; see --help")),
         }
     }
@@ -142,6 +184,9 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, Str
     }
     if k == 0 || users == 0 || connections == 0 || threads == 0 {
         return Err("--entities-per-request, --users, --connections and --threads must be at least 1".into());
+    }
+    if target == TargetKind::Redis && decode {
+        return Err("--decode applies to quiver and embedded targets only".into());
     }
     if target == TargetKind::Redis && !views.is_empty() {
         return Err("--views applies to --target quiver only (Redis returns every view of a user)".into());
@@ -158,13 +203,24 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, Str
         }
         None => None,
     };
-    if target == TargetKind::Redis && tls.is_some() {
+    if target != TargetKind::Quiver && tls.is_some() {
         return Err("--tls-* flags apply to --target quiver only".into());
     }
-    let addr = addr.unwrap_or_else(|| match target {
+    if target == TargetKind::Embedded {
+        if addr.is_some() {
+            return Err("--target embedded reads --root PATH, not --addr".into());
+        }
+        if root.is_none() {
+            return Err("--target embedded needs --root PATH (a snapshot root)".into());
+        }
+    } else if root.is_some() || !read_options.is_empty() {
+        return Err("--root and --read-option apply to --target embedded only".into());
+    }
+    let addr = addr.or(root).unwrap_or_else(|| match target {
         TargetKind::Quiver if tls.is_some() => "https://127.0.0.1:50051".into(),
         TargetKind::Quiver => "http://127.0.0.1:50051".into(),
         TargetKind::Redis => "redis://127.0.0.1:6379".into(),
+        TargetKind::Embedded => unreachable!("checked above"),
     });
     Ok(Some(Args {
         target,
@@ -181,6 +237,10 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, Str
         threads,
         json_out,
         tls,
+        cache_mb,
+        read_options,
+        pin_cpus,
+        decode,
     }))
 }
 
@@ -237,5 +297,24 @@ mod tests {
         assert!(args("--bogus 1").is_err());
         assert!(args("--target redis --views a").is_err());
         assert!(args("--help").unwrap().is_none());
+        assert!(args("--target embedded").is_err(), "no --root");
+        assert!(args("--target embedded --root r --addr x").is_err());
+        assert!(args("--root r").is_err(), "--root for a server target");
+        assert!(args("--target embedded --root r --read-option fast").is_err());
+    }
+
+    #[test]
+    fn embedded_flags() {
+        let a = args(
+            "--target embedded --root /srv/root --cache-mb 64 --read-option no-fill-cache --pin-cpus 1,3 --decode",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.target, TargetKind::Embedded);
+        assert_eq!(a.addr, "/srv/root");
+        assert_eq!(a.cache_mb, 64);
+        assert_eq!(a.read_options, ["no-fill-cache"]);
+        assert_eq!(a.pin_cpus, [1, 3]);
+        assert!(a.decode);
     }
 }

@@ -1,4 +1,5 @@
-//! quiver-loadgen: open-loop load generator for quiver and, for comparison, Redis. See `args::USAGE`.
+//! quiver-loadgen: open-loop load generator for quiver (over gRPC, or embedded in this process)
+//! and, for comparison, Redis. See `args::USAGE`.
 
 mod args;
 mod report;
@@ -28,11 +29,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(args.threads).enable_all();
+    if !args.pin_cpus.is_empty() {
+        let cpus = args.pin_cpus.clone();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        builder.on_thread_start(move || {
+            let cpu = cpus[next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % cpus.len()];
+            if let Err(e) = pin_current_thread(cpu) {
+                eprintln!("quiver-loadgen: cannot pin a worker thread to CPU {cpu}: {e}");
+            }
+        });
+    }
+    let runtime = builder.build().expect("tokio runtime");
     match runtime.block_on(run(&args)) {
         Ok(summary) => {
             print!("{}", summary.text());
@@ -124,6 +133,20 @@ async fn run(args: &Args) -> Result<Summary, String> {
     pacer.join().map_err(|_| "the pacing thread panicked".to_string())?;
     let elapsed = last_done.saturating_duration_since(measure_from).max(args.duration);
     Ok(Summary::new(args, &latency, &lag, count, errors, elapsed, error_kinds))
+}
+
+/// Pins the calling thread to one CPU (Linux sched_setaffinity).
+fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity only read and
+    // write that local set, and pid 0 means the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn micros(d: Duration) -> u64 {

@@ -19,6 +19,11 @@ pub struct Summary {
     seed: u64,
     connections: usize,
     views: Vec<String>,
+    decode: bool,
+    /// Embedded only: block cache MB and read options.
+    cache_mb: usize,
+    read_options: Vec<String>,
+    pin_cpus: Vec<usize>,
     count: u64,
     errors: u64,
     achieved_rate: f64,
@@ -28,6 +33,10 @@ pub struct Summary {
     pacer_lag_p99_us: u64,
     pacer_lag_max_us: u64,
     error_kinds: BTreeMap<String, u64>,
+    /// This process's resident set at the end and at its peak (kB): for `--target embedded` the
+    /// reader's memory (block cache + RocksDB's fixed overhead + the generator's own).
+    rss_kb: u64,
+    rss_peak_kb: u64,
 }
 
 impl Summary {
@@ -52,6 +61,10 @@ impl Summary {
             seed: args.seed,
             connections: args.connections,
             views: args.views.clone(),
+            decode: args.decode,
+            cache_mb: args.cache_mb,
+            read_options: args.read_options.clone(),
+            pin_cpus: args.pin_cpus.clone(),
             count,
             errors,
             // Completed requests over the time from the start of measurement to the last completion.
@@ -61,6 +74,8 @@ impl Summary {
             pacer_lag_p99_us: q(lag, 0.99),
             pacer_lag_max_us: lag.max(),
             error_kinds,
+            rss_kb: status_kb("VmRSS:"),
+            rss_peak_kb: status_kb("VmHWM:"),
         }
     }
 
@@ -84,6 +99,7 @@ impl Summary {
         let _ = writeln!(s, "count={} errors={} achieved_rate={:.1}/s", self.count, self.errors, self.achieved_rate);
         let _ = writeln!(s, "latency_us p50={p50} p90={p90} p99={p99} p99.9={p999} max={max} mean={:.1}", self.mean_us);
         let _ = writeln!(s, "pacer_lag_us p99={} max={}", self.pacer_lag_p99_us, self.pacer_lag_max_us);
+        let _ = writeln!(s, "rss_kb={} peak={}", self.rss_kb, self.rss_peak_kb);
         for (kind, n) in &self.error_kinds {
             let _ = writeln!(s, "error {n}x: {kind}");
         }
@@ -94,12 +110,16 @@ impl Summary {
         let [p50, p90, p99, p999, max] = self.latency;
         let views: Vec<String> = self.views.iter().map(|v| quote(v)).collect();
         let kinds: Vec<String> = self.error_kinds.iter().map(|(k, n)| format!("{}: {n}", quote(k))).collect();
+        let read_options: Vec<String> = self.read_options.iter().map(|o| quote(o)).collect();
+        let pins: Vec<String> = self.pin_cpus.iter().map(|c| c.to_string()).collect();
         format!(
             "{{\"target\": {}, \"addr\": {}, \"rate\": {}, \"duration_s\": {}, \"warmup_s\": {}, \
              \"entities_per_request\": {}, \"users\": {}, \"seed\": {}, \"connections\": {}, \"views\": [{}], \
+             \"decode\": {}, \"cache_mb\": {}, \"read_options\": [{}], \"pin_cpus\": [{}], \
              \"count\": {}, \"errors\": {}, \"achieved_rate\": {:.3}, \
              \"p50_us\": {p50}, \"p90_us\": {p90}, \"p99_us\": {p99}, \"p99_9_us\": {p999}, \"max_us\": {max}, \
-             \"mean_us\": {:.3}, \"pacer_lag_p99_us\": {}, \"pacer_lag_max_us\": {}, \"error_kinds\": {{{}}}}}\n",
+             \"mean_us\": {:.3}, \"pacer_lag_p99_us\": {}, \"pacer_lag_max_us\": {}, \"rss_kb\": {}, \"rss_peak_kb\": {}, \
+             \"error_kinds\": {{{}}}}}\n",
             quote(self.target),
             quote(&self.addr),
             self.rate,
@@ -110,15 +130,31 @@ impl Summary {
             self.seed,
             self.connections,
             views.join(", "),
+            self.decode,
+            self.cache_mb,
+            read_options.join(", "),
+            pins.join(", "),
             self.count,
             self.errors,
             self.achieved_rate,
             self.mean_us,
             self.pacer_lag_p99_us,
             self.pacer_lag_max_us,
+            self.rss_kb,
+            self.rss_peak_kb,
             kinds.join(", "),
         )
     }
+}
+
+/// A `/proc/self/status` field in kB (0 where there is no /proc).
+fn status_kb(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A JSON string literal.

@@ -1,15 +1,22 @@
-//! The two systems under load, behind one `send` so the runner treats them alike.
+//! The systems under load, behind one `send` so the runner treats them alike.
 
 use quiver_client::proto::GetFeaturesRequest;
 use quiver_client::{ClientOptions, KeyType, QuiverClient, TlsOptions};
 
 use crate::args::{Args, TargetKind};
 
+#[cfg(feature = "embedded")]
+use std::sync::Arc;
+
 pub enum Target {
     /// One client per connection; the raw API, so decoding cost is not counted.
-    Quiver { clients: Vec<QuiverClient>, key_type: KeyType, views: Vec<String> },
+    Quiver { clients: Vec<QuiverClient>, key_type: KeyType, views: Vec<String>, decode: bool },
     /// One multiplexed connection per `--connections`.
     Redis { connections: Vec<redis::aio::MultiplexedConnection> },
+    /// The snapshot root read in this process; the raw API too (lookups and the response a
+    /// server would send, decoded from protobuf as a gRPC client does, but not into values).
+    #[cfg(feature = "embedded")]
+    Embedded { reader: Arc<quiver_client::EmbeddedReader>, key_type: KeyType, views: Vec<String>, decode: bool },
 }
 
 impl Target {
@@ -44,7 +51,12 @@ impl Target {
                         return Err(format!("--views: {v} is not a view of version {}", schema.version));
                     }
                 }
-                Ok(Target::Quiver { clients, key_type: schema.key_type, views: args.views.clone() })
+                Ok(Target::Quiver {
+                    clients,
+                    key_type: schema.key_type,
+                    views: args.views.clone(),
+                    decode: args.decode,
+                })
             }
             TargetKind::Redis => {
                 let client =
@@ -59,46 +71,110 @@ impl Target {
                 }
                 Ok(Target::Redis { connections })
             }
+            #[cfg(feature = "embedded")]
+            TargetKind::Embedded => {
+                let mut options = quiver_client::EmbeddedOptions {
+                    block_cache_bytes: args.cache_mb << 20,
+                    poll_interval: None,
+                    ..Default::default()
+                };
+                for o in &args.read_options {
+                    match o.as_str() {
+                        "no-verify-checksums" => options.read.verify_checksums = false,
+                        "no-fill-cache" => options.read.fill_cache = false,
+                        "async-io" => options.read.async_io = true,
+                        "no-mmap" => options.mmap_reads = false,
+                        _ => unreachable!("checked by args"),
+                    }
+                }
+                let reader = quiver_client::EmbeddedReader::open(&args.addr, options).map_err(|e| e.to_string())?;
+                let schema = reader.schema("").map_err(|e| e.to_string())?;
+                for v in &args.views {
+                    if schema.view(v).is_none() {
+                        return Err(format!("--views: {v} is not a view of version {}", schema.version));
+                    }
+                }
+                Ok(Target::Embedded {
+                    reader: Arc::new(reader),
+                    key_type: schema.key_type,
+                    views: args.views.clone(),
+                    decode: args.decode,
+                })
+            }
+            #[cfg(not(feature = "embedded"))]
+            TargetKind::Embedded => {
+                Err("--target embedded: this quiver-loadgen was built without the cargo feature `embedded`".into())
+            }
         }
     }
 
     /// A cheap handle for request `i`'s task: connections are picked round-robin.
     pub fn handle(&self, i: u64) -> Handle {
         match self {
-            Target::Quiver { clients, key_type, views } => Handle::Quiver {
+            Target::Quiver { clients, key_type, views, decode } => Handle::Quiver {
                 client: clients[(i % clients.len() as u64) as usize].clone(),
                 key_type: *key_type,
                 views: views.clone(),
+                decode: *decode,
             },
             Target::Redis { connections } => {
                 Handle::Redis { connection: connections[(i % connections.len() as u64) as usize].clone() }
             }
+            #[cfg(feature = "embedded")]
+            Target::Embedded { reader, key_type, views, decode } => Handle::Embedded {
+                reader: Arc::clone(reader),
+                key_type: *key_type,
+                views: views.clone(),
+                decode: *decode,
+            },
         }
     }
 }
 
 pub enum Handle {
-    Quiver { client: QuiverClient, key_type: KeyType, views: Vec<String> },
-    Redis { connection: redis::aio::MultiplexedConnection },
+    Quiver {
+        client: QuiverClient,
+        key_type: KeyType,
+        views: Vec<String>,
+        decode: bool,
+    },
+    Redis {
+        connection: redis::aio::MultiplexedConnection,
+    },
+    #[cfg(feature = "embedded")]
+    Embedded {
+        reader: Arc<quiver_client::EmbeddedReader>,
+        key_type: KeyType,
+        views: Vec<String>,
+        decode: bool,
+    },
+}
+
+fn request(ids: Vec<u64>, key_type: KeyType, views: Vec<String>) -> GetFeaturesRequest {
+    let mut request = GetFeaturesRequest { views, ..Default::default() };
+    match key_type {
+        KeyType::Int64 => request.int64_ids = ids.into_iter().map(|id| id as i64).collect(),
+        KeyType::String => request.string_ids = ids.into_iter().map(|id| id.to_string()).collect(),
+    }
+    request
 }
 
 impl Handle {
     /// One request for `ids`; an `Err` is counted, never fatal.
     pub async fn send(self, ids: Vec<u64>) -> Result<(), String> {
         match self {
-            Handle::Quiver { client, key_type, views } => {
+            Handle::Quiver { client, key_type, views, decode } => {
                 let n = ids.len();
-                let mut request = GetFeaturesRequest { views, ..Default::default() };
-                match key_type {
-                    KeyType::Int64 => request.int64_ids = ids.into_iter().map(|id| id as i64).collect(),
-                    KeyType::String => request.string_ids = ids.into_iter().map(|id| id.to_string()).collect(),
-                }
-                let response = client.get_features_raw(request).await.map_err(|e| match e.code() {
-                    Some(code) => format!("grpc {code:?}"),
-                    None => e.to_string(),
-                })?;
+                let response =
+                    client.get_features_raw(request(ids, key_type, views)).await.map_err(|e| match e.code() {
+                        Some(code) => format!("grpc {code:?}"),
+                        None => e.to_string(),
+                    })?;
                 if response.rows.len() != n {
                     return Err(format!("{} rows for {n} ids", response.rows.len()));
+                }
+                if decode {
+                    client.decode(response).await.map_err(|e| e.to_string())?;
                 }
                 Ok(())
             }
@@ -120,6 +196,24 @@ impl Handle {
                     if replies.len() != ids.len() {
                         return Err(format!("{} replies for {} ids", replies.len(), ids.len()));
                     }
+                }
+                Ok(())
+            }
+            #[cfg(feature = "embedded")]
+            Handle::Embedded { reader, key_type, views, decode } => {
+                // Runs on the tokio worker thread (pinned with --pin-cpus): one reader thread per
+                // worker, requests queue behind it as they would behind a busy server.
+                let n = ids.len();
+                let response = reader.get_features_raw(&request(ids, key_type, views)).map_err(|e| match e.code() {
+                    Some(code) => format!("status {code:?}"),
+                    None => e.to_string(),
+                })?;
+                if response.rows.len() != n {
+                    return Err(format!("{} rows for {n} ids", response.rows.len()));
+                }
+                if decode {
+                    let schema = reader.schema(&response.version).map_err(|e| e.to_string())?;
+                    quiver_client::decode_response(&schema, response).map_err(|e| e.to_string())?;
                 }
                 Ok(())
             }

@@ -1,0 +1,78 @@
+"""Load stage before publish: the version's statistics and its checks.
+
+Statistics are accumulated inside the load's existing passes (loader/statistics.py): by the encode
+tasks for views that keep every row, and by the sort tasks after dedup for views with an event
+timestamp, so they describe exactly the rows the version serves. Reused views carry theirs from the
+version they are linked from. This stage merges them, writes STATISTICS_FILE into the version (listed
+and checksummed by the manifest like any file), evaluates every check against them and against the
+current version's statistics, and refuses the version when a check fails.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from quiver.loader.checks import evaluate_view
+from quiver.loader.errors import ChecksFailed
+from quiver.loader.statistics import ViewAccumulator
+from quiver.snapshot.layout import SnapshotRoot
+from quiver.snapshot.manifest import Manifest
+from quiver.snapshot.quality import STATISTICS_FILE, CheckResult, CheckSummary
+from quiver.snapshot.schema import FeatureSet
+
+
+def merged(partials: list[ViewAccumulator]) -> dict[str, Any]:
+    total = partials[0]
+    for p in partials[1:]:
+        total.merge(p)
+    return total.to_json()
+
+
+def read(root: SnapshotRoot, manifest: Manifest | None) -> dict[str, Any]:
+    """The statistics a published version recorded ({} for none, e.g. a version older than them)."""
+    if manifest is None:
+        return {}
+    try:
+        data: dict[str, Any] = json.loads((root.version_dir(manifest.version) / STATISTICS_FILE).read_bytes())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return data.get("views", {})
+
+
+def carried(previous: dict[str, Any], view: str, rows: int) -> dict[str, Any]:
+    """A reused view's statistics, from the version its files are linked from."""
+    return previous.get(view) or {"rows": rows, "features": {}, "missing": True}
+
+
+def write(out: Path, stats: dict[str, dict[str, Any]]) -> None:
+    (out / STATISTICS_FILE).write_text(json.dumps({"views": stats}, allow_nan=False, sort_keys=True) + "\n")
+
+
+def evaluate(features: FeatureSet, stats: dict[str, dict[str, Any]], current: Manifest | None,
+             current_stats: dict[str, Any]) -> list[CheckResult]:
+    results: list[CheckResult] = []
+    for view in features.views:
+        s = stats[view.name]
+        if s.get("missing"):
+            results += [CheckResult(view.name, f.name, c, "skipped", None, f.checks[c], [],
+                                    "no statistics: the view is reused from a version loaded before quiver "
+                                    "recorded them; load with --no-reuse to check it")
+                        for f in view.features for c in f.checks if c != "warn"]
+            continue
+        previous = current_stats.get(view.name)
+        if previous is not None and previous.get("missing"):
+            previous = None
+        results += evaluate_view(view, s, previous, current.version if current else "")
+    return results
+
+
+def verdict(results: list[CheckResult], accept_failed: bool) -> CheckSummary:
+    """The manifest's summary; raises ChecksFailed naming every failed check unless accept_failed."""
+    summary = CheckSummary.of(results, accepted_failures=False)
+    failed = summary.with_status("failed")
+    if failed and not accept_failed:
+        lines = "\n".join(f"  FAILED {r.describe()}" for r in failed)
+        raise ChecksFailed(f"{len(failed)} check(s) failed; the version is not published:\n{lines}\n"
+                           f"fix the data or the checks, or load with --accept-failed-checks to publish anyway")
+    summary.accepted_failures = bool(failed)
+    return summary
