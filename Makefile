@@ -41,7 +41,8 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy quiver snapshot loader service distribution
 
-pytest: setup
+# tools: the reflection tests call the server with ghz and grpcurl, as an operator would
+pytest: setup tools
 	$(VENV)/bin/pytest -q
 
 # The gRPC client and the load generator (no RocksDB).
@@ -60,13 +61,17 @@ deploy-check: setup
 test: lint pytest rust-test deploy-check
 
 GHZ_VERSION := v0.121.0
+GRPCURL_VERSION := v1.9.4
 TOOLS := $(CURDIR)/.tools/bin
 
 # Load generators and manifest tools, as pinned Go modules in a project-local folder.
 $(TOOLS)/ghz:
 	GOBIN=$(TOOLS) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 
-tools: $(TOOLS)/ghz
+$(TOOLS)/grpcurl:
+	GOBIN=$(TOOLS) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+
+tools: $(TOOLS)/ghz $(TOOLS)/grpcurl
 
 demo: setup tools
 	$(PY) -m quiver.demo --users $(USERS) --dir $(DEMO)

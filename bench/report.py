@@ -1,10 +1,13 @@
-"""Renders a results JSON of bench/harness.py as markdown, into bench/README.md between markers.
+"""Renders a results JSON of bench/harness.py as markdown, into bench/README.md between markers, and
+draws its charts as PNG files beside the JSON.
 
     python bench/report.py bench/results/DATE-NAME.json [--readme bench/README.md] [--title TEXT]
 
 A serve result replaces the text between `<!-- results:start -->` and `<!-- results:end -->`, a load
 result the text between `<!-- load:start -->` and `<!-- load:end -->`. Without --readme the markdown is
-printed.
+printed. Charts: a serve result's P99 against the achieved request rate for every series
+(`DATE-NAME-p99.png`), a load result's time per loader phase (`DATE-NAME-phases.png`); the markdown
+embeds them by a path relative to bench/.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 MARKERS = {"serve": ("<!-- results:start -->", "<!-- results:end -->"),
-           "load": ("<!-- load:start -->", "<!-- load:end -->")}
+           "load": ("<!-- load:start -->", "<!-- load:end -->"),
+           "verify": ("<!-- verify:start -->", "<!-- verify:end -->")}
 
 
 def f(x: Any, digits: int = 0, scale: float = 1.0) -> str:
@@ -140,8 +145,112 @@ def load(res: dict[str, Any], title: str) -> list[str]:
     return out
 
 
-def render(res: dict[str, Any], title: str) -> str:
-    return "\n".join(serve(res, title) if res["kind"] == "serve" else load(res, title)) + "\n"
+def verify(res: dict[str, Any], title: str) -> list[str]:
+    out = [f"### {title}", "", f"`quiver load --workers {res['workers']} --no-reuse` into an empty root, then "
+           f"`quiver verify --workers {res['workers']}` of that version, one after the other in one run; "
+           f"result file `{res.get('file', '')}`.", ""]
+    out += machine(res)
+    out += table(["users", "load wall s", "load CPU s", "verify wall s", "verify CPU s", "verify / load (wall)",
+                  "verify / load (CPU)", "peak RSS MB load / verify"],
+                 [[f(s["users"]), f(s["load"]["wall_s"], 1), f(s["load"]["cpu_s"], 1), f(s["verify"]["wall_s"], 1),
+                   f(s["verify"]["cpu_s"], 1), f(s["verify_vs_load_wall"], 2), f(s["verify_vs_load_cpu"], 2),
+                   f"{f(s['load']['peak_rss_mb'])} / {f(s['verify']['peak_rss_mb'])}"] for s in res["sizes"]])
+    for s in res["sizes"]:
+        c = s.get("changed_value")
+        if c:
+            out += ["", f"One offline value changed at {s['users']:,} users (view `{c['view']}`, key {c['key']}, "
+                    f"feature `{c['feature']}`): {'found' if c['found'] else '**not found**'} in "
+                    f"{c['wall_s']:.1f} s; verify reported:", "", *(f"    {line}" for line in c["reported"])]
+    return out
+
+
+def render(res: dict[str, Any], title: str, images: Sequence[Path] = ()) -> str:
+    body = {"serve": serve, "load": load, "verify": verify}[res["kind"]](res, title)
+    # charts sit beside the result JSON in bench/results/; the README that embeds them is bench/README.md
+    body += ["", *(f"![{c.stem}](results/{c.name})" for c in images)] if images else []
+    return "\n".join(body) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Charts
+# ---------------------------------------------------------------------------------------------
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def p99_chart(res: dict[str, Any], path: Path) -> Path:
+    """P99 against achieved request rate, one line per series, one panel per batch size (entities)."""
+    plt = _pyplot()
+    sizes = sorted({r["entities"] for r in res["rows"]})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4.8), squeeze=False)
+    for ax, k in zip(axes[0], sizes, strict=True):
+        series: dict[str, list[dict[str, Any]]] = {}
+        for r in res["rows"]:
+            if r["entities"] == k and r["p99_us"] is not None and r["achieved_rate"]:
+                pinned = " pinned" if r["pinned"] and "pinned" not in r["label"] else ""
+                series.setdefault(r["label"] + pinned, []).append(r)
+        for label, rows in sorted(series.items()):
+            paced = sorted((r for r in rows if r["rate"] is not None), key=lambda r: r["achieved_rate"])
+            unpaced = [r for r in rows if r["rate"] is None]
+            line = ax.plot([r["achieved_rate"] for r in paced], [r["p99_us"] / 1000 for r in paced],
+                           marker="o", markersize=3, label=label) if paced else None
+            if unpaced:
+                color = line[0].get_color() if line else None
+                ax.scatter([r["achieved_rate"] for r in unpaced], [r["p99_us"] / 1000 for r in unpaced],
+                           marker="x", color=color, label=f"{label}, unpaced" if line else f"{label} (unpaced)")
+        ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel("achieved request rate (req/s)")
+        ax.set_ylabel("P99 latency (ms, log scale)")
+        ax.set_title(f"{k} entit{'y' if k == 1 else 'ies'} per request")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{res['date']} {res['name']}: P99 against request rate ({res['users']:,} users)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def phases_chart(res: dict[str, Any], path: Path) -> Path | None:
+    """The loader's phases, stacked, one bar per size; None when the result has no phases."""
+    phased = [s for s in res["sizes"] if s.get("phases_s")]
+    if not phased:
+        return None
+    plt = _pyplot()
+    names = list(dict.fromkeys(n for s in phased for n in s["phases_s"]))
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.9 * len(phased)))
+    labels = [f"{s['users']:,} users" for s in phased]
+    left = [0.0] * len(phased)
+    for name in names:
+        widths = [float(s["phases_s"].get(name) or 0) for s in phased]
+        ax.barh(labels, widths, left=left, label=name)
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    for i, s in enumerate(phased):
+        ax.text(left[i], i, f" {s['wall_s']:.1f} s wall", va="center", fontsize=8)
+    ax.set_xlabel("seconds, from the loader's log (wall time also counts start-up and publishing)")
+    ax.set_xlim(0, max(max(left), max(s["wall_s"] for s in phased)) * 1.25)
+    ax.legend(fontsize=8, ncols=len(names), loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(phased) < 3
+                                                                                    else -0.2))
+    ax.set_title(f"{res['date']} {res['name']}: loader phases ({res['workers']} workers)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def charts(res: dict[str, Any], results: Path) -> list[Path]:
+    """Draws the result's charts beside its JSON; returns their paths."""
+    if res["kind"] == "serve":
+        return [p99_chart(res, results.with_name(f"{results.stem}-p99.png"))]
+    drawn = phases_chart(res, results.with_name(f"{results.stem}-phases.png"))
+    return [drawn] if drawn else []
 
 
 def splice(readme: Path, kind: str, body: str) -> None:
@@ -163,7 +272,7 @@ def main() -> int:
     res = json.loads(Path(a.results).read_text())
     res["file"] = str(Path(a.results).name)
     title = a.title or f"{res['date']} {res['name'] or res['kind']}"
-    body = render(res, title)
+    body = render(res, title, charts(res, Path(a.results)))
     if a.readme:
         splice(Path(a.readme), res["kind"], body)
     else:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Offline checks of everything deploy/ ships: every kustomize overlay renders and validates
-# strictly against the Kubernetes 1.37 schemas, the Dockerfiles pass hadolint, and the image's
-# install steps work (deploy/check-image-steps.sh). Run through `make deploy-check`.
+# strictly against the Kubernetes 1.37 schemas, the Dockerfiles pass hadolint, the image's
+# install steps work (deploy/check-image-steps.sh), and the monitoring in deploy/monitoring/ holds:
+# promtool checks and unit-tests the alert rules and parses every dashboard query, and a test pins
+# the dashboard and the rules to the metrics the server exports. Run through `make deploy-check`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,11 +11,22 @@ KUSTOMIZE_VERSION=v5.8.1   # v5.8.2+ needs Go >= 1.27
 TOOLS=$PWD/.tools/bin
 VENV=${VENV:-.venv}
 KUSTOMIZE=$TOOLS/kustomize
+# promtool from Prometheus 3.16's Go module (v0.316.0), without the cloud service-discovery plugins
+# (build tag remove_all_sd): promtool's rule checks do not use them, and they triple the build.
+PROMTOOL_VERSION=v0.316.0
+PROMTOOL=$TOOLS/promtool
 
 if ! [ -x "$KUSTOMIZE" ] || ! "$KUSTOMIZE" version 2>/dev/null | grep -q "$KUSTOMIZE_VERSION"; then
   echo "== installing kustomize $KUSTOMIZE_VERSION into $TOOLS"
   mkdir -p "$TOOLS"
   GOBIN=$TOOLS GOTOOLCHAIN=local go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
+fi
+
+if ! [ -x "$PROMTOOL" ] || ! go version -m "$PROMTOOL" | grep -q "prometheus/prometheus[[:space:]]*$PROMTOOL_VERSION"; then
+  echo "== installing promtool $PROMTOOL_VERSION into $TOOLS"
+  mkdir -p "$TOOLS"
+  GOBIN=$TOOLS GOTOOLCHAIN=local go install -tags remove_all_sd \
+    "github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_VERSION"
 fi
 
 out=$(mktemp -d)
@@ -27,6 +40,17 @@ for kfile in deploy/k8s/overlays/*/kustomization.yaml deploy/k8s/overlays/*/*/ku
   echo "== kubernetes-validate --strict ($name)"
   "$VENV/bin/kubernetes-validate" --strict --quiet "$out/$name.yaml"
 done
+
+echo "== promtool check rules (alerts)"
+"$PROMTOOL" check rules deploy/monitoring/alerts.yml
+echo "== promtool test rules (alerts.test.yml)"
+"$PROMTOOL" test rules deploy/monitoring/alerts.test.yml
+echo "== promtool check rules (every dashboard query, as a recording rule)"
+"$VENV/bin/python" deploy/monitoring/dashboard_queries.py deploy/monitoring/quiver-dashboard.json \
+  > "$out/dashboard-queries.yml"
+"$PROMTOOL" check rules "$out/dashboard-queries.yml"
+echo "== dashboard and rules against the exported metrics"
+"$VENV/bin/pytest" -q -p no:cacheprovider tests/unit/test_monitoring.py
 
 echo "== hadolint Dockerfile"
 "$VENV/bin/hadolint" Dockerfile

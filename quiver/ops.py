@@ -17,6 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="compare N random keys per view instead of every key; row counts are always checked "
                    "(default: every key)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --sample draw (default: 0)")
+    p.add_argument("--workers", type=at_least(1), default=None, metavar="N",
+                   help="worker processes comparing in parallel (default: one per CPU)")
+    p.add_argument("--spill-dir", default=None, metavar="DIR",
+                   help="where the offline rows are partitioned by key range while comparing; needs about 1.7 "
+                   "times the offline Parquet's size (default: the temporary folder, TMPDIR)")
     p.set_defaults(handler=_verify)
 
     p = sub.add_parser("gc", help="remove old versions: kept are CURRENT, the previous, leased and the newest K",
@@ -38,7 +43,7 @@ def _verify(args: argparse.Namespace) -> int:
     if not SnapshotRoot(args.root).path.is_dir():
         raise RootError(f"{args.root}: no such snapshot root")
     try:
-        report = verify(args.root, args.version, args.sample, args.seed)
+        report = verify(args.root, args.version, args.sample, args.seed, args.workers, args.spill_dir)
     except (FileNotFoundError, ManifestError) as e:
         raise RootError(str(e)) from None
     for m in report.mismatches:
@@ -47,7 +52,8 @@ def _verify(args: argparse.Namespace) -> int:
     if report.ok:
         print(f"ok: {report.version}: online and offline agree ({checked} key(s) compared)")
         return 0
-    print(f"quiver verify: {len(report.mismatches)} mismatch(es) in {report.version} ({checked} key(s) compared)",
+    more = f" (and {report.unnamed} more not named)" if report.unnamed else ""
+    print(f"quiver verify: {len(report.mismatches)} mismatch(es){more} in {report.version} ({checked} key(s) compared)",
           file=sys.stderr)
     return 1
 

@@ -1,46 +1,55 @@
-"""`quiver verify`: a version's two forms hold the same rows.
+"""`quiver verify`: a version's two forms hold the same rows (snapshot format 2, snapshot/FORMAT.md).
 
-For every view: the online RocksDB (its ViewRows cut out of its storage group's stored values, decoded by the
-manifest's schema) against the offline
-Parquet, key by key and feature by feature, either fully or on a random sample of N offline keys per view;
-plus the row counts (manifest, offline, online), which is what catches a key present online only.
-Floats compare by their bits, so NaN equals NaN when the bits match and a changed NaN payload is a mismatch:
-stored float bits are read from the wire bytes, never through a Python float (which would quieten a
-signalling NaN).
+Two stages, each a set of tasks over `workers` processes, so every stored value is read once:
+
+1. partition: each view's offline Parquet, in chunks of row groups, is cut by key range (the ranges
+   split a sample of the keys evenly) into Arrow IPC spill files in a temporary folder, never in the
+   root;
+2. compare: per key range and storage group, the group's RocksDB is read once in key order over the
+   range; each of the group's views' spilled rows are sorted by key and matched to the stored keys;
+   every feature is compared column-wise (quiver/verify_columns.py: numpy over the wire bytes, Arrow
+   for strings and lists; only a mismatch is decoded, to name it); each stored `found` flag must
+   match the view's offline rows exactly, and a stored key that no view holds is named.
+
+Counts close the rest: the keys each group holds against the manifest's group rows, the `found`
+flags per view against the manifest's and the offline row counts.
+
+`sample`: N random offline rows per view instead of all of them; the stored values are still all read
+and counted, but flags are only checked by their counts.
+
+Opening a RocksDB through rocksdict 0.3.29 rewrites its `rocksdict-config.json` (a file the manifest
+leaves out, as the server's opens do); nothing else is written into the root.
 """
 
-import struct
-from collections.abc import Iterator
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
+from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
-from rocksdict import AccessType, Options, Rdict
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+from rocksdict import AccessType, Cache, Rdict
 
-from quiver.snapshot import Manifest, SnapshotRoot, ViewDef, encode_int64_keys
-from quiver.snapshot.values import varint_at as _varint
-from quiver.snapshot.values import view_rows
-from quiver.v1 import quiver_pb2 as pb
+from quiver import wire_columns as wc
+from quiver.snapshot import Manifest, SnapshotRoot, decode_int64_key, rocks
+from quiver.verify_columns import FloatBits, compare_view, offline_value, online_value, show
 
-__all__ = ["Mismatch", "VerifyReport", "verify"]
+__all__ = ["FloatBits", "Mismatch", "VerifyReport", "verify"]
 
-BATCH = 4096
-_GROUPS = {2: "bools", 3: "int32s", 4: "int64s", 7: "strings", 8: "bytes_values"}
-
-
-class FloatBits(NamedTuple):
-    """A float by its bits: equal when the bits are equal (NaN payloads included)."""
-
-    width: int   # 32 or 64
-    bits: int
-
-    def __str__(self) -> str:
-        fmt, ifmt = ("<f", "<I") if self.width == 32 else ("<d", "<Q")
-        value = struct.unpack(fmt, struct.pack(ifmt, self.bits))[0]
-        return f"{value!r} (0x{self.bits:0{self.width // 4}x})" if value != value else repr(value)
+TASK_ROWS = 262144             # offline rows per partition task (whole row groups)
+RANGE_BYTES = 128 << 20        # offline bytes (uncompressed) per key range
+SHOWN_PER_TASK = 100           # mismatches a task names; the rest are counted
+_SIGN = np.uint64(1 << 63)
 
 
 @dataclass(frozen=True)
@@ -50,178 +59,282 @@ class Mismatch:
     feature: str        # "" for a whole row (missing online) or a count
     online: Any
     offline: Any
+    scope: str = "view"  # "group" for a storage group's keys
 
     def __str__(self) -> str:
-        where = f"view {self.view!r}" + ("" if self.key is None else f" key {self.key!r}")
+        where = f"{self.scope} {self.view!r}" + ("" if self.key is None else f" key {self.key!r}")
         if self.feature:
             where += f" feature {self.feature!r}"
-        return f"{where}: online {_show(self.online)}, offline {_show(self.offline)}"
+        return f"{where}: online {show(self.online)}, offline {show(self.offline)}"
 
 
 @dataclass
 class VerifyReport:
     version: str
     compared: dict[str, int] = field(default_factory=dict)   # view -> keys compared
-    mismatches: list[Mismatch] = field(default_factory=list)
+    mismatches: list[Mismatch] = field(default_factory=list)  # those named (at most 100 per task)
+    unnamed: int = 0                                          # mismatches found beyond those named
 
     @property
     def ok(self) -> bool:
-        return not self.mismatches
-
-
-def _show(v: Any) -> str:
-    if isinstance(v, FloatBits):
-        return str(v)
-    if isinstance(v, tuple | list):
-        return "[" + ", ".join(_show(x) for x in v) + "]"
-    return repr(v)
+        return not self.mismatches and not self.unnamed
 
 
 # ---------------------------------------------------------------------------------------------
-# Canonical values: one Python value per (row, feature), floats as FloatBits, None for null
+# Keys: int64 ids as unsigned 64-bit numbers in stored byte order, string ids as bytes
 # ---------------------------------------------------------------------------------------------
 
-def _bits(width: int, raw: np.ndarray) -> list[FloatBits]:
-    return [FloatBits(width, int(b)) for b in raw]
+def _sortable(key_type: str, col: pa.Array) -> np.ndarray:
+    """Offline ids in the stored keys' order: numbers compare as their stored bytes do."""
+    if key_type == "int64":
+        return col.to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64) ^ _SIGN
+    return np.array([s.encode("utf-8") for s in col.to_pylist()], dtype=object)
 
 
-def _offline_column(ftype: str, col: pa.Array) -> list[Any]:
-    valid = col.is_valid().to_numpy(zero_copy_only=False)
-    if ftype in ("float32", "float64"):
-        width = 32 if ftype == "float32" else 64
-        raw = col.fill_null(pa.scalar(0, col.type)).to_numpy(zero_copy_only=False).view(f"<u{width // 8}")
-        return [b if ok else None for b, ok in zip(_bits(width, raw), valid, strict=True)]
-    if ftype == "list<float32>":
-        out: list[Any] = []
-        for i, ok in enumerate(valid):
-            bits = col[i].values.to_numpy(zero_copy_only=False).view("<u4") if ok else None
-            out.append(None if bits is None else tuple(_bits(32, bits)))
-        return out
-    if ftype == "list<int64>":
-        return [None if v is None else tuple(v) for v in col.to_pylist()]
-    return col.to_pylist()
+def _stored(key_type: str, keys: list[bytes]) -> np.ndarray:
+    if key_type == "int64":
+        return np.frombuffer(b"".join(keys), ">u8").astype(np.uint64)
+    return np.array(keys, dtype=object)
 
 
-def _wire(buf: bytes, wanted: tuple[int, ...]) -> dict[int, list[bytes]]:
-    """Payloads of the wanted fields (packed or not), in order."""
-    out: dict[int, list[bytes]] = {}
-    pos = 0
-    while pos < len(buf):
-        tag, pos = _varint(buf, pos)
-        fno, wt = tag >> 3, tag & 7
-        if wt == 0:
-            _, pos = _varint(buf, pos)
+def _key_bytes(key_type: str, value: Any) -> bytes:
+    return int(value).to_bytes(8, "big") if key_type == "int64" else bytes(value)
+
+
+def _show_key(key_type: str, value: Any) -> Any:
+    if key_type == "int64":
+        return decode_int64_key(int(value).to_bytes(8, "big"))
+    return bytes(value).decode("utf-8", "replace")
+
+
+# ---------------------------------------------------------------------------------------------
+# Per worker process: open databases and manifests
+# ---------------------------------------------------------------------------------------------
+
+_OPEN: dict[tuple[str, str, str], Rdict] = {}
+_MANIFESTS: dict[tuple[str, str], Manifest] = {}
+
+
+def _db(root: SnapshotRoot, version: str, group: str, spill: str) -> Rdict:
+    """The group's RocksDB, opened read-only once per process; RocksDB's info log goes into the spill
+    folder (removed at the end), never into the version."""
+    key = (str(root.path), version, group)
+    if key not in _OPEN:
+        log_dir = Path(spill) / "rocksdb-logs" / str(os.getpid())
+        log_dir.mkdir(parents=True, exist_ok=True)
+        opts = rocks.reader_options(Cache(64 << 20))
+        opts.set_db_log_dir(str(log_dir))
+        _OPEN[key] = Rdict(str(root.online_dir(version, group)), opts, column_families={"default": opts},
+                           access_type=AccessType.read_only())
+    return _OPEN[key]
+
+
+def _manifest(root: SnapshotRoot, version: str) -> Manifest:
+    key = (str(root.path), version)
+    if key not in _MANIFESTS:
+        _MANIFESTS[key] = Manifest.load(root.manifest_path(version))
+    return _MANIFESTS[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: partition the offline rows by key range
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Chunk:
+    view: str
+    path: str
+    row_groups: tuple[int, ...]
+    rows: tuple[int, ...] | None = None   # a sample: row numbers within these row groups
+
+
+def _partition(root_dir: str, version: str, spill: str, bounds: np.ndarray, n: int, chunk: Chunk) -> None:
+    m = _manifest(SnapshotRoot(root_dir), version)
+    table = pq.ParquetFile(chunk.path).read_row_groups(list(chunk.row_groups))
+    if chunk.rows is not None:
+        table = table.take(pa.array(chunk.rows, pa.int64()))
+    keys = _sortable(m.schema.entity.key_type, table.column(m.schema.entity.name).combine_chunks())
+    ranges = np.searchsorted(bounds, keys, side="right")
+    order = np.argsort(ranges, kind="stable")
+    cuts = np.searchsorted(ranges[order], np.arange(len(bounds) + 2))
+    for r in range(len(bounds) + 1):
+        lo, hi = int(cuts[r]), int(cuts[r + 1])
+        if lo == hi:
             continue
-        if wt == 2:
-            size, pos = _varint(buf, pos)
-        elif wt in (1, 5):
-            size = 8 if wt == 1 else 4
+        folder = Path(spill) / chunk.view / f"{r:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        part = table.take(pa.array(order[lo:hi]))
+        with ipc.new_file(folder / f"{n:05d}.arrow", part.schema,
+                          options=ipc.IpcWriteOptions(compression="lz4")) as w:
+            w.write_table(part)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: one key range of one group against its views' spilled rows
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class RangeResult:
+    group: str
+    keys: int = 0
+    found: dict[str, int] = field(default_factory=dict)     # view -> stored found flags set
+    compared: dict[str, int] = field(default_factory=dict)  # view -> offline rows compared
+    mismatches: list[Mismatch] = field(default_factory=list)
+    unnamed: int = 0
+
+    def add(self, m: Mismatch) -> None:
+        if len(self.mismatches) < SHOWN_PER_TASK:
+            self.mismatches.append(m)
         else:
-            raise ValueError(f"wire type {wt} in a stored ViewRow")
-        if fno in wanted:
-            out.setdefault(fno, []).append(buf[pos:pos + size])
-        pos += size
-    return out
+            self.unnamed += 1
 
 
-def _online_row(view: ViewDef, raw: bytes) -> dict[str, Any]:
-    row = pb.ViewRow.FromString(raw)
-    wire = _wire(raw, (5, 6, 9))
-    f32 = np.frombuffer(b"".join(wire.get(5, [])), "<u4")
-    f64 = np.frombuffer(b"".join(wire.get(6, [])), "<u8")
-    lists = [np.frombuffer(b"".join(_wire(m, (1,)).get(1, [])), "<u4") for m in wire.get(9, [])]
-    out: dict[str, Any] = {}
-    for pos, (f, g, i) in enumerate(view.layout()):
-        if pos // 8 < len(row.nulls) and row.nulls[pos // 8] >> (pos % 8) & 1:
-            out[f.name] = None
-            continue
-        try:
-            if g == 5:
-                out[f.name] = FloatBits(32, int(f32[i]))
-            elif g == 6:
-                out[f.name] = FloatBits(64, int(f64[i]))
-            elif g == 9:
-                out[f.name] = tuple(_bits(32, lists[i]))
-            elif g == 10:
-                out[f.name] = tuple(row.int64_lists[i].values)
-            else:
-                out[f.name] = getattr(row, _GROUPS[g])[i]
-        except IndexError:
-            out[f.name] = "<absent from the stored row>"
-    return out
+def _read_range(db: Rdict, key_type: str, lo: Any, hi: Any) -> tuple[list[bytes], list[bytes]]:
+    """The stored (keys, values) from `lo` (None: the first) up to, not including, `hi` (None: the end)."""
+    it = db.iter()
+    if lo is None:
+        it.seek_to_first()
+    else:
+        it.seek(_key_bytes(key_type, lo))
+    stop = None if hi is None else _key_bytes(key_type, hi)
+    keys: list[bytes] = []
+    values: list[bytes] = []
+    while it.valid():
+        key = it.key()
+        if stop is not None and key >= stop:
+            break
+        keys.append(key)
+        values.append(it.value())
+        it.next()
+    return keys, values
 
 
-# ---------------------------------------------------------------------------------------------
-# Comparing one view
-# ---------------------------------------------------------------------------------------------
-
-def _encode(key_type: str, keys: list[Any]) -> list[bytes]:
-    return encode_int64_keys(keys) if key_type == "int64" else [k.encode("utf-8") for k in keys]
-
-
-def _online_count(db: Rdict, views: int, index: int) -> int:
-    """Entities the group's stored values mark as found in view `index`."""
-    n = 0
-    for value in db.values():
-        n += value[len(value) - views + index]  # type: ignore[index]
-    return n
+def _spilled(spill: str, view: str, r: int) -> pa.Table | None:
+    files = sorted((Path(spill) / view / f"{r:05d}").glob("*.arrow"))
+    if not files:
+        return None
+    return pa.concat_tables(ipc.open_file(f).read_all() for f in files)
 
 
-def _batches(dataset: ds.Dataset, entity: str, sample: int | None, seed: int) -> Iterator[pa.RecordBatch]:
-    if sample is None:
-        yield from dataset.to_batches(batch_size=BATCH)
-        return
-    keys = dataset.to_table(columns=[entity]).column(entity)
-    if len(keys) > sample:
-        picks = np.random.default_rng(seed).choice(len(keys), sample, replace=False)
-        keys = keys.take(pa.array(np.sort(picks)))
-    yield from dataset.to_batches(filter=ds.field(entity).isin(keys), batch_size=BATCH)
-
-
-def _verify_view(root: SnapshotRoot, m: Manifest, view: ViewDef, sample: int | None, seed: int,
-                 report: VerifyReport) -> None:
+def _compare(root_dir: str, version: str, spill: str, bounds: np.ndarray, sampled: bool, group: str,
+             r: int) -> RangeResult:
+    root = SnapshotRoot(root_dir)
+    m = _manifest(root, version)
     entity, key_type = m.schema.entity.name, m.schema.entity.key_type
-    paths = sorted(str(root.version_dir(m.version) / f.path) for f in m.files
-                   if f.path.startswith(f"offline/{view.name}/") and f.path.endswith(".parquet"))
-    dataset = ds.dataset(paths, format="parquet")
-    bad = report.mismatches
-    group = m.groups[view.group]
-    width, index = len(group.views), group.views.index(view.name)
-    db = Rdict(str(root.online_dir(m.version, view.group)), Options(raw_mode=True),
-               access_type=AccessType.read_only())
-    try:
-        offline_rows = dataset.count_rows()
-        online_rows = _online_count(db, width, index)
-        stated = m.views[view.name].rows
-        if not offline_rows == online_rows == stated:
-            bad.append(Mismatch(view.name, None, "", f"{online_rows} rows",
-                                f"{offline_rows} rows (manifest: {stated})"))
-        distinct = dataset.to_table(columns=[entity]).column(entity).unique()
-        if len(distinct) != offline_rows:
-            bad.append(Mismatch(view.name, None, "", "-", f"{offline_rows - len(distinct)} duplicate key(s)"))
-        compared = 0
-        for batch in _batches(dataset, entity, sample, seed):
-            keys = batch.column(entity).to_pylist()
-            values: list[bytes | None] = db.get(list[Any](_encode(key_type, keys))) or []
-            stored = [None if v is None else view_rows(v, width)[index] for v in values]
-            offline = {f.name: _offline_column(f.type, batch.column(f.name)) for f in view.features}
-            for i, (k, raw) in enumerate(zip(keys, stored, strict=True)):
-                if raw is None:
-                    bad.append(Mismatch(view.name, k, "", "missing", "present"))
+    members = m.groups[group].views
+    result = RangeResult(group, found={v: 0 for v in members}, compared={v: 0 for v in members})
+    lo = bounds[r - 1] if r > 0 else None
+    hi = bounds[r] if r < len(bounds) else None
+    keys, values = _read_range(_db(root, version, group, spill), key_type, lo, hi)
+    stored = _stored(key_type, keys)
+    buf, starts, ends, _ = wc.pack(values)  # type: ignore[arg-type]
+    del values
+    rows = wc.scan(buf, starts, ends)
+    fstart, flen = rows.span(2)
+    found = np.stack([np.where(flen > k, buf[np.where(fstart >= 0, fstart + k, 0)], 0) == 1
+                      for k in range(len(members))], axis=1) if len(keys) else np.zeros((0, len(members)), bool)
+    found &= ~rows.bad[:, None]
+    result.keys = len(keys)
+    for k in np.flatnonzero(rows.bad):
+        result.add(Mismatch(group, _show_key(key_type, stored[k]), "", "<unparseable stored value>", "-", "group"))
+    for k in np.flatnonzero(~found.any(axis=1) & ~rows.bad):
+        result.add(Mismatch(group, _show_key(key_type, stored[k]), "", "present, in none of its views", "absent",
+                            "group"))
+    for j, name in enumerate(members):
+        result.found[name] = int(found[:, j].sum())
+        view = m.schema.view(name)
+        table = _spilled(spill, name, r)
+        member = np.zeros(len(keys), bool)
+        if table is not None:
+            offline = _sortable(key_type, table.column(entity).combine_chunks())
+            order = np.argsort(offline, kind="stable")
+            offline, table = offline[order], table.take(pa.array(order))
+            result.compared[name] = len(offline)
+            for d in np.flatnonzero(offline[1:] == offline[:-1]):
+                result.add(Mismatch(name, _show_key(key_type, offline[d]), "", "-", "a duplicate key"))
+            at = np.minimum(np.searchsorted(stored, offline), max(len(keys) - 1, 0))
+            hit = (at < len(keys)) & (stored[at] == offline) if len(keys) else np.zeros(len(offline), bool)
+            member[at[hit]] = True
+            ok = hit & found[at, j] if len(keys) else hit
+            for gone in np.flatnonzero(~ok):
+                result.add(Mismatch(name, _show_key(key_type, offline[gone]), "", "missing", "present"))
+            sel = np.flatnonzero(ok)
+            vstart, vlen = rows.span(1, j)
+            part = table if len(sel) == len(offline) else table.take(pa.array(sel))
+            s = vstart[at[sel]]
+            for i, feature in compare_view(view, part, buf, s, s + vlen[at[sel]]):
+                key = _show_key(key_type, offline[sel[i]])
+                if feature.startswith("<"):
+                    result.add(Mismatch(name, key, "", feature, "present"))
                     continue
-                online = _online_row(view, raw)
-                for f in view.features:
-                    if online[f.name] != offline[f.name][i]:
-                        bad.append(Mismatch(view.name, k, f.name, online[f.name], offline[f.name][i]))
-            compared += len(keys)
-        report.compared[view.name] = compared
-    finally:
-        db.close()
+                raw = buf[s[i]:s[i] + vlen[at[sel[i]]]].tobytes()
+                result.add(Mismatch(name, key, feature, online_value(view, raw, feature),
+                                    offline_value(view.feature(feature).type, part.column(feature).combine_chunks(),
+                                                  i)))
+        if not sampled:
+            for k in np.flatnonzero(found[:, j] & ~member):
+                result.add(Mismatch(name, _show_key(key_type, stored[k]), "", "present", "missing"))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan and the verdict
+# ---------------------------------------------------------------------------------------------
+
+def _chunks(root: SnapshotRoot, m: Manifest, sample: int | None, seed: int
+            ) -> tuple[list[Chunk], dict[str, int], int]:
+    """Partition tasks of whole row groups; the offline rows per view; their uncompressed bytes."""
+    chunks: list[Chunk] = []
+    offline_rows: dict[str, int] = {}
+    size = 0
+    rng = np.random.default_rng(seed)
+    for view in m.schema.views:
+        paths = sorted(str(root.version_dir(m.version) / f.path) for f in m.files
+                       if f.path.startswith(f"offline/{view.name}/") and f.path.endswith(".parquet"))
+        spans: list[tuple[str, tuple[int, ...], int]] = []
+        for path in paths:
+            meta = pq.ParquetFile(path).metadata
+            group: list[int] = []
+            rows = 0
+            for rg in range(meta.num_row_groups):
+                group.append(rg)
+                rows += meta.row_group(rg).num_rows
+                size += meta.row_group(rg).total_byte_size
+                if rows >= TASK_ROWS or rg == meta.num_row_groups - 1:
+                    spans.append((path, tuple(group), rows))
+                    group, rows = [], 0
+        total = sum(n for _, _, n in spans)
+        offline_rows[view.name] = total
+        picks = None if sample is None or sample >= total else np.sort(rng.choice(total, sample, replace=False))
+        base = 0
+        for path, rgs, n in spans:
+            if picks is None:
+                chunks.append(Chunk(view.name, path, rgs))
+            else:
+                mine = picks[(picks >= base) & (picks < base + n)] - base
+                if len(mine):
+                    chunks.append(Chunk(view.name, path, rgs, tuple(int(r) for r in mine)))
+            base += n
+    return chunks, offline_rows, size
+
+
+def _bounds(m: Manifest, chunks: list[Chunk], ranges: int) -> np.ndarray:
+    """ranges - 1 keys that split a sample of every view's keys evenly."""
+    samples = []
+    for c in chunks:
+        keys = pq.ParquetFile(c.path).read_row_groups(list(c.row_groups), columns=[m.schema.entity.name]).column(0)
+        samples.append(_sortable(m.schema.entity.key_type, keys.combine_chunks())[::16])
+    keys = np.sort(np.concatenate(samples)) if samples else np.zeros(0, np.uint64)
+    if ranges <= 1 or not len(keys):
+        return keys[:0]
+    return np.unique(keys[(np.arange(1, ranges) * len(keys)) // ranges])
 
 
 def verify(root_dir: str | Path, version: str | None = None, sample: int | None = None,
-           seed: int = 0) -> VerifyReport:
-    """Compares both forms of `version` (default: CURRENT); `sample`: N random offline keys per view."""
+           seed: int = 0, workers: int | None = None, spill_dir: str | None = None) -> VerifyReport:
+    """Compares both forms of `version` (default: CURRENT); `sample`: N random offline rows per view;
+    `workers`: processes (default: one per CPU); `spill_dir`: where the partitioned offline rows go
+    (default: a temporary folder)."""
     root = SnapshotRoot(root_dir)
     version = version or root.current()
     if version is None:
@@ -234,7 +347,35 @@ def verify(root_dir: str | Path, version: str | None = None, sample: int | None 
             f"{vdir}: no offline form here ({len(absent)} file(s) missing, e.g. {absent[0]}): a root synced "
             f"with `quiver sync --online-only` holds only what the server reads; verify where the version "
             f"was loaded")
-    report = VerifyReport(version)
+    workers = workers or os.cpu_count() or 1
+    chunks, offline_rows, size = _chunks(root, m, sample, seed)
+    bounds = _bounds(m, chunks, max(2 * workers, math.ceil(size / RANGE_BYTES)))
+    report = VerifyReport(version, {v: 0 for v in m.schema.view_names})
+    found = {v: 0 for v in m.schema.view_names}
+    keys = {g: 0 for g in m.groups}
+    spill = tempfile.mkdtemp(prefix="quiver-verify-", dir=spill_dir)
+    try:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            list(pool.map(partial(_partition, str(root.path), version, spill, bounds), range(len(chunks)), chunks))
+            tasks = [(g, r) for r in range(len(bounds) + 1) for g in m.groups]
+            compare = partial(_compare, str(root.path), version, spill, bounds, sample is not None)
+            for res in pool.map(compare, [g for g, _ in tasks], [r for _, r in tasks]):
+                keys[res.group] += res.keys
+                for name, n in res.found.items():
+                    found[name] += n
+                for name, n in res.compared.items():
+                    report.compared[name] += n
+                report.mismatches += res.mismatches
+                report.unnamed += res.unnamed
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
     for view in m.schema.views:
-        _verify_view(root, m, view, sample, seed, report)
+        stated = m.views[view.name].rows
+        if not offline_rows[view.name] == stated == found[view.name]:
+            report.mismatches.append(Mismatch(view.name, None, "", f"{found[view.name]} rows",
+                                              f"{offline_rows[view.name]} rows (manifest: {stated})"))
+    for g, stats in m.groups.items():
+        if keys[g] != stats.rows:
+            report.mismatches.append(Mismatch(g, None, "", f"{keys[g]} keys", f"manifest: {stats.rows} keys",
+                                              scope="group"))
     return report

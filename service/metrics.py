@@ -27,6 +27,8 @@ SNAPSHOT_AGE = Gauge("quiver_snapshot_age_seconds", "Seconds since the served ve
                      multiprocess_mode="livemax")
 SWAPS = Counter("quiver_snapshot_swaps_total", "Versions swapped in")
 REFUSED = Counter("quiver_snapshot_refused_total", "New versions refused by their checks")
+FALLBACK = Gauge("quiver_snapshot_fallback", "1 while a worker serves another version because CURRENT's was refused "
+                 "at start", multiprocess_mode="livemax")
 # the served version's feature checks, as its load recorded them (manifest "checks")
 CHECKS_FAILED = Gauge("quiver_snapshot_checks_failed", "Feature checks that failed in the served version",
                       multiprocess_mode="livemax")

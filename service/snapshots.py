@@ -1,5 +1,10 @@
 """Which versions a worker serves: the current one, and the previous one kept for pinned requests
-and rollback. Follows ROOT/CURRENT and swaps without dropping a request."""
+and rollback. Follows ROOT/CURRENT and swaps without dropping a request.
+
+Fallback at start: a worker that has nothing to serve yet and finds CURRENT's version refused serves
+the newest version that passes its checks, PREVIOUS first, rather than nothing; it says so loudly (an
+error log line, `on_fallback(True)`, the `quiver_snapshot_fallback` gauge) until CURRENT names a
+version that passes, which is swapped in as usual. Health stays NOT_SERVING only when none passes."""
 
 import asyncio
 import logging
@@ -17,7 +22,8 @@ log = logging.getLogger("quiver.snapshots")
 class Snapshots:
     def __init__(self, root: SnapshotRoot, cache: Cache, verify: str,
                  on_swap: Callable[[LoadedVersion, LoadedVersion | None], None] = lambda new, old: None,
-                 on_refused: Callable[[str, str], None] = lambda v, why: None) -> None:
+                 on_refused: Callable[[str, str], None] = lambda v, why: None,
+                 on_fallback: Callable[[bool], None] = lambda serving_fallback: None) -> None:
         self.root = root
         self.cache = cache
         self.verify = verify
@@ -25,7 +31,10 @@ class Snapshots:
         self.previous: LoadedVersion | None = None
         self._on_swap = on_swap
         self._on_refused = on_refused
+        self._on_fallback = on_fallback
         self._refused: str | None = None
+        # the refused CURRENT while serving a fallback instead of it, else None
+        self.fallback_from: str | None = None
 
     def pick(self, pin: str) -> LoadedVersion:
         cur = self.current
@@ -46,18 +55,33 @@ class Snapshots:
         """Follows CURRENT once; True when the served version changed."""
         target = self.root.current()
         cur = self.current
+        if cur is not None and target == cur.version:
+            self._end_fallback()
         if target is None or (cur is not None and target == cur.version) or target == self._refused:
             return False
         if self.previous is not None and self.previous.version == target:
             new = self.previous  # rollback: already open and checked
         else:
             try:
-                new = await asyncio.to_thread(open_version, self.root, target, self.cache, self.verify)
+                new = await self._open(target)
             except VersionRefused as e:
                 self._refused = target
                 log.error("refused %s; still serving %s", e, cur.version if cur else "nothing")
                 self._on_refused(target, str(e))
+                if cur is None:
+                    return await self._fall_back(target)
+                if self.fallback_from is not None:
+                    self.fallback_from = target
                 return False
+        self._swap(new)
+        self._end_fallback()
+        return True
+
+    async def _open(self, version: str) -> LoadedVersion:
+        return await asyncio.to_thread(open_version, self.root, version, self.cache, self.verify)
+
+    def _swap(self, new: LoadedVersion) -> None:
+        cur = self.current
         # The swap is these assignments, done on the event loop between requests: a request holds
         # the version it picked (acquire/release), so the one retired here closes only after the
         # last in-flight read on it has finished.
@@ -68,7 +92,37 @@ class Snapshots:
             old_previous.retire()
         log.info("serving %s (previous: %s)", new.version, cur.version if cur else "none")
         self._on_swap(new, cur)
-        return True
+
+    def fallback_candidates(self, refused: str) -> list[str]:
+        """Versions to try instead of a refused CURRENT: PREVIOUS, then every other published
+        version newest first (ids sort by as-of time)."""
+        previous = self.root.previous()
+        rest = sorted((v for v in self.root.versions() if v not in (refused, previous)), reverse=True)
+        return [v for v in (previous, *rest) if v is not None and v != refused]
+
+    async def _fall_back(self, refused: str) -> bool:
+        for candidate in self.fallback_candidates(refused):
+            try:
+                new = await self._open(candidate)
+            except VersionRefused as e:
+                log.error("fallback candidate refused too: %s", e)
+                self._on_refused(candidate, str(e))
+                continue
+            self._swap(new)
+            self._refused = refused  # _swap cleared it: do not retry CURRENT on every poll
+            self.fallback_from = refused
+            log.error("FALLBACK: CURRENT names %s, which was refused; serving %s instead until CURRENT names "
+                      "a version that passes its checks", refused, candidate)
+            self._on_fallback(True)
+            return True
+        log.error("no published version passes its checks (CURRENT %s refused); serving nothing", refused)
+        return False
+
+    def _end_fallback(self) -> None:
+        if self.fallback_from is not None:
+            log.info("fallback over: serving CURRENT %s", self.current.version if self.current else "?")
+            self.fallback_from = None
+            self._on_fallback(False)
 
     async def watch(self, poll_seconds: float) -> None:
         while True:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from rocksdict import Cache
 
 from quiver.logs import setup_logging
@@ -24,6 +23,7 @@ from quiver.process import die_with_parent
 from quiver.service import metrics
 from quiver.service.config import ServeConfig
 from quiver.service.reader import FeatureReader
+from quiver.service.reflection import enable_reflection
 from quiver.service.servicer import SERVICE, FeatureStoreServicer
 from quiver.service.snapshots import Snapshots
 from quiver.service.store import LoadedVersion
@@ -63,7 +63,7 @@ def create_server(config: ServeConfig, servicer: FeatureStoreServicer, worker: i
     server.add_registered_method_handlers(SERVICE, handlers)
     hs = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-    reflection.enable_server_reflection([SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    enable_reflection(server, [SERVICE, health.SERVICE_NAME])
     port = 0
     if config.listen:
         if config.tls_cert:
@@ -107,7 +107,8 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
         lease.hold([v.version for v in snapshots.loaded()])
 
     snapshots = Snapshots(root, Cache(config.cache_bytes_per_worker), config.verify,
-                          on_swap=on_swap, on_refused=lambda v, why: metrics.REFUSED.inc())
+                          on_swap=on_swap, on_refused=lambda v, why: metrics.REFUSED.inc(),
+                          on_fallback=lambda serving_fallback: metrics.FALLBACK.set(int(serving_fallback)))
     reader = FeatureReader(snapshots, config.max_entities)
     servicer = FeatureStoreServicer(reader, snapshots, config.max_concurrent, config.max_queue_ms / 1000)
     server, hs, port = create_server(config, servicer, worker)
