@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from server_process import NOT_SERVING, SERVING, UsersSnapshots, quiver_load, wait_for
-
 from quiver.snapshot import SnapshotRoot
 from quiver.v1 import quiver_pb2 as pb
+from support.processes import NOT_SERVING, SERVING, UsersSnapshots, quiver_load, wait_for
 
 
 def corrupt(root: Path, version: str) -> Path:

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2 as rpb
-from server_process import SERVING, UsersSnapshots
+
+from support.processes import SERVING, UsersSnapshots
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / ".tools" / "bin"

@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rocksdict import Options, Rdict
-from server_process import QUIVER, UsersSnapshots
 
 from quiver.snapshot import Manifest, SnapshotRoot, encode_int64_key
 from quiver.v1 import quiver_pb2 as pb
+from support.processes import QUIVER, UsersSnapshots
 
 LINE = re.compile(r"^MISMATCH (view|group) '([^']+)'(?: key (\S+))?(?: feature '([^']+)')?: (.*)$")
 
