@@ -152,13 +152,8 @@ def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str]
             stage = stage_dir(root, "load", f"{vid}-{os.getpid()}")
             out = stage / "version"
             out.mkdir(parents=True)
-            current = planning.current_manifest(root)
-            if not opts.allow_type_change:
-                planning.check_type_changes(current, features)
-            if not opts.allow_regroup:
-                planning.check_grouping(current, features)
-            prev = current if opts.reuse else None
-            groups = planning.plan_groups(features, sources, prev)
+            current, prev, groups = planning.plan_against_current(root, features, sources, opts.reuse,
+                                                                  opts.allow_type_change, opts.allow_regroup)
             planning.draw_boundaries(pool, root, prev, features.entity, groups, files, opts.partition_bytes,
                                      opts.workers)
             phases.end("plan")

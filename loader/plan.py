@@ -107,6 +107,20 @@ def check_grouping(current: Manifest | None, features: FeatureSet) -> None:
                 f"--allow-regroup to do it")
 
 
+def plan_against_current(root: SnapshotRoot, features: FeatureSet, sources: dict[str, list[FileEntry]],
+                         reuse: bool, allow_type_change: bool,
+                         allow_regroup: bool) -> tuple[Manifest | None, Manifest | None, list["GroupPlan"]]:
+    """(the current manifest, the one reuse draws on, the groups' plans): the checks against the
+    current version and the reuse plan, the same for every engine."""
+    current = current_manifest(root)
+    if not allow_type_change:
+        check_type_changes(current, features)
+    if not allow_regroup:
+        check_grouping(current, features)
+    prev = current if reuse else None
+    return current, prev, plan_groups(features, sources, prev)
+
+
 @dataclass
 class GroupPlan:
     name: str

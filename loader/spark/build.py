@@ -117,9 +117,9 @@ class _work_root:
 
 
 def _publish_remote(build_root: Path, uri: str, version: str, endpoint: str | None) -> None:
-    from quiver import distribution
+    from quiver.distribution import publish
 
-    r = distribution.publish(build_root, uri, version, endpoint=endpoint)
+    r = publish(build_root, uri, version, endpoint=endpoint)
     log.info("published %s to %s: %d uploaded, %d copied, %d present", version, uri, len(r.uploaded),
              len(r.copied), len(r.skipped))
 
@@ -225,13 +225,8 @@ def _load_root(spark: SparkSession, features_path: Path, root: SnapshotRoot, opt
         stage = root.staging_dir / (f"load-{vid}-{os.getpid()}" if not frames else f"load-frames-{os.getpid()}")
         out = stage / "version"
         out.mkdir(parents=True)
-        current = planning.current_manifest(root)
-        if not opts.allow_type_change:
-            planning.check_type_changes(current, features)
-        if not opts.allow_regroup:
-            planning.check_grouping(current, features)
-        prev = current if opts.reuse else None
-        groups = planning.plan_groups(features, sources, prev)
+        current, prev, groups = planning.plan_against_current(root, features, sources, opts.reuse,
+                                                              opts.allow_type_change, opts.allow_regroup)
         with_frames = [g for g in groups if any(v.name in frames for v in g.encode)]
         planning.draw_boundaries(pool, root, prev, features.entity, [g for g in groups if g not in with_frames],  # type: ignore[arg-type]
                                  files, opts.partition_bytes, opts.workers)
