@@ -12,6 +12,7 @@ Reuse, from the cheapest:
 
 import hashlib
 import json
+import logging
 import math
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from quiver.loader.spill import SpillRows, source_columns
 from quiver.snapshot.layout import FORMAT_VERSION, SnapshotRoot
 from quiver.snapshot.manifest import FileEntry, Manifest, ManifestError
 from quiver.snapshot.schema import EntityDef, FeatureSet, ViewDef
+
+log = logging.getLogger("quiver.loader")
 
 SAMPLE_TARGET = 200_000       # keys sampled per group to draw its key-range boundaries
 SIZE_ROWS = 2048              # rows of a source encoded to measure the spilled bytes per row
@@ -117,8 +120,28 @@ def plan_against_current(root: SnapshotRoot, features: FeatureSet, sources: dict
         check_type_changes(current, features)
     if not allow_regroup:
         check_grouping(current, features)
-    prev = current if reuse else None
+    prev = current if reuse and current is not None and intact(root, current) else None
     return current, prev, plan_groups(features, sources, prev)
+
+
+def intact(root: SnapshotRoot, current: Manifest) -> bool:
+    """Every file of the current version has the size its manifest records. Reuse hard-links those files,
+    so a damaged one would pass into the new version under its old checksum; a stat per file costs nothing
+    beside a load, and a damaged version makes this load rebuild every view instead."""
+    vdir = root.version_dir(current.version)
+    damaged = []
+    for f in current.files:
+        try:
+            size = (vdir / f.path).stat().st_size
+        except OSError:
+            size = -1
+        if size != f.size:
+            damaged.append(f"{f.path} ({'missing' if size < 0 else f'{size} bytes'}, manifest: {f.size})")
+    if damaged:
+        more = f"; and {len(damaged) - 5} more" if len(damaged) > 5 else ""
+        log.warning("the current version %s is damaged, so this load reuses nothing from it: %s%s",
+                    current.version, "; ".join(damaged[:5]), more)
+    return not damaged
 
 
 @dataclass

@@ -147,6 +147,22 @@ def changed_ads(src: Path, dest: Path) -> Path:
     return dest
 
 
+def test_a_damaged_current_version_is_rebuilt_not_linked(source: Path, tmp_path: Path) -> None:
+    """Reuse hard-links the current version's files; one truncated in place must not pass into the next
+    version under its old checksum. The next load of the same data re-reads everything instead."""
+    root, features = tmp_path / "root", write_features(source, {}, "damaged")
+    first = load(features, root, LoadOptions(workers=1, as_of=datetime(2026, 3, 1, tzinfo=UTC)))
+    (sst, *_) = sorted(SnapshotRoot(root).online_dir(first.version, "default").glob("*.sst"))
+    with open(sst, "r+b") as f:
+        f.truncate(sst.stat().st_size // 2)
+    second = load(features, root, LoadOptions(workers=1, as_of=datetime(2026, 3, 2, tzinfo=UTC)))
+    assert second.rows_read == {v: parquet_rows(source, v) for v in VIEWS}
+    assert all(g.reused_from == "" for g in second.manifest.groups.values())
+    assert all(v.reused_from == "" for v in second.manifest.views.values())
+    r = subprocess.run([QUIVER, "verify", "--root", str(root)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 @pytest.mark.parametrize("grouping", ["one", "mixed"])
 def test_a_changed_view_is_the_only_one_read_from_parquet(source: Path, tmp_path: Path,
                                                            grouping: str) -> None:
