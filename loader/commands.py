@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="--engine spark: a Spark setting (repeatable), e.g. spark.executor.instances=8 (default: none)")
     p.add_argument("--work-root", default=None,
                    help="--engine spark with an object-store --root: the local root the version is built in "
-                   "(default: a temporary folder; give a kept one to reuse unchanged views)")
+                   "(default: a temporary folder, removed afterwards or, if the load was killed, by the next "
+                   "load; give a kept one to reuse unchanged views)")
     p.add_argument("--as-of", type=_as_of, default=None, help="the data's as-of time, ISO 8601 (default: now)")
     p.add_argument("--compression", choices=["lz4", "zstd", "snappy", "none"], default=rocks.DEFAULT_COMPRESSION,
                    help="compression of the online form's SST files (default: none, read through mmap; "

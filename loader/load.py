@@ -180,7 +180,8 @@ def load(features_path: str | os.PathLike[str], root_dir: str | os.PathLike[str]
             per_view = view_stats(features, prev, groups, results, sources)
             summary = CheckSummary()
             if opts.statistics:
-                summary = _checks(root, prev, current, features, groups, partials, per_view, out, opts)
+                summary = quality.check(root, prev, current, features, groups, partials, per_view, out,
+                                        opts.accept_failed_checks)
             phases.end("checks")
             # 6. publish
             reused = link_unchanged(root, prev, groups, out, known)
@@ -258,27 +259,6 @@ def _write_groups(pool: ProcessPoolExecutor, root: SnapshotRoot, prev: Manifest 
         known |= {Path(p).relative_to(out).as_posix(): c for p, c in r.checksums.items()}
         progress.done(r.rows)
     return results
-
-
-def _checks(root: SnapshotRoot, prev: Manifest | None, current: Manifest | None, features: FeatureSet,
-            groups: list[GroupPlan], partials: dict[str, list[ViewAccumulator]], per_view: dict[str, ViewStats],
-            out: Path, opts: LoadOptions) -> CheckSummary:
-    """Statistics of every view (re-read views' merged from the tasks, reused views' carried from the
-    version they come from), written into the version; the checks' verdict, which raises ChecksFailed
-    unless the load accepts failures."""
-    carried_from = quality.read(root, prev)
-    statistics = {}
-    for g in groups:
-        for v in g.views:
-            if g.linked or v.name in g.kept:
-                statistics[v.name] = quality.carried(carried_from, v.name, per_view[v.name].rows)
-            else:
-                statistics[v.name] = quality.merged(partials[v.name]) if partials[v.name] else \
-                    ViewAccumulator(v).to_json()
-    results = quality.evaluate(features, statistics, current, quality.read(root, current))
-    summary = quality.verdict(results, opts.accept_failed_checks)   # raises: nothing is published
-    quality.write(out, {v.name: statistics[v.name] for v in features.views})
-    return summary
 
 
 def link_unchanged(root: SnapshotRoot, prev: Manifest | None, groups: list[GroupPlan], out: Path,

@@ -14,11 +14,35 @@ from typing import Any
 
 from quiver.loader.checks import evaluate_view
 from quiver.loader.errors import ChecksFailed
+from quiver.loader.plan import GroupPlan
 from quiver.loader.statistics import ViewAccumulator
 from quiver.snapshot.layout import SnapshotRoot
-from quiver.snapshot.manifest import Manifest
+from quiver.snapshot.manifest import Manifest, ViewStats
 from quiver.snapshot.quality import STATISTICS_FILE, CheckResult, CheckSummary
 from quiver.snapshot.schema import FeatureSet
+
+
+def check(root: SnapshotRoot, prev: Manifest | None, current: Manifest | None, features: FeatureSet,
+          groups: list[GroupPlan], partials: dict[str, list[ViewAccumulator]], per_view: dict[str, ViewStats],
+          out: Path, accept_failed: bool) -> CheckSummary:
+    """The stage, for both engines (loader/load.py, loader/spark/build.py): statistics of every view
+    (re-read views' merged from their tasks' partials, in the order given: the local engine's task order,
+    so both engines merge the same partials in the same order; reused views' carried from the version
+    they come from), written into the version; the checks' verdict, which raises ChecksFailed unless
+    accept_failed."""
+    carried_from = read(root, prev)
+    statistics = {}
+    for g in groups:
+        for v in g.views:
+            if g.linked or v.name in g.kept:
+                statistics[v.name] = carried(carried_from, v.name, per_view[v.name].rows)
+            else:
+                statistics[v.name] = merged(partials[v.name]) if partials[v.name] else \
+                    ViewAccumulator(v).to_json()
+    results = evaluate(features, statistics, current, read(root, current))
+    summary = verdict(results, accept_failed)   # raises: nothing is published
+    write(out, {v.name: statistics[v.name] for v in features.views})
+    return summary
 
 
 def merged(partials: list[ViewAccumulator]) -> dict[str, Any]:

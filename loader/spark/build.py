@@ -9,6 +9,8 @@ by Spark. The stages are the local loader's (loader/load.py), called in the same
     sst      Spark, per key range: the loader's sst.partition_task on that range's rows (dedup, kept
              views, EntityRows, SST files, offline Parquet), written to the load's staging folder
     ingest   driver: ingest.ingest_task, one RocksDB per group
+    checks   driver: quality.check on the statistics the encode and write tasks accumulated (the
+             loader's own accumulators, pickled into their reports), merged in the local loader's order
     publish  driver: link unchanged groups and views, checksums, manifest, rename + CURRENT
              (an object-store URI: then `quiver.distribution.publish`: files, manifest, LATEST)
 
@@ -37,6 +39,7 @@ import pyarrow.compute as pc
 
 from quiver.loader import load as local
 from quiver.loader import plan as planning
+from quiver.loader import quality
 from quiver.loader.definitions import load_definitions
 from quiver.loader.errors import DefinitionError, LoadError, SourceError
 from quiver.loader.ingest import ingest_task
@@ -47,9 +50,11 @@ from quiver.loader.sources import SourceFile, inspect
 from quiver.loader.spark import stages
 from quiver.loader.spill import SpillRows, encode_tasks, source_columns
 from quiver.loader.sst import KeptViews, PartitionResult
+from quiver.loader.statistics import ViewAccumulator
 from quiver.snapshot import rocks
 from quiver.snapshot.layout import SnapshotRoot
 from quiver.snapshot.manifest import FileEntry, Manifest, file_checksum
+from quiver.snapshot.quality import CheckSummary
 from quiver.snapshot.schema import EntityDef, FeatureSet, ViewDef
 
 if TYPE_CHECKING:
@@ -98,8 +103,12 @@ def build_version(spark: SparkSession, features: str | os.PathLike[str] | Featur
                 frames=frames_by_view or {})
 
 
+BUILD_PREFIX = "quiver-spark-build-"
+
+
 class _work_root:
-    """The given folder, or a temporary one removed afterwards."""
+    """The given folder, or a temporary one removed afterwards (named for this process, so the next
+    load can tell a killed load's from a running one's)."""
 
     def __init__(self, given: str | os.PathLike[str] | None) -> None:
         self.given = given
@@ -108,12 +117,36 @@ class _work_root:
     def __enter__(self) -> Path:
         if self.given is not None:
             return Path(self.given)
-        self.tmp = tempfile.TemporaryDirectory(prefix="quiver-spark-build-")
+        remove_killed_builds()
+        self.tmp = tempfile.TemporaryDirectory(prefix=f"{BUILD_PREFIX}{os.getpid()}-")
         return Path(self.tmp.name)
 
     def __exit__(self, *exc: object) -> None:
         if self.tmp is not None:
             self.tmp.cleanup()
+
+
+def remove_killed_builds() -> None:
+    """The default work roots of killed object-store loads: a killed load never reaches its cleanup,
+    so the next one removes every temporary build whose process is gone, as a root's next load
+    removes its staging. (A build whose process id was reused is left for a later load.)"""
+    for d in Path(tempfile.gettempdir()).glob(f"{BUILD_PREFIX}*-*"):
+        pid = d.name.removeprefix(BUILD_PREFIX).split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            log.info("removing %s, left by a killed load", d)
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():   # not ours yet: a killed load's, whose id this process was given again
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _publish_remote(build_root: Path, uri: str, version: str, endpoint: str | None) -> None:
@@ -188,22 +221,12 @@ class _OnTheDriver:
 # The load
 # ---------------------------------------------------------------------------------------------
 
-def _no_checks(features: FeatureSet, path: Path) -> None:
-    """The Spark engine does not gather statistics yet, so it cannot decide feature checks: a version it
-    built would be published unchecked. Refused rather than done silently."""
-    checked = [v.name for v in features.views if v.checks or any(f.checks for f in v.features)]
-    if checked:
-        raise DefinitionError(f"{path}: view(s) {checked} declare checks, which --engine spark does not evaluate "
-                              "yet; load with --engine local, or remove the checks for this load")
-
-
 def _load_root(spark: SparkSession, features_path: Path, root: SnapshotRoot, opts: local.LoadOptions,
                frames: dict[str, DataFrame]) -> local.LoadResult:
     """local.load, stage for stage, with the pool's work done by Spark."""
     started = time.monotonic()
     features = load_definitions(features_path)
     _check_frames(features, frames)
-    _no_checks(features, features_path)
     phases = local.Phases()
     pool = SparkTasks(spark)
     with load_lock(root), staging_removed_on_failure(root):
@@ -230,12 +253,13 @@ def _load_root(spark: SparkSession, features_path: Path, root: SnapshotRoot, opt
         with_frames = [g for g in groups if any(v.name in frames for v in g.encode)]
         planning.draw_boundaries(pool, root, prev, features.entity, [g for g in groups if g not in with_frames],  # type: ignore[arg-type]
                                  files, opts.partition_bytes, opts.workers)
+        frame_rows: dict[str, int] = {}
         for g in with_frames:
-            _frame_group_boundaries(pool, root, prev, features.entity, g, files, frames, opts)
+            frame_rows |= _frame_group_boundaries(pool, root, prev, features.entity, g, files, frames, opts)
         phases.end("plan")
         # 2-3. spill, sort, assemble, write SST: one Spark job per group
-        built = [_build_group(spark, root, prev, features, g, files, frames, stage, out, opts) for g in groups
-                 if not g.linked]
+        built = [_build_group(spark, root, prev, features, g, files, frames, frame_rows, stage, out, opts)
+                 for g in groups if not g.linked]
         _raise_first_error(built)
         phases.end("spark")
         results = {g.name: [] for g in groups} | {b.group: b.results for b in built}
@@ -260,16 +284,38 @@ def _load_root(spark: SparkSession, features_path: Path, root: SnapshotRoot, opt
                 known |= {Path(p).relative_to(out).as_posix(): c for p, c in ingested.items()}
         shutil.rmtree(stage / "sst", ignore_errors=True)
         phases.end("ingest")
-        # 5. publish
+        # 5. checks: a failing version ends here, before anything is published
+        per_view = local.view_stats(features, prev, groups, results, sources)
+        summary = CheckSummary()
+        if opts.statistics:
+            summary = quality.check(root, prev, current, features, groups, _partials(features, built, results),
+                                    per_view, out, opts.accept_failed_checks)
+        phases.end("checks")
+        # 6. publish
         reused = local.link_unchanged(root, prev, groups, out, known)
         entries = checksums(_OnTheDriver(), out, known)  # type: ignore[arg-type]
         phases.end("checksums")
         manifest = Manifest(vid, planning.utc_text(datetime.now(UTC)), planning.utc_text(as_of), features,
-                            local.view_stats(features, prev, groups, results, sources),
-                            local.group_stats(prev, groups, results), entries)
+                            per_view, local.group_stats(prev, groups, results), entries, checks=summary)
         publish(root, stage, out, manifest)
         return local.LoadResult(vid, manifest, True, reused, [g.name for g in groups if g.linked], rows_read,
                                 time.monotonic() - started, phases.seconds)
+
+
+def _partials(features: FeatureSet, built: list[_BuiltGroup],
+              results: dict[str, list[PartitionResult]]) -> dict[str, list[ViewAccumulator]]:
+    """Each view's partial statistics in the order the local loader merges them: its encode tasks' in
+    task order, then the write tasks' in group and key-range order. The same partials merged in the
+    same order give the same floating-point sums, so statistics.json is the local engine's."""
+    partials: dict[str, list[ViewAccumulator]] = {v.name: [] for v in features.views}
+    for b in built:
+        for name, tasks in b.statistics.items():
+            partials[name] += [acc for _, acc in sorted(tasks, key=lambda t: t[0])]
+    for rs in results.values():
+        for r in rs:
+            for name, acc in r.statistics.items():
+                partials[name].append(acc)
+    return partials
 
 
 def _frame_source(view: str) -> str:
@@ -297,10 +343,10 @@ def _check_frames(features: FeatureSet, frames: dict[str, DataFrame]) -> None:
 
 def _frame_group_boundaries(pool: SparkTasks, root: SnapshotRoot, prev: Manifest | None, entity: EntityDef,
                             g: planning.GroupPlan, files: dict[str, list[SourceFile]], frames: dict[str, DataFrame],
-                            opts: local.LoadOptions) -> None:
+                            opts: local.LoadOptions) -> dict[str, int]:
     """plan.draw_boundaries for a group that reads a DataFrame: the same sample size and range count,
     the DataFrames sampled by Spark (the kept views' keys are not sampled: they change the ranges'
-    sizes, not what the version holds)."""
+    sizes, not what the version holds). Returns the DataFrames' row counts."""
     rows = sum(f.rows for v in g.encode for f in files[v.name])
     frame_rows = {v.name: frames[v.name].count() for v in g.encode if v.name in frames}
     for name, n in frame_rows.items():
@@ -316,6 +362,7 @@ def _frame_group_boundaries(pool: SparkTasks, root: SnapshotRoot, prev: Manifest
     row_bytes = sum(s.spill_bytes for s in samples) / max(1, sum(s.spill_rows for s in samples))
     parts = max(opts.workers, math.ceil(rows * row_bytes / opts.partition_bytes))
     g.boundaries = Partitioner.from_sample(pa.concat_arrays([s.keys for s in samples]), parts).boundaries
+    return frame_rows
 
 
 def _sample_frame(entity: EntityDef, view: ViewDef, df: DataFrame, rows: int, stride: int) -> planning.Sample:
@@ -339,6 +386,7 @@ class _BuiltGroup:
     rows_read: dict[str, int] = field(default_factory=dict)
     frames: dict[str, tuple[int, int]] = field(default_factory=dict)  # DataFrame view -> (rows, digest)
     encode_errors: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    statistics: dict[str, list[tuple[int, ViewAccumulator]]] = field(default_factory=dict)  # view -> (task, partial)
     range_errors: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -355,7 +403,7 @@ def _raise_first_error(built: list[_BuiltGroup]) -> None:
 
 def _build_group(spark: SparkSession, root: SnapshotRoot, prev: Manifest | None, features: FeatureSet,
                  g: planning.GroupPlan, files: dict[str, list[SourceFile]], frames: dict[str, DataFrame],
-                 stage: Path, out: Path, opts: local.LoadOptions) -> _BuiltGroup:
+                 frame_rows: dict[str, int], stage: Path, out: Path, opts: local.LoadOptions) -> _BuiltGroup:
     """One storage group: encode -> range-partition -> sort -> the loader's partition_task per range."""
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
@@ -370,7 +418,7 @@ def _build_group(spark: SparkSession, root: SnapshotRoot, prev: Manifest | None,
         if v.name not in frames:
             jobs += [stages.EncodeJob(t, j) for t in encode_tasks(
                 entity, v, files[v.name], stage / "spill" / g.name, out / "offline" / v.name, g.boundaries,
-                opts.batch_rows, opts.workers)]
+                opts.batch_rows, opts.workers, opts.statistics)]
     parts: list[DataFrame] = []
     if jobs:
         ids = spark.createDataFrame([(i,) for i in range(len(jobs))], "job int").repartition(len(jobs))
@@ -379,7 +427,7 @@ def _build_group(spark: SparkSession, root: SnapshotRoot, prev: Manifest | None,
         if v.name in frames:
             job = stages.FrameJob(entity, v, j, g.boundaries, _frame_where(v.name),
                                   "" if v.event_timestamp else str(out / "offline" / v.name), opts.batch_rows,
-                                  FRAME_ORDER)
+                                  FRAME_ORDER, frame_rows[v.name], opts.statistics)
             parts.append(frames[v.name].select(*source_columns(entity, v)).mapInArrow(
                 stages.frame_stage(job, schema), spark_schema))
     kept = None
@@ -395,7 +443,9 @@ def _build_group(spark: SparkSession, root: SnapshotRoot, prev: Manifest | None,
     write = stages.RangeJob(g.name, tuple(g.views), encoded_views, entity, tuple(bounds), str(stage / "sst" / g.name),
                             str(out / "offline"), {v.name: tuple(f.path for f in files[v.name]) if v.name not in frames
                                                    else (_frame_where(v.name),) for v in encoded_views},
-                            opts.compression, kept, "")
+                            opts.compression, kept, "",
+                            {v.name: frame_rows[v.name] if v.name in frames else sum(f.rows for f in files[v.name])
+                             for v in encoded_views}, opts.statistics)
     # Spark partition p holds exactly key range p. repartitionByRange would sample its input first, and
     # that re-runs the whole encode stage (measured: twice the encoding at 10M users).
     keys = _partition_keys(spark, len(bounds))
@@ -416,6 +466,9 @@ def _build_group(spark: SparkSession, root: SnapshotRoot, prev: Manifest | None,
         else:
             built.checksums |= report["checksums"]
             built.rows_read[report["view"]] = built.rows_read.get(report["view"], 0) + report["rows_in"]
+            if "statistics" in report:
+                built.statistics.setdefault(report["view"], []).append((report["task"],
+                                                                        stages.unpacked(report["statistics"])))
             if "digest" in report:
                 n, d = built.frames.get(report["view"], (0, 0))
                 built.frames[report["view"]] = (n + report["rows_in"], (d + report["digest"]) & ((1 << 64) - 1))

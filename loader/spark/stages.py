@@ -12,6 +12,11 @@ The rows of a range reach partition_task exactly as a local load spills them (on
 encode task, rows in read order), so its stable sort keeps the same row of equal keys and timestamps
 and the version is the local engine's byte for byte (but for the SST files' own properties).
 
+Statistics are gathered where the local loader gathers them, by its own accumulators
+(loader/statistics.py): the encode tasks for views that keep every row, partition_task after dedup for
+the others. Each task's report carries its accumulators, pickled; the driver merges them in the local
+loader's order (loader/spark/build.py).
+
 A LoadError does not fail the Spark job: it travels to the driver as a report row (the driver raises
 the first one in the local loader's order), so the job never retries a bad row and the message the
 driver raises is the loader's own.
@@ -22,6 +27,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import pickle
 import re
 import shutil
 import tempfile
@@ -40,8 +46,16 @@ from quiver.loader.errors import LoadError, SourceError
 from quiver.loader.normalize import normalize, normalized_schema
 from quiver.loader.partition import Partitioner
 from quiver.loader.sources import open_parquet
-from quiver.loader.spill import OFFLINE_ROW_GROUP, EncodeTask, SpillRows, offline_writer, source_columns
+from quiver.loader.spill import (
+    OFFLINE_ROW_GROUP,
+    EncodeTask,
+    SpillRows,
+    offline_writer,
+    source_columns,
+    spills_all_columns,
+)
 from quiver.loader.sst import KeptViews, PartitionResult, PartitionTask, SstFile, partition_task
+from quiver.loader.statistics import ViewAccumulator
 from quiver.snapshot.manifest import file_checksum
 from quiver.snapshot.schema import EntityDef, ViewDef
 
@@ -108,6 +122,16 @@ def raise_reported(report: dict[str, Any]) -> None:
         raise cls(message)
 
 
+def packed(statistics: object) -> str:
+    """Statistics accumulators (loader/statistics.py) in a report: they hold numpy arrays and Arrow
+    tables, not JSON, so they travel pickled (the driver unpickles only what its own job's tasks sent)."""
+    return base64.b64encode(pickle.dumps(statistics, protocol=pickle.HIGHEST_PROTOCOL)).decode()
+
+
+def unpacked(text: str) -> Any:
+    return pickle.loads(base64.b64decode(text))
+
+
 def _shuffle_rows(spilled: pa.RecordBatch, parts: np.ndarray, view_index: int, task: int, seq: int,
                   schema: pa.Schema) -> pa.RecordBatch:
     n = spilled.num_rows
@@ -148,6 +172,8 @@ def _encoded(job: EncodeJob, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
         Path(t.offline_path).parent.mkdir(parents=True, exist_ok=True)
         offline = offline_writer(t.offline_path, normalized_schema(t.entity, t.view))
     seq = 0
+    # the statistics spill.encode_task gathers, of the same batches: views that keep every row
+    stats = ViewAccumulator(t.view, t.view_rows) if t.statistics and not spills_all_columns(t.view) else None
     try:
         batches = pf.iter_batches(batch_size=t.batch_rows, row_groups=list(t.row_groups),
                                   columns=source_columns(t.entity, t.view))
@@ -155,6 +181,8 @@ def _encoded(job: EncodeJob, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
             batch = normalize(t.entity, t.view, raw, t.path)
             if offline is not None:
                 offline.write_batch(batch, row_group_size=OFFLINE_ROW_GROUP)
+            if stats is not None:
+                stats.add(batch)
             yield _shuffle_rows(rows.of(batch, t.file_index), part.assign(batch.column(0)), job.view_index,
                                 t.task_id, seq, schema)
             seq += batch.num_rows
@@ -165,7 +193,8 @@ def _encoded(job: EncodeJob, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
         if offline is not None:
             offline.close()
     sums = {t.offline_path: file_checksum(t.offline_path)} if t.offline_path else {}
-    yield report_batch(schema, {"view": t.view.name, "rows_in": seq, "checksums": sums})
+    report = {"view": t.view.name, "rows_in": seq, "checksums": sums, "task": t.task_id}
+    yield report_batch(schema, report | ({"statistics": packed(stats)} if stats is not None else {}))
 
 
 def encode_stage(jobs: list[EncodeJob],
@@ -208,6 +237,8 @@ class FrameJob:
     offline_dir: str        # "" when the view drops duplicates (its range tasks write the offline rows)
     batch_rows: int
     order: int              # after every file task of the group, for the order errors are raised in
+    view_rows: int = 0      # the DataFrame's rows: the statistics' sample rate, as a view's source rows
+    statistics: bool = True
 
 
 def frame_stage(job: FrameJob, schema: pa.Schema) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
@@ -225,10 +256,14 @@ def frame_stage(job: FrameJob, schema: pa.Schema) -> Callable[[Iterator[pa.Recor
         offline_path = str(Path(job.offline_dir) / f"part-t{task:05d}.parquet") if job.offline_dir else ""
         offline: pq.ParquetWriter | None = None
         seq = digest = 0
+        stats = ViewAccumulator(job.view, job.view_rows) \
+            if job.statistics and not spills_all_columns(job.view) else None
         try:
             for big in batches:
                 for raw in pa.Table.from_batches([big]).to_batches(max_chunksize=job.batch_rows):
                     batch = normalize(job.entity, job.view, raw, job.where)
+                    if stats is not None:
+                        stats.add(batch)
                     if offline_path:
                         if offline is None:
                             Path(job.offline_dir).mkdir(parents=True, exist_ok=True)
@@ -245,7 +280,9 @@ def frame_stage(job: FrameJob, schema: pa.Schema) -> Callable[[Iterator[pa.Recor
             if offline is not None:
                 offline.close()
         sums = {offline_path: file_checksum(offline_path)} if offline is not None else {}
-        yield report_batch(schema, {"view": job.view.name, "rows_in": seq, "digest": digest, "checksums": sums})
+        report = {"view": job.view.name, "rows_in": seq, "digest": digest, "checksums": sums,
+                  "task": job.order + task}
+        yield report_batch(schema, report | ({"statistics": packed(stats)} if stats is not None else {}))
     return run
 
 
@@ -272,16 +309,18 @@ class RangeJob:
     compression: str
     kept: KeptViews | None
     local_dir: str                         # the executor's own disk for the range's spill files ("": temp)
+    view_rows: dict[str, int]              # rows in a view's sources: the statistics' sample rate
+    statistics: bool
 
 
 REPORT_SCHEMA = pa.schema([pa.field("part", pa.int32()), pa.field("report", pa.string())])
 
 
 def result_to_json(r: PartitionResult) -> dict[str, Any]:
-    """The report a write task sends back. Statistics are left out: the Spark engine gathers none (a
-    features.yaml with checks is refused before it starts)."""
+    """The report a write task sends back; its statistics (views with an event timestamp, after dedup)
+    pickled."""
     d = asdict(replace(r, statistics={}))
-    d.pop("statistics")
+    d["statistics"] = packed(r.statistics)
     d["sst_files"] = [{**s, "first_key": base64.b64encode(s["first_key"]).decode(),
                        "last_key": base64.b64encode(s["last_key"]).decode()} for s in d["sst_files"]]
     return d
@@ -290,7 +329,7 @@ def result_to_json(r: PartitionResult) -> dict[str, Any]:
 def result_from_json(d: dict[str, Any]) -> PartitionResult:
     ssts = [SstFile(s["path"], base64.b64decode(s["first_key"]), base64.b64decode(s["last_key"]), s["size"],
                     s["checksum"]) for s in d["sst_files"]]
-    return PartitionResult(d["rows"], d["view_rows"], d["dropped"], ssts, d["checksums"])
+    return PartitionResult(d["rows"], d["view_rows"], d["dropped"], ssts, d["checksums"], unpacked(d["statistics"]))
 
 
 def _spill_files(job: RangeJob, spill: Path, pieces: list[pa.RecordBatch]) -> None:
@@ -328,7 +367,7 @@ def _write_range(job: RangeJob, part: int, pieces: list[pa.RecordBatch]) -> dict
         offline = {v.name: str(Path(job.offline_dir) / v.name / f"part-{part:05d}.parquet")
                    for v in job.encoded if v.event_timestamp}
         task = PartitionTask(job.group, job.views, job.entity, str(spill), lower, upper, job.sst_dir, offline,
-                             job.source_paths, job.compression, job.kept)
+                             job.source_paths, job.compression, job.kept, job.view_rows, job.statistics)
         try:
             return result_to_json(partition_task(task))
         except LoadError as e:

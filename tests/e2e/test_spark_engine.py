@@ -1,18 +1,22 @@
 """`quiver load --engine spark` (Spark local[2], real RocksDB and Parquet) against the local engine as the
-oracle: for the same inputs, the same version id, manifest, stored key-value pairs and offline files;
-the same refusals, word for word; and a version published to S3 (moto) that `quiver sync` and
-`quiver serve` take like any other.
+oracle: for the same inputs, the same version id, manifest, statistics, stored key-value pairs and
+offline files; the same refusals, word for word, checks included; a killed Spark load that publishes
+nothing; and a version published to S3 (moto) that `quiver sync` and `quiver serve` take like any other.
 
 One SparkSession serves the module (a JVM start costs seconds); the data is tiny.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,10 +29,13 @@ import pytest
 import yaml
 from rocksdict import AccessType, Options, Rdict
 
-from quiver.loader.errors import LoadError
+from quiver.loader.errors import ChecksFailed, LoadError
 from quiver.loader.load import LoadOptions, LoadResult, load
+from quiver.loader.pause import PAUSE_AT, PAUSE_FILE
 from quiver.snapshot import Manifest, SnapshotRoot
+from quiver.snapshot.quality import STATISTICS_FILE
 from support import canon, datasets, stored
+from support.processes import wait_for
 
 pyspark = pytest.importorskip("pyspark", reason="the [spark] extra is not installed")
 from quiver.loader.spark import load as spark_load  # noqa: E402
@@ -55,13 +62,16 @@ def spark() -> Iterator[Any]:
 
 
 def local_load(features: Path, root: Path, as_of: datetime = AS_OF, **kw: Any) -> LoadResult:
-    """The local engine without statistics: the Spark engine gathers none yet (issue 12 is open for it), so
-    a local version's statistics.json is the one file the two would not share."""
-    return load(features, root, LoadOptions(workers=2, as_of=as_of, statistics=False, **kw))
+    return load(features, root, LoadOptions(workers=2, as_of=as_of, **kw))
 
 
 def spark_load_(spark: Any, features: Path, root: Path | str, as_of: datetime = AS_OF, **kw: Any) -> LoadResult:
     return spark_load(spark, features, root, LoadOptions(workers=2, as_of=as_of, **kw))
+
+
+def statistics(root: Path, version: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((SnapshotRoot(root).version_dir(version) / STATISTICS_FILE).read_bytes())
+    return data["views"]
 
 
 def stored_pairs(root: Path, version: str) -> dict[str, list[tuple[bytes, bytes]]]:
@@ -78,14 +88,20 @@ def stored_pairs(root: Path, version: str) -> dict[str, list[tuple[bytes, bytes]
 
 def assert_same_version(a: Path, b: Path, version: str) -> None:
     """b holds the version a holds: manifest (all but the creation time and the SST files' own
-    bytes), every key-value pair, and the offline Parquet files byte for byte."""
+    bytes) with its checks' verdict, statistics.json, every key-value pair, and the offline Parquet
+    files byte for byte. Both engines merge the same partial statistics in the same order, so even the
+    floating-point sums (mean, std) and the kept example keys are equal, not close."""
     ma = Manifest.load(SnapshotRoot(a).manifest_path(version)).to_json()
     mb = Manifest.load(SnapshotRoot(b).manifest_path(version)).to_json()
-    for key in ("format_version", "version", "as_of", "schema", "views", "groups"):
+    for key in ("format_version", "version", "as_of", "schema", "views", "groups", "checks"):
         assert ma[key] == mb[key], key
     assert [f["path"] for f in ma["files"]] == [f["path"] for f in mb["files"]]
-    offline_a = [f for f in ma["files"] if f["path"].startswith("offline/")]
-    assert offline_a and offline_a == [f for f in mb["files"] if f["path"].startswith("offline/")]
+    assert statistics(a, version) == statistics(b, version)
+    def same_bytes(m: dict[str, Any]) -> list[dict[str, Any]]:   # entries with size and checksum
+        return [f for f in m["files"] if f["path"].startswith("offline/") or f["path"] == STATISTICS_FILE]
+
+    assert same_bytes(ma) == same_bytes(mb)
+    assert any(f["path"] == STATISTICS_FILE for f in same_bytes(ma)) and len(same_bytes(ma)) > 1
     pairs_a, pairs_b = stored_pairs(a, version), stored_pairs(b, version)
     assert pairs_a.keys() == pairs_b.keys()
     for name in pairs_a:
@@ -296,6 +312,209 @@ def test_cli_exit_code_and_message(serving_root: Path, tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Checks: the same statistics, the same verdict
+# ---------------------------------------------------------------------------------------------
+
+def _cli_load(features: Path, root: Path, engine: str, as_of: str, *flags: str,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(VENV_BIN / "quiver"), "load", "--features", str(features), "--root", str(root),
+                           "--engine", engine, "--spark-master", "local[2]", "--as-of", as_of, *flags],
+                          capture_output=True, text=True, timeout=900, env=env)
+
+
+def _refusal_text(stderr: str) -> list[str]:
+    """What the CLI says of a refusal: its error line and what follows, without log lines (py4j logs
+    the gateway's close after it)."""
+    lines = stderr[stderr.index("quiver load: error:"):].splitlines()
+    return [line for line in lines if not re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ", line)]
+
+
+def test_checks_refuse_and_accept_as_the_local_engine_does(spark: Any, tmp_path: Path) -> None:
+    """The generated users with checks: a good day passes with one warning, and both engines write the
+    same statistics.json; a bad day (ages out of range, a view that lost 60% of its users: row-level,
+    volume and drift-against-CURRENT checks) is refused by Spark with the local engine's message and
+    exit code 13, CURRENT unchanged; --accept-failed-checks publishes it, the failures recorded."""
+    from test_load_checks import CHECKS_FAILED, break_data
+
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    subprocess.run([str(VENV_BIN / "quiver"), "generate", "--users", "2000", "--out", str(good), "--seed", "7",
+                    "--with-checks"], check=True, capture_output=True, timeout=120)
+    break_data(good, bad)
+    roots = {engine: tmp_path / engine for engine in ("local", "spark")}
+    first = local_load(good / "features.yaml", roots["local"])
+    on_spark = spark_load_(spark, good / "features.yaml", roots["spark"])
+    assert on_spark.version == first.version
+    assert (on_spark.checks.failed, on_spark.checks.warned) == (0, 1)
+    assert_same_version(roots["local"], roots["spark"], first.version)
+
+    expected = _refusal(lambda: local_load(bad / "features.yaml", roots["local"], as_of=LATER))
+    got = _refusal(lambda: spark_load_(spark, bad / "features.yaml", roots["spark"], as_of=LATER))
+    assert isinstance(got, ChecksFailed) and "3 check(s) failed" in str(got)
+    assert (type(got), str(got)) == (type(expected), str(expected))
+    snap = SnapshotRoot(roots["spark"])
+    assert snap.current() == first.version and snap.versions() == [first.version]
+    assert not list(snap.staging_dir.glob("load-*")), "a refused load left its staging folder"
+    # the command line: the same exit code and words
+    later = LATER.strftime("%Y-%m-%dT%H:%M:%SZ")
+    cli = {engine: _cli_load(bad / "features.yaml", roots[engine], engine, later) for engine in roots}
+    assert cli["spark"].returncode == cli["local"].returncode == CHECKS_FAILED, cli["spark"].stderr
+    assert _refusal_text(cli["spark"].stderr) == _refusal_text(cli["local"].stderr)
+    assert snap.current() == first.version and snap.versions() == [first.version]
+
+    accepted_local = local_load(bad / "features.yaml", roots["local"], as_of=LATER, accept_failed_checks=True)
+    accepted = spark_load_(spark, bad / "features.yaml", roots["spark"], as_of=LATER, accept_failed_checks=True)
+    assert accepted.version == accepted_local.version and snap.current() == accepted.version
+    assert accepted.checks.accepted_failures and accepted.checks.failed == 3
+    assert_same_version(roots["local"], roots["spark"], accepted.version)
+
+
+def test_without_statistics_as_the_local_engine(spark: Any, shared: Any, tmp_path: Path) -> None:
+    """statistics=False (the checks benchmark's baseline): no statistics.json, no checks, on both."""
+    data = shared.write_every_type(tmp_path / "src", "int64", n=300)
+    local = local_load(data.features_path, tmp_path / "local", statistics=False)
+    on_spark = spark_load_(spark, data.features_path, tmp_path / "spark", statistics=False)
+    assert on_spark.version == local.version
+    files = [f.path for f in on_spark.manifest.files]
+    assert STATISTICS_FILE not in files and files == [f.path for f in local.manifest.files]
+
+
+# ---------------------------------------------------------------------------------------------
+# A killed Spark load
+# ---------------------------------------------------------------------------------------------
+
+def _group_members(pgid: int) -> list[int]:
+    """The processes of a process group still alive (zombies excluded)."""
+    found = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            stat = (p / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()   # after "pid (comm) ": state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(p.name))
+    return found
+
+
+def _is_java(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/exe").resolve().name == "java"
+    except OSError:
+        return False
+
+
+@contextmanager
+def _paused_spark_load(cmd: list[str], stage: str, tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[None]:
+    """`quiver load --engine spark` (cmd) run until the loader's pause point (loader/pause.py) after
+    `stage`, in its own process group; on leaving, that whole group (the CLI, its JVM and Spark's Python
+    workers) is SIGKILLed and gone."""
+    paused = tmp_path / f"paused-{stage}"
+    log_path = tmp_path / f"load-{stage}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, env={**(env or os.environ), PAUSE_AT: stage, PAUSE_FILE: str(paused)},
+                                stdout=log, stderr=log, start_new_session=True)
+        try:
+            wait_for(lambda: paused.exists() or proc.poll() is not None, timeout=600,
+                     what=f"the Spark load to pause after {stage}")
+            assert proc.poll() is None, log_path.read_text(errors="replace")
+            assert any(_is_java(p) for p in _group_members(proc.pid)), "no JVM in the load's group: not mid-build"
+            yield
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    wait_for(lambda: not _group_members(proc.pid), timeout=30, what="the killed load's JVM and workers to exit")
+
+
+def _spark_cli(features: Path, root: Path | str, as_of: str, *flags: str) -> list[str]:
+    return [str(VENV_BIN / "quiver"), "load", "--features", str(features), "--root", str(root), "--engine", "spark",
+            "--spark-master", "local[2]", "--as-of", as_of, *flags]
+
+
+@pytest.mark.parametrize("stage", ["spark", "checks"])
+def test_a_killed_spark_load_publishes_nothing_and_the_next_run_recovers(spark: Any, shared: Any, stage: str,
+                                                                        tmp_path: Path) -> None:
+    """Killed after its Spark jobs wrote the SST and offline files ("spark"), or after statistics.json
+    was written ("checks"): CURRENT and the published versions are untouched, and the next load
+    removes the leftovers and publishes."""
+    data = shared.write_every_type(tmp_path / "src", "int64", n=600)
+    root = tmp_path / "root"
+    first = spark_load_(spark, data.features_path, root)
+    events = data.dir / "events" / "events.parquet"
+    table = pq.read_table(events)
+    pq.write_table(table.slice(0, table.num_rows - 7), events, row_group_size=256)
+
+    with _paused_spark_load(_spark_cli(data.features_path, root, "2026-11-02T00:00:00Z"), stage, tmp_path):
+        (staged,) = SnapshotRoot(root).staging_dir.glob("load-*")
+        assert list((staged / "version" / "offline").rglob("*.parquet")), "nothing was written yet"
+        if stage == "checks":
+            assert (staged / "version" / STATISTICS_FILE).is_file()
+    snap = SnapshotRoot(root)
+    assert snap.current() == first.version and snap.versions() == [first.version]
+    assert list(snap.staging_dir.glob("load-*")), "the kill left no leftovers: the test proves nothing"
+
+    second = spark_load_(spark, data.features_path, root, as_of=LATER)
+    assert second.published and snap.current() == second.version
+    assert snap.versions() == sorted([first.version, second.version])
+    assert not list(snap.staging_dir.glob("load-*")), "the next run did not clean the killed run's leftovers"
+    local = local_load(data.features_path, tmp_path / "local", as_of=LATER)
+    assert local.version == second.version
+
+
+def test_a_killed_spark_load_to_object_storage_leaves_latest(shared: Any, tmp_path: Path) -> None:
+    """An object-store --root: killed after the checks, with the version complete in its temporary
+    work root but not uploaded, LATEST and the bucket's objects are unchanged; the next run removes
+    that work root (its process is gone) and publishes."""
+    from test_distribution import CREDS, start_moto, stop
+
+    proc, endpoint = start_moto()
+    try:
+        temp = tmp_path / "tmp"   # the loads' TMPDIR, where the default work root goes
+        temp.mkdir()
+        env = {**os.environ, **CREDS, "QUIVER_S3_ENDPOINT": endpoint, "AWS_EC2_METADATA_DISABLED": "true",
+               "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+               "TMPDIR": str(temp)}
+        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                          region_name="us-east-1")
+        s3.create_bucket(Bucket="features")
+
+        def objects() -> dict[str, str]:
+            listed = s3.list_objects_v2(Bucket="features", Prefix="quiver/prod/").get("Contents", [])
+            return {o["Key"]: o["ETag"] for o in listed}
+
+        data = shared.write_every_type(tmp_path / "src", "int64", n=300)
+        uri = "s3://features/quiver/prod"
+        r = subprocess.run(_spark_cli(data.features_path, uri, "2026-11-01T00:00:00Z"),
+                           env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr
+        first = r.stdout.strip()
+        latest = s3.get_object(Bucket="features", Key="quiver/prod/LATEST")["Body"].read()
+        assert first.encode() in latest
+        before = objects()
+        events = data.dir / "events" / "events.parquet"
+        table = pq.read_table(events)
+        pq.write_table(table.slice(0, table.num_rows - 7), events, row_group_size=256)
+        assert not list(temp.glob("quiver-spark-build-*")), "a load left its work root"
+        later = _spark_cli(data.features_path, uri, "2026-11-02T00:00:00Z")
+
+        with _paused_spark_load(later, "checks", tmp_path, env):
+            (work,) = temp.glob("quiver-spark-build-*")
+            assert list(SnapshotRoot(work).staging_dir.glob("load-*"))
+        assert work.is_dir(), "the kill left no leftovers: the test proves nothing"
+        assert objects() == before, "a killed load uploaded something"
+        assert s3.get_object(Bucket="features", Key="quiver/prod/LATEST")["Body"].read() == latest
+
+        r = subprocess.run(later, env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() != first
+        assert r.stdout.strip().encode() in s3.get_object(Bucket="features", Key="quiver/prod/LATEST")["Body"].read()
+        assert not list(temp.glob("quiver-spark-build-*")), "the next run left the killed one's work root"
+    finally:
+        stop(proc)
+
+
+# ---------------------------------------------------------------------------------------------
 # Object storage
 # ---------------------------------------------------------------------------------------------
 
@@ -361,10 +580,33 @@ def test_build_version_from_dataframes(spark: Any, shared: Any, tmp_path: Path) 
         assert sorted(got, key=repr) == sorted(want, key=repr), view
         (source,) = built.manifest.views[view].sources
         assert source.path == f"spark:dataframe/{view}" and source.size == pq.read_table(data.dir / view).num_rows
+    # a DataFrame's partitions are not the local engine's encode tasks, so the partial statistics merge
+    # in another order: only the floating-point sums and the first example keys can differ
+    want_stats, got_stats = statistics(tmp_path / "local", local.version), statistics(tmp_path / "spark",
+                                                                                       built.version)
+    assert _merge_order_free(got_stats) == _merge_order_free(want_stats)
+    for view, s in want_stats.items():
+        for name, f in s["features"].items():
+            for k in ("mean", "std"):
+                want = f.get(k)
+                assert got_stats[view]["features"][name].get(k) == (want if want is None else
+                                                                    pytest.approx(want, rel=1e-12)), (view, name)
     again = build_version(spark, data.features_path, frames, tmp_path / "spark", as_of=AS_OF)
     assert again.version == built.version and not again.published
     fewer = {**frames, "events": frames["events"].limit(10)}
     assert build_version(spark, data.features_path, fewer, tmp_path / "spark", as_of=AS_OF).version != built.version
+
+
+def _merge_order_free(stats: dict[str, Any]) -> dict[str, Any]:
+    """Statistics without what depends on the order partials merge in: mean and std (Chan's merge of
+    floating-point sums) and the example keys of violations (the first few in merge order)."""
+    out = json.loads(json.dumps(stats))
+    for s in out.values():
+        for f in s["features"].values():
+            f.pop("mean", None)
+            f.pop("std", None)
+            f["violations"] = {c: v["count"] for c, v in f["violations"].items()}
+    return out
 
 
 def test_dataframe_of_the_wrong_type_is_refused(spark: Any, tmp_path: Path) -> None:
