@@ -58,9 +58,6 @@ pub struct EmbeddedOptions {
     /// Check each new version's online files against the manifest's sha256 (reads every byte
     /// once) on top of the sizes, SST set and row counts that are always checked.
     pub verify_checksums: bool,
-    /// Where RocksDB writes its info logs (never inside the root); `None`: a folder of this
-    /// process under the system temp dir.
-    pub log_dir: Option<PathBuf>,
     /// Read SST files through mmap (as `quiver serve` does): uncompressed blocks are then read
     /// straight from the page cache, not copied into the block cache.
     pub mmap_reads: bool,
@@ -73,7 +70,6 @@ impl Default for EmbeddedOptions {
             block_cache_bytes: 256 << 20,
             poll_interval: Some(Duration::from_secs(5)),
             verify_checksums: false,
-            log_dir: None,
             mmap_reads: true,
             read: ReadTuning::default(),
         }
@@ -106,7 +102,6 @@ struct Inner {
     root: PathBuf,
     options: EmbeddedOptions,
     cache: Cache,
-    log_dir: PathBuf,
     served: ArcSwap<Served>,
     /// Serialises refreshes (background and explicit); holds what they remember.
     refresh: Mutex<RefreshState>,
@@ -151,24 +146,13 @@ impl EmbeddedReader {
     /// path when there is nothing servable.
     pub fn open(root: impl AsRef<Path>, options: EmbeddedOptions) -> Result<EmbeddedReader> {
         let root = root.as_ref().to_owned();
-        let log_dir = match &options.log_dir {
-            Some(d) => d.clone(),
-            None => std::env::temp_dir().join(format!("quiver-rocksdb-log-{}", std::process::id())),
-        };
-        std::fs::create_dir_all(&log_dir).map_err(|e| {
-            Error::Snapshot(SnapshotError::Rocks {
-                path: log_dir.clone(),
-                message: format!("cannot create the log dir: {e}"),
-            })
-        })?;
         let cache = Cache::new_lru_cache(options.block_cache_bytes);
         let id = read_current(&root)?;
-        let first = open_version(&root, &id, &cache, &log_dir, &options)?;
+        let first = open_version(&root, &id, &cache, &options)?;
         log::info!(target: "quiver::embedded", "serving {id} from {}", root.display());
         let inner = Arc::new(Inner {
             root,
             cache,
-            log_dir,
             served: ArcSwap::from_pointee(Served { current: Arc::new(first), previous: None }),
             refresh: Mutex::default(),
             swaps: AtomicU64::new(0),
@@ -315,7 +299,7 @@ impl Inner {
         }
         let new = match &served.previous {
             Some(prev) if prev.id == target => Arc::clone(prev), // rollback: already open and checked
-            _ => match open_version(&self.root, &target, &self.cache, &self.log_dir, &self.options) {
+            _ => match open_version(&self.root, &target, &self.cache, &self.options) {
                 Ok(v) => Arc::new(v),
                 Err(e) => {
                     log::error!(target: "quiver::embedded", "refused {target}: {e}; still serving {}", served.current.id);

@@ -33,15 +33,14 @@ fn table_options(cache: &Cache) -> BlockBasedOptions {
     b
 }
 
-fn db_options(cache: &Cache, log_dir: &Path, mmap_reads: bool) -> Options {
+fn db_options(cache: &Cache, mmap_reads: bool) -> Options {
     let mut o = Options::default();
     o.set_block_based_table_factory(&table_options(cache));
     // Every table reader open at once: no table-cache lookup per read, and every file's
     // statistics loaded at open (the row-count check below needs all of them).
     o.set_max_open_files(-1);
-    // RocksDB's info log goes outside the root: the reader never writes into a version folder.
-    o.set_db_log_dir(log_dir);
-    o.set_keep_log_file_num(1);
+    // No info log: a read-only open never creates one (RocksDB's SanitizeOptions makes the
+    // logger only for a writable DB), so the reader writes nothing, inside the root or out.
     // As snapshot/rocks.py `reader_options`: uncompressed blocks (the loader's default) come straight
     // from the mapping, with no pread and no copy into the block cache; compressed ones still go
     // through the block cache.
@@ -108,7 +107,6 @@ pub fn open_version(
     root: &Path,
     id: &str,
     cache: &Cache,
-    log_dir: &Path,
     options: &EmbeddedOptions,
 ) -> Result<OpenVersion, SnapshotError> {
     let vdir = root.join("versions").join(id);
@@ -125,7 +123,7 @@ pub fn open_version(
     if !problems.is_empty() {
         return Err(mismatch(problems));
     }
-    let opts = db_options(cache, log_dir, options.mmap_reads);
+    let opts = db_options(cache, options.mmap_reads);
     let mut groups = Vec::with_capacity(manifest.groups.len());
     for g in &manifest.groups {
         let path = vdir.join("online").join(&g.name);
