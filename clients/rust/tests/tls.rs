@@ -119,7 +119,9 @@ fn tls_reads_the_same_features_as_plaintext() {
         let transport = match &err {
             Error::Connect { .. } => true,
             Error::Status(s) => {
-                matches!(s.code(), tonic::Code::Unknown | tonic::Code::Unavailable)
+                // Cancelled too: hyper reports the closed connection as a cancelled request
+                // when the server drops it before the client's request was written (seen once in CI).
+                matches!(s.code(), tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Cancelled)
                     && std::error::Error::source(s).is_some()
             }
             _ => false,
