@@ -33,10 +33,12 @@ USAGE: quiver-loadgen [FLAGS]
   --read-option OPT            embedded only, repeatable: no-verify-checksums, no-fill-cache,
                                async-io (RocksDB ReadOptions; default: RocksDB's), no-mmap
                                (pread instead of mmap reads)
-  --pin-cpus LIST              pin the tokio worker threads (which run the embedded reads) to
-                               these CPUs, round-robin, e.g. 1 or 1,3 (pacing is not pinned)
+  --pin-cpus LIST              pin the worker threads to these CPUs, round-robin, e.g. 1 or 1,3
+                               (pacing is not pinned); embedded: the reader threads
   --timeout-ms MS              a request slower than this is an error (default 10000)
-  --threads T                  tokio worker threads (default 1; pacing has its own thread)
+  --threads T                  tokio worker threads (default 1; pacing has its own thread);
+                               embedded: reader threads, each making its share of the calls
+                               itself at their scheduled times (no hand-off between threads)
   --json-out FILE              also write the summary as JSON
   --tls-ca FILE                quiver only: TLS, verifying the server against this CA (PEM);
                                the address is then https://host:port (the default becomes

@@ -72,6 +72,10 @@ struct Sample {
 
 async fn run(args: &Args) -> Result<Summary, String> {
     let target = Arc::new(Target::connect(args).await?);
+    #[cfg(feature = "embedded")]
+    if matches!(*target, Target::Embedded { .. }) {
+        return run_inline(args, &target);
+    }
     let total = ((args.warmup + args.duration).as_secs_f64() * args.rate).ceil() as u64;
     let t0 = Instant::now() + Duration::from_millis(20);
     let measure_from = t0 + args.warmup;
@@ -133,6 +137,137 @@ async fn run(args: &Args) -> Result<Summary, String> {
     pacer.join().map_err(|_| "the pacing thread panicked".to_string())?;
     let elapsed = last_done.saturating_duration_since(measure_from).max(args.duration);
     Ok(Summary::new(args, &latency, &lag, count, errors, elapsed, error_kinds))
+}
+
+/// What one reader thread of `run_inline` measured.
+#[cfg(feature = "embedded")]
+struct Tally {
+    latency: Histogram<u64>,
+    lag: Histogram<u64>,
+    count: u64,
+    errors: u64,
+    error_kinds: BTreeMap<String, u64>,
+    /// When the first measured call started: past the measured window's start when the warm-up's
+    /// calls ran late, so the achieved rate of a saturated reader is its throughput.
+    first_start: Option<Instant>,
+    last_done: Instant,
+}
+
+/// `--target embedded`: the reads run on `--threads` reader threads (pinned round-robin to
+/// `--pin-cpus`), each making its share of the schedule's calls itself, as an application's
+/// request threads call the reader, so no hand-off between threads is measured. A call starts at
+/// its scheduled time, or when its thread's previous call ends if that is later; its latency then
+/// runs from the scheduled time, so the wait behind a busy reader counts as it would behind a busy
+/// server. A thread sleeps to within `SPIN` of the time and spins the rest, because a timer
+/// wake-up (tens of microseconds late on a VM) is the generator's delay, not the reader's; how late
+/// each call started is reported as pacer lag.
+#[cfg(feature = "embedded")]
+fn run_inline(args: &Args, target: &Arc<Target>) -> Result<Summary, String> {
+    const SPIN: Duration = Duration::from_micros(100);
+    let total = ((args.warmup + args.duration).as_secs_f64() * args.rate).ceil() as u64;
+    let t0 = Instant::now() + Duration::from_millis(20);
+    let measure_from = t0 + args.warmup;
+    let threads = args.threads as u64;
+    let tallies = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let cpu = (!args.pin_cpus.is_empty()).then(|| args.pin_cpus[t as usize % args.pin_cpus.len()]);
+                scope.spawn(move || -> Result<Tally, String> {
+                    if let Some(cpu) = cpu {
+                        pin_current_thread(cpu).map_err(|e| format!("cannot pin a reader thread to CPU {cpu}: {e}"))?;
+                    }
+                    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
+                    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+                    let histogram = || Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("bounds");
+                    let mut tally = Tally {
+                        latency: histogram(),
+                        lag: histogram(),
+                        count: 0,
+                        errors: 0,
+                        error_kinds: BTreeMap::new(),
+                        first_start: None,
+                        last_done: measure_from,
+                    };
+                    // Every thread draws every request's ids, so request i asks for the same users
+                    // as on the other targets.
+                    let mut ids = IdStream::new(args.seed, args.users);
+                    let mut free_at = t0;
+                    for i in 0..total {
+                        let batch: Vec<u64> = (0..args.entities_per_request).map(|_| ids.next_id()).collect();
+                        if i % threads != t {
+                            continue;
+                        }
+                        let scheduled = t0 + Duration::from_secs_f64(i as f64 / args.rate);
+                        wait_until(scheduled, SPIN);
+                        let start = Instant::now();
+                        let mut result = target.handle(i).call(batch);
+                        let done = Instant::now();
+                        let from = if free_at > scheduled { scheduled } else { start };
+                        free_at = done;
+                        if scheduled < measure_from {
+                            continue;
+                        }
+                        if result.is_ok() && done - from > args.timeout {
+                            result = Err(format!("timeout after {:?}", args.timeout));
+                        }
+                        tally.first_start.get_or_insert(start);
+                        tally.latency.saturating_record(micros(done - from));
+                        tally.lag.saturating_record(micros(start.saturating_duration_since(scheduled)));
+                        tally.last_done = tally.last_done.max(done);
+                        match result {
+                            Ok(()) => tally.count += 1,
+                            Err(e) => {
+                                tally.errors += 1;
+                                if tally.error_kinds.len() < 20 || tally.error_kinds.contains_key(&e) {
+                                    *tally.error_kinds.entry(e).or_default() += 1;
+                                }
+                            }
+                        }
+                    }
+                    Ok(tally)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().map_err(|_| "a reader thread panicked".to_string())?)
+            .collect::<Result<Vec<Tally>, String>>()
+    })?;
+    let mut all = tallies.into_iter();
+    let mut sum = all.next().ok_or("no reader threads")?;
+    for t in all {
+        sum.latency.add(&t.latency).map_err(|e| e.to_string())?;
+        sum.lag.add(&t.lag).map_err(|e| e.to_string())?;
+        sum.count += t.count;
+        sum.errors += t.errors;
+        for (k, n) in t.error_kinds {
+            *sum.error_kinds.entry(k).or_default() += n;
+        }
+        sum.last_done = sum.last_done.max(t.last_done);
+        sum.first_start = match (sum.first_start, t.first_start) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    let began = sum.first_start.unwrap_or(measure_from).max(measure_from);
+    let elapsed = sum.last_done.saturating_duration_since(began).max(args.duration);
+    Ok(Summary::new(args, &sum.latency, &sum.lag, sum.count, sum.errors, elapsed, sum.error_kinds))
+}
+
+/// Sleeps until `spin` before `t`, then spins to it.
+#[cfg(feature = "embedded")]
+fn wait_until(t: Instant, spin: Duration) {
+    loop {
+        let now = Instant::now();
+        if now >= t {
+            return;
+        }
+        if t - now > spin {
+            std::thread::sleep(t - now - spin);
+        } else {
+            std::hint::spin_loop();
+        }
+    }
 }
 
 /// Pins the calling thread to one CPU (Linux sched_setaffinity).

@@ -37,6 +37,9 @@ pub struct Summary {
     /// reader's memory (block cache + RocksDB's fixed overhead + the generator's own).
     rss_kb: u64,
     rss_peak_kb: u64,
+    /// The private part of the resident set at the end (kB): VmRSS also counts the page-cache
+    /// pages of the SST files the embedded reader maps, which every process on the node shares.
+    rss_anon_kb: u64,
 }
 
 impl Summary {
@@ -76,6 +79,7 @@ impl Summary {
             error_kinds,
             rss_kb: status_kb("VmRSS:"),
             rss_peak_kb: status_kb("VmHWM:"),
+            rss_anon_kb: status_kb("RssAnon:"),
         }
     }
 
@@ -99,7 +103,7 @@ impl Summary {
         let _ = writeln!(s, "count={} errors={} achieved_rate={:.1}/s", self.count, self.errors, self.achieved_rate);
         let _ = writeln!(s, "latency_us p50={p50} p90={p90} p99={p99} p99.9={p999} max={max} mean={:.1}", self.mean_us);
         let _ = writeln!(s, "pacer_lag_us p99={} max={}", self.pacer_lag_p99_us, self.pacer_lag_max_us);
-        let _ = writeln!(s, "rss_kb={} peak={}", self.rss_kb, self.rss_peak_kb);
+        let _ = writeln!(s, "rss_kb={} peak={} anon={}", self.rss_kb, self.rss_peak_kb, self.rss_anon_kb);
         for (kind, n) in &self.error_kinds {
             let _ = writeln!(s, "error {n}x: {kind}");
         }
@@ -119,7 +123,7 @@ impl Summary {
              \"count\": {}, \"errors\": {}, \"achieved_rate\": {:.3}, \
              \"p50_us\": {p50}, \"p90_us\": {p90}, \"p99_us\": {p99}, \"p99_9_us\": {p999}, \"max_us\": {max}, \
              \"mean_us\": {:.3}, \"pacer_lag_p99_us\": {}, \"pacer_lag_max_us\": {}, \"rss_kb\": {}, \"rss_peak_kb\": {}, \
-             \"error_kinds\": {{{}}}}}\n",
+             \"rss_anon_kb\": {}, \"error_kinds\": {{{}}}}}\n",
             quote(self.target),
             quote(&self.addr),
             self.rate,
@@ -142,6 +146,7 @@ impl Summary {
             self.pacer_lag_max_us,
             self.rss_kb,
             self.rss_peak_kb,
+            self.rss_anon_kb,
             kinds.join(", "),
         )
     }

@@ -200,23 +200,29 @@ impl Handle {
                 Ok(())
             }
             #[cfg(feature = "embedded")]
-            Handle::Embedded { reader, key_type, views, decode } => {
-                // Runs on the tokio worker thread (pinned with --pin-cpus): one reader thread per
-                // worker, requests queue behind it as they would behind a busy server.
-                let n = ids.len();
-                let response = reader.get_features_raw(&request(ids, key_type, views)).map_err(|e| match e.code() {
-                    Some(code) => format!("status {code:?}"),
-                    None => e.to_string(),
-                })?;
-                if response.rows.len() != n {
-                    return Err(format!("{} rows for {n} ids", response.rows.len()));
-                }
-                if decode {
-                    let schema = reader.schema(&response.version).map_err(|e| e.to_string())?;
-                    quiver_client::decode_response(&schema, response).map_err(|e| e.to_string())?;
-                }
-                Ok(())
-            }
+            handle @ Handle::Embedded { .. } => handle.call(ids),
         }
+    }
+
+    /// One embedded read on the calling thread (quiver-loadgen runs these on its reader threads,
+    /// not on tokio: main.rs `run_inline`).
+    #[cfg(feature = "embedded")]
+    pub fn call(self, ids: Vec<u64>) -> Result<(), String> {
+        let Handle::Embedded { reader, key_type, views, decode } = self else {
+            return Err("call() reads the embedded target only".into());
+        };
+        let n = ids.len();
+        let response = reader.get_features_raw(&request(ids, key_type, views)).map_err(|e| match e.code() {
+            Some(code) => format!("status {code:?}"),
+            None => e.to_string(),
+        })?;
+        if response.rows.len() != n {
+            return Err(format!("{} rows for {n} ids", response.rows.len()));
+        }
+        if decode {
+            let schema = reader.schema(&response.version).map_err(|e| e.to_string())?;
+            quiver_client::decode_response(&schema, response).map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 }
