@@ -5,7 +5,13 @@ peak RSS/PSS of each run's whole process tree (for Spark: the CLI, its JVM and t
 and the Spark run's stage timings read back from its event log.
 
     .venv/bin/python bench/spark_load.py --data /work/bench-data/users-10M \
-        --work /work/bench-data/spark-bench --json bench/results/$(date -u +%F)-spark-load.json
+        --work /work/bench-data/spark-bench --json bench/results/$(date -u +%F)-spark-load.json \
+        --repeat 2 --lock /tmp/quiver-bench.lock
+
+With --repeat N the engines alternate (spark, local, spark, local, ...), so drift in the machine's
+load hits both. With --lock each run holds that file's flock while it runs (the lead's benchmarks hold
+it too), and waits for it first. Each Spark run gets its own event log and spark.local.dir (its
+shuffle files) under --work, removed with its root after the run.
 
 Not a test: the figures depend on the machine and on whatever else runs on it.
 """
@@ -14,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,34 +32,89 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procs import MemorySampler, disk_mb  # noqa: E402
+from procs import MemorySampler, disk_mb, tree  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 AS_OF = "2026-11-01T00:00:00Z"
 
 
+class TreeSampler(MemorySampler):
+    """Memory as MemorySampler, and the CPU seconds of every process the tree ever held: the JVM is
+    not waited for by the CLI, so the children's rusage misses it (sampled, so a process's last
+    interval before it exits is lost)."""
+
+    def __init__(self, pid: int, interval: float) -> None:
+        super().__init__(pid, interval)
+        self.ticks: dict[int, int] = {}
+
+    def sample(self) -> None:
+        super().sample()
+        for pid in tree(self.pid):
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            self.ticks[pid] = max(self.ticks.get(pid, 0), int(fields[11]) + int(fields[12]))  # utime + stime
+
+    def cpu_seconds(self) -> float:
+        return sum(self.ticks.values()) / os.sysconf("SC_CLK_TCK")
+
+
+_PHASE = re.compile(r"quiver\[load\] INFO (\S+)\s+([0-9.]+) s$")
+
+
 def run(engine: str, features: Path, root: Path, log: Path, workers: int, master: str,
-        events: Path, driver_memory: str) -> dict[str, Any]:
+        events: Path, driver_memory: str, spark_local: Path) -> dict[str, Any]:
     cmd = [str(REPO / ".venv/bin/quiver"), "load", "--features", str(features), "--root", str(root),
            "--as-of", AS_OF, "--engine", engine]
     if engine == "spark":
+        events.mkdir(parents=True, exist_ok=True)
+        spark_local.mkdir(parents=True, exist_ok=True)
         cmd += ["--spark-master", master, "--spark-conf", f"spark.eventLog.dir=file://{events}",
-                "--spark-conf", f"spark.driver.memory={driver_memory}"]
+                "--spark-conf", f"spark.driver.memory={driver_memory}",
+                "--spark-conf", f"spark.local.dir={spark_local}"]
     else:
         cmd += ["--workers", str(workers)]
+    load_before = os.getloadavg()[0]
     started = time.monotonic()
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=out)
-        with MemorySampler(proc.pid, interval=0.5) as mem:
+        mem = TreeSampler(proc.pid, interval=0.5)
+        with mem:
             stdout, _ = proc.communicate()
     seconds = time.monotonic() - started
     if proc.returncode != 0:
         raise SystemExit(f"{engine}: exit {proc.returncode}, see {log}")
     load1, load5, _ = os.getloadavg()
+    phases = {m.group(1): float(m.group(2)) for line in log.read_text(errors="replace").splitlines()
+              if (m := _PHASE.search(line))}
     return {"engine": engine, "version": stdout.decode().strip(), "seconds": round(seconds, 1),
+            "cpu_s": round(mem.cpu_seconds(), 1),
             **{k: round(v, 1) for k, v in mem.figures().items()},
             "online_mb": round(disk_mb(root / "versions", ".sst"), 1),
-            "loadavg_at_end": [round(load1, 1), round(load5, 1)], "cmd": " ".join(cmd)}
+            "offline_mb": round(disk_mb(root / "versions", ".parquet"), 1), "phases": phases,
+            "loadavg_at_start": round(load_before, 1), "loadavg_at_end": [round(load1, 1), round(load5, 1)],
+            "cmd": " ".join(cmd)}
+
+
+class _Lock:
+    """The shared benchmark lock for one run (None: no lock)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path, self.fd = path, -1
+
+    def __enter__(self) -> float:
+        if self.path is None:
+            return 0.0
+        started = time.monotonic()
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return time.monotonic() - started
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)   # releases the flock
 
 
 def _read(path: Path) -> str:
@@ -103,28 +166,34 @@ def main() -> None:
     p.add_argument("--master", default="local[2]")
     p.add_argument("--driver-memory", default="2g")
     p.add_argument("--engines", default="spark,local")
+    p.add_argument("--repeat", type=int, default=1, help="rounds of the engines, alternating (default: 1)")
+    p.add_argument("--lock", help="a file whose flock each run holds while it runs (default: none)")
     p.add_argument("--json", required=True)
     args = p.parse_args()
     work = Path(args.work).resolve()
     shutil.rmtree(work, ignore_errors=True)
-    events = work / "events"
-    events.mkdir(parents=True)
+    work.mkdir(parents=True)
     features = Path(args.data) / "features.yaml"
     res: dict[str, Any] = {"kind": "spark-load", "date": dt.date.today().isoformat(), "data": str(args.data),
                            "cpus": os.cpu_count(), "master": args.master, "workers": args.workers, "runs": []}
-    for engine in args.engines.split(","):
-        root = work / f"root-{engine}"
-        r = run(engine, features, root, work / f"{engine}.log", args.workers, args.master, events,
-                args.driver_memory)
-        print(json.dumps(r), flush=True)
-        res["runs"].append(r)
-        shutil.rmtree(root, ignore_errors=True)   # the next run gets the disk and the page cache
-    res["spark_stages"] = stage_timings(events)
-    versions = {r["version"] for r in res["runs"]}
-    res["same_version"] = len(versions) == 1
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
-    print(json.dumps(res["spark_stages"], indent=1))
+    for i in range(args.repeat):
+        for engine in args.engines.split(","):
+            name = f"{engine}-{i + 1}"
+            root, events = work / f"root-{name}", work / f"events-{name}"
+            with _Lock(args.lock) as waited:
+                r = run(engine, features, root, work / f"{name}.log", args.workers, args.master, events,
+                        args.driver_memory, work / f"spark-local-{name}")
+                # the next run gets the disk and the page cache
+                shutil.rmtree(root, ignore_errors=True)
+                shutil.rmtree(work / f"spark-local-{name}", ignore_errors=True)
+            r["round"], r["lock_wait_s"] = i + 1, round(waited, 1)
+            if engine == "spark":
+                r["spark_stages"] = stage_timings(events)
+            print(json.dumps({k: v for k, v in r.items() if k != "spark_stages"}), flush=True)
+            res["runs"].append(r)
+            res["same_version"] = len({r["version"] for r in res["runs"]}) == 1
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(res, indent=1) + "\n")   # what is done so far
 
 
 if __name__ == "__main__":
