@@ -18,11 +18,15 @@ from quiver.v1 import quiver_pb2 as pb
 SERVICE = "quiver.v1.FeatureStore"
 # A call whose RocksDB reads are expected to take longer than this (its keys x the recent mean time per
 # key) is read on a thread, so the event loop never waits on the disk or a long multi-get; shorter ones
-# run inline. The line is the thread hop's own cost: asyncio.to_thread took 39 us of CPU (98 us wall) per
-# call under uvloop on the 2-core VM. With the page cache warm a key costs ~5-16 us, so 1-entity calls
-# stay inline and 100-entity calls move off the loop; when reads miss the page cache (a node holding a
-# quarter of its data in memory) a key costs hundreds of us and even 1-entity calls move off the loop.
-OFFLOAD_SECONDS = 40e-6
+# run inline. The hop is not free: asyncio.to_thread took 39 us of CPU (98 us wall) on a fast day, and on
+# a slower day of the same 2-core VM a 1-entity call cost ~300 us more CPU on a thread (870-1,060 us
+# against 606-612 us inline, bench/README "Read path"). With the page cache warm one key costs 5-50 us
+# (more between sparse calls, when the CPU's caches have gone cold), so the line sits well above that:
+# 1-entity calls stay inline, 100-entity calls (~1 ms of reads) move off the loop, and when reads miss
+# the page cache (a node holding a quarter of its data in memory) a key costs hundreds of us and even
+# 1-entity calls move off the loop. A call read inline holds the loop for less than the gRPC work of
+# one call.
+OFFLOAD_SECONDS = 150e-6
 SERVICE_EWMA = 0.05   # weight of the newest call in the mean service time (about the last 20 calls)
 _TYPES = {"bool": pb.BOOL, "int32": pb.INT32, "int64": pb.INT64, "float32": pb.FLOAT32, "float64": pb.FLOAT64,
           "string": pb.STRING, "bytes": pb.BYTES, "list<float32>": pb.FLOAT32_LIST, "list<int64>": pb.INT64_LIST}
