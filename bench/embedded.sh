@@ -120,7 +120,7 @@ echo "$(server_rss_kb)" > "$WORK/server-rss-kb.txt"
 kill -TERM -- "-$server_pgid"; wait "$server_pgid" 2>/dev/null || true; server_pgid=""
 
 # --- read options and cache size (embedded) ---------------------------------------------------
-for opt in no-verify-checksums no-fill-cache async-io no-mmap; do
+for opt in no-verify-checksums no-fill-cache no-mmap; do
   embedded "opt-$opt-k1" --rate "$RATE1" --entities-per-request 1 --read-option "$opt"
   embedded "opt-$opt-k100" --rate "$RATE100" --entities-per-request 100 --read-option "$opt"
 done

@@ -26,6 +26,10 @@ def table_options(cache: Cache | None = None) -> BlockBasedOptions:
     b.set_index_type(BlockBasedIndexType.two_level_index_search())
     b.set_partition_filters(True)
     b.set_metadata_block_size(4096)
+    # Table format 5, not rocksdict's default 6 (RocksDB >= 8.6 only): the Rust embedded reader links
+    # Debian 12's RocksDB 7.8.3, which refuses format 6. Format 6 adds only per-block context
+    # checksums; the sha256 in the manifest and the blocks' own checksums still guard every file.
+    b.set_format_version(5)
     if cache is None:
         b.disable_cache()
     else:

@@ -239,12 +239,14 @@ async fn requests_follow_the_contract_async() {
     assert_eq!(err.code(), Some(tonic::Code::InvalidArgument), "{err}");
 }
 
+#[cfg(feature = "loadgen")]
 #[test]
 fn loadgen_runs_against_the_server() {
     let _one_at_a_time = serial();
     runtime().block_on(loadgen_runs_against_the_server_async());
 }
 
+#[cfg(feature = "loadgen")]
 async fn loadgen_runs_against_the_server_async() {
     let data = dataset();
     let mut server = Server::start(data);

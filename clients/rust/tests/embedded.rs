@@ -426,6 +426,7 @@ fn the_reader_never_writes_into_the_root() {
     assert_eq!(tree(root), before, "files, sizes and times under the root are unchanged");
 }
 
+#[cfg(feature = "loadgen")]
 #[test]
 fn loadgen_reads_a_root_in_process() {
     let _one_at_a_time = serial();

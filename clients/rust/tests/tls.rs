@@ -188,6 +188,14 @@ fn mutual_tls_serves_a_client_certificate_of_its_ca_only() {
         assert_eq!(first_call(&https, &identified).await.unwrap(), data.version);
 
         // quiver-loadgen over mutual TLS, named by --tls-domain
+        #[cfg(feature = "loadgen")]
+        loadgen_over_mutual_tls(&https, &pki);
+    });
+}
+
+#[cfg(feature = "loadgen")]
+fn loadgen_over_mutual_tls(https: &str, pki: &Pki) {
+    {
         let out = std::env::temp_dir().join(format!("quiver-loadgen-tls-{}.json", std::process::id()));
         let status = std::process::Command::new(env!("CARGO_BIN_EXE_quiver-loadgen"))
             .args(["--addr", &https, "--rate", "100", "--duration", "1", "--warmup", "0.2"])
@@ -209,7 +217,7 @@ fn mutual_tls_serves_a_client_certificate_of_its_ca_only() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "loadgen ran over mutual TLS without a client certificate");
         assert!(stderr.contains("requires a client certificate"), "{stderr}");
-    });
+    }
 }
 
 /// Settings that cannot work are refused before connecting, naming the file or address at fault.

@@ -36,13 +36,11 @@ pub struct ReadTuning {
     pub verify_checksums: bool,
     /// Insert blocks read from files into the block cache.
     pub fill_cache: bool,
-    /// Let MultiGet read a batch's data blocks from files in parallel (io_uring where built in).
-    pub async_io: bool,
 }
 
 impl Default for ReadTuning {
     fn default() -> Self {
-        ReadTuning { verify_checksums: true, fill_cache: true, async_io: false }
+        ReadTuning { verify_checksums: true, fill_cache: true }
     }
 }
 
@@ -146,7 +144,8 @@ impl EmbeddedReader {
     /// path when there is nothing servable.
     pub fn open(root: impl AsRef<Path>, options: EmbeddedOptions) -> Result<EmbeddedReader> {
         let root = root.as_ref().to_owned();
-        let cache = Cache::new_lru_cache(options.block_cache_bytes);
+        let cache = Cache::new_lru_cache(options.block_cache_bytes)
+            .map_err(|e| SnapshotError::Rocks { path: root.clone(), message: e.into_string() })?;
         let id = read_current(&root)?;
         let first = open_version(&root, &id, &cache, &options)?;
         log::info!(target: "quiver::embedded", "serving {id} from {}", root.display());

@@ -52,7 +52,6 @@ fn read_options(t: &ReadTuning) -> ReadOptions {
     let mut r = ReadOptions::default();
     r.set_verify_checksums(t.verify_checksums);
     r.fill_cache(t.fill_cache);
-    r.set_async_io(t.async_io);
     r
 }
 

@@ -30,8 +30,8 @@ USAGE: quiver-loadgen [FLAGS]
                                (what get_features returns); default: the raw response only
   --root PATH                  embedded only: the snapshot root (follows PATH/CURRENT)
   --cache-mb MB                embedded only: block cache size (default 256)
-  --read-option OPT            embedded only, repeatable: no-verify-checksums, no-fill-cache,
-                               async-io (RocksDB ReadOptions; default: RocksDB's), no-mmap
+  --read-option OPT            embedded only, repeatable: no-verify-checksums, no-fill-cache
+                               (RocksDB ReadOptions; default: RocksDB's), no-mmap
                                (pread instead of mmap reads)
   --pin-cpus LIST              pin the worker threads to these CPUs, round-robin, e.g. 1 or 1,3
                                (pacing is not pinned); embedded: the reader threads
@@ -164,10 +164,8 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, Str
             "--cache-mb" => cache_mb = number(&flag, &value()?)?,
             "--read-option" => {
                 let opt = value()?;
-                if !["no-verify-checksums", "no-fill-cache", "async-io", "no-mmap"].contains(&opt.as_str()) {
-                    return Err(format!(
-                        "--read-option {opt}: expected no-verify-checksums, no-fill-cache, async-io or no-mmap"
-                    ));
+                if !["no-verify-checksums", "no-fill-cache", "no-mmap"].contains(&opt.as_str()) {
+                    return Err(format!("--read-option {opt}: expected no-verify-checksums, no-fill-cache or no-mmap"));
                 }
                 read_options.push(opt);
             }

@@ -82,7 +82,6 @@ impl Target {
                     match o.as_str() {
                         "no-verify-checksums" => options.read.verify_checksums = false,
                         "no-fill-cache" => options.read.fill_cache = false,
-                        "async-io" => options.read.async_io = true,
                         "no-mmap" => options.mmap_reads = false,
                         _ => unreachable!("checked by args"),
                     }
