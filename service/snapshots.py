@@ -23,7 +23,8 @@ class Snapshots:
     def __init__(self, root: SnapshotRoot, cache: Cache, verify: str,
                  on_swap: Callable[[LoadedVersion, LoadedVersion | None], None] = lambda new, old: None,
                  on_refused: Callable[[str, str], None] = lambda v, why: None,
-                 on_fallback: Callable[[bool], None] = lambda serving_fallback: None) -> None:
+                 on_fallback: Callable[[bool], None] = lambda serving_fallback: None,
+                 opener: Callable[[SnapshotRoot, str, Cache, str], LoadedVersion] = open_version) -> None:
         self.root = root
         self.cache = cache
         self.verify = verify
@@ -32,6 +33,7 @@ class Snapshots:
         self._on_swap = on_swap
         self._on_refused = on_refused
         self._on_fallback = on_fallback
+        self._opener = opener  # opens and checks one version (blocking); tests pass a fake
         self._refused: str | None = None
         # the refused CURRENT while serving a fallback instead of it, else None
         self.fallback_from: str | None = None
@@ -78,7 +80,7 @@ class Snapshots:
         return True
 
     async def _open(self, version: str) -> LoadedVersion:
-        return await asyncio.to_thread(open_version, self.root, version, self.cache, self.verify)
+        return await asyncio.to_thread(self._opener, self.root, version, self.cache, self.verify)
 
     def _swap(self, new: LoadedVersion) -> None:
         cur = self.current

@@ -1,0 +1,351 @@
+"""service/snapshots.py's Snapshots, the versions one worker serves, driven in-process with a fake opener:
+the root is a real SnapshotRoot in tmp_path (CURRENT and PREVIOUS written through its own API); only the
+RocksDB open and its checks (store.open_version) are replaced by a table of versions that pass or fail.
+The process-level behaviour (health, metrics, logs of a running `quiver serve`) is in
+tests/e2e/test_server_swaps.py and test_server_fallback.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from rocksdict import Cache
+
+from quiver.service.errors import NotReady, VersionNotLoaded, VersionRefused
+from quiver.service.snapshots import Snapshots
+from quiver.service.store import LoadedVersion
+from quiver.snapshot import FeatureSet, Manifest, SnapshotRoot
+
+SCHEMA = FeatureSet.from_json({"entity": {"name": "user_id", "key_type": "int64"},
+                               "views": [{"name": "v", "source": "v.parquet",
+                                          "features": [{"name": "x", "type": "float64"}]}]})
+# ids sort by as-of time: A oldest, E newest
+A, B, C, D, E = (f"2026010{d}T000000Z-{str(d) * 12}" for d in range(1, 6))
+
+
+class FakeVersion:
+    """What Snapshots uses of a LoadedVersion: its id, and retire() (counted)."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.retired = 0
+
+    def retire(self) -> None:
+        self.retired += 1
+
+    def __repr__(self) -> str:
+        return f"FakeVersion({self.version})"
+
+
+@dataclass
+class FakeOpener:
+    """Opens every version not in `bad`; a bad one raises VersionRefused with its reason, as open_version does."""
+
+    bad: dict[str, str] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+    args: list[tuple[Any, ...]] = field(default_factory=list)
+    opened: dict[str, list[FakeVersion]] = field(default_factory=dict)
+
+    def __call__(self, root: SnapshotRoot, version: str, cache: Cache, verify: str) -> LoadedVersion:
+        self.calls.append(version)
+        self.args.append((root, cache, verify))
+        if version in self.bad:
+            raise VersionRefused(f"version {version}: {self.bad[version]}")
+        v = FakeVersion(version)
+        self.opened.setdefault(version, []).append(v)
+        return cast(LoadedVersion, v)
+
+
+@dataclass
+class World:
+    root: SnapshotRoot
+    opener: FakeOpener
+    snapshots: Snapshots
+    cache: Cache
+    swaps: list[tuple[str, str | None]] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    fallback: list[bool] = field(default_factory=list)
+
+    def publish(self, *versions: str) -> None:
+        """Published as the root sees it: a version folder with its manifest."""
+        for vid in versions:
+            d = self.root.version_dir(vid)
+            d.mkdir(parents=True)
+            as_of = f"{vid[0:4]}-{vid[4:6]}-{vid[6:8]}T00:00:00Z"
+            (d / "manifest.json").write_bytes(Manifest(vid, as_of, as_of, SCHEMA, {}, {}, []).dumps())
+
+    def refresh(self) -> bool:
+        return asyncio.run(self.snapshots.refresh())
+
+    def served(self) -> tuple[str | None, str | None]:
+        s = self.snapshots
+        return (s.current.version if s.current else None, s.previous.version if s.previous else None)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    root = SnapshotRoot(tmp_path / "root")
+    root.ensure()
+    opener = FakeOpener()
+    cache = Cache(1 << 20)
+    w = World(root, opener, cast(Snapshots, None), cache)
+    w.snapshots = Snapshots(root, cache, "size",
+                            on_swap=lambda new, old: w.swaps.append((new.version, old.version if old else None)),
+                            on_refused=lambda v, why: w.refused.append((v, why)),
+                            on_fallback=w.fallback.append, opener=opener)
+    return w
+
+
+def test_nothing_is_served_until_current_names_a_version(world: World) -> None:
+    world.publish(A)  # published, but CURRENT names nothing: nothing to serve, nothing opened
+    assert world.refresh() is False
+    assert world.opener.calls == []
+    with pytest.raises(NotReady):
+        world.snapshots.pick("")
+    assert world.snapshots.loaded() == []
+
+
+def test_first_open_serves_current_and_passes_the_root_cache_and_verify_mode(world: World) -> None:
+    world.publish(A)
+    world.root.set_current(A)
+    assert world.refresh() is True
+    assert world.served() == (A, None)
+    assert world.swaps == [(A, None)]
+    assert world.opener.calls == [A]
+    assert world.opener.args == [(world.root, world.cache, "size")]
+    v = world.opener.opened[A][0]
+    assert world.snapshots.pick("") is v and world.snapshots.pick(A) is v
+    # an unchanged CURRENT is neither reopened nor swapped again on the next polls
+    assert world.refresh() is False and world.refresh() is False
+    assert world.opener.calls == [A] and world.swaps == [(A, None)]
+    assert world.refused == [] and world.fallback == []
+
+
+def test_a_new_current_is_swapped_in_and_the_old_one_kept_for_pinned_reads(world: World) -> None:
+    world.publish(A, B, C)
+    world.root.set_current(A)
+    world.refresh()
+    world.root.set_current(B)
+    assert world.refresh() is True
+    assert world.served() == (B, A)
+    assert world.swaps == [(A, None), (B, A)]
+    a, b = world.opener.opened[A][0], world.opener.opened[B][0]
+    assert world.snapshots.pick("") is b
+    assert world.snapshots.pick(A) is a          # pinned to the previous version: still answered
+    assert world.snapshots.pick(B) is b
+    assert a.retired == 0 and b.retired == 0
+    assert [v.version for v in world.snapshots.loaded()] == [B, A]
+
+    # a third version retires the oldest one, exactly once; a pin to it is now refused, naming what is loaded
+    world.root.set_current(C)
+    assert world.refresh() is True
+    assert world.served() == (C, B)
+    assert world.swaps[-1] == (C, B)
+    assert (a.retired, b.retired) == (1, 0)
+    with pytest.raises(VersionNotLoaded, match=rf"version '{A}' is not loaded on this replica \(loaded: {C}, {B}\)"):
+        world.snapshots.pick(A)
+
+
+def test_a_pin_to_an_unknown_version_is_version_not_loaded(world: World) -> None:
+    world.publish(A)
+    world.root.set_current(A)
+    world.refresh()
+    unknown = "20990101T000000Z-000000000000"
+    with pytest.raises(VersionNotLoaded, match=rf"version '{unknown}' is not loaded on this replica \(loaded: {A}\)"):
+        world.snapshots.pick(unknown)
+    assert world.opener.calls == [A]  # a pin never opens anything
+
+
+def test_rollback_to_previous_swaps_without_reopening_or_retiring(world: World) -> None:
+    world.publish(A, B)
+    world.root.set_current(A)
+    world.refresh()
+    world.root.set_current(B)
+    world.refresh()
+    world.root.set_current(A)   # the rollback: A is still open as the previous version
+    assert world.refresh() is True
+    assert world.served() == (A, B)
+    assert world.opener.calls == [A, B]   # A was not opened a second time
+    assert world.swaps[-1] == (A, B)
+    a, b = world.opener.opened[A][0], world.opener.opened[B][0]
+    assert world.snapshots.pick("") is a and world.snapshots.pick(B) is b
+    assert a.retired == 0 and b.retired == 0
+
+
+def test_a_refused_current_keeps_the_old_version_serving_and_is_not_retried(world: World) -> None:
+    world.publish(A, B, C, D)
+    world.opener.bad[B] = "online/default/000012.sst: size 100, manifest: 200"
+    world.root.set_current(A)
+    world.refresh()
+    world.root.set_current(B)
+    assert world.refresh() is False
+    assert world.served() == (A, None)
+    assert world.refused == [(B, f"version {B}: online/default/000012.sst: size 100, manifest: 200")]
+    assert world.swaps == [(A, None)]
+    # a worker that is serving never falls back: C and D are published and good, but CURRENT names B
+    assert world.fallback == [] and world.snapshots.fallback_from is None
+    with pytest.raises(VersionNotLoaded):
+        world.snapshots.pick(B)
+    # not retried on every poll
+    assert world.refresh() is False and world.refresh() is False
+    assert world.opener.calls == [A, B] and len(world.refused) == 1
+    # the next good CURRENT is swapped in as usual; the refused version never became the previous one
+    world.root.set_current(C)
+    assert world.refresh() is True
+    assert world.served() == (C, A)
+    assert world.swaps == [(A, None), (C, A)]
+    assert world.opener.calls == [A, B, C]
+
+
+def test_fallback_at_start_serves_previous_first_and_says_so(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    world.publish(A, B, C, D)
+    world.root.set_current(B)
+    world.root.set_current(D)                  # PREVIOUS = B; C is newer than B, and good
+    world.opener.bad[D] = "cannot open: Corruption"
+    with caplog.at_level(logging.INFO, logger="quiver.snapshots"):
+        assert world.refresh() is True
+    assert world.served() == (B, None)
+    assert world.opener.calls == [D, B]        # PREVIOUS before the newest other version
+    assert world.refused == [(D, f"version {D}: cannot open: Corruption")]
+    assert world.fallback == [True]
+    assert world.snapshots.fallback_from == D
+    assert world.swaps == [(B, None)]
+    loud = [r for r in caplog.records if r.levelno == logging.ERROR and r.getMessage().startswith("FALLBACK")]
+    assert len(loud) == 1 and D in loud[0].getMessage() and f"serving {B} instead" in loud[0].getMessage()
+    # the fallback holds while CURRENT stays refused: nothing is retried, nothing swapped, said once
+    assert world.refresh() is False and world.refresh() is False
+    assert world.opener.calls == [D, B] and world.fallback == [True] and world.served() == (B, None)
+
+
+def test_fallback_skips_a_refused_previous_for_the_newest_version_that_passes(world: World) -> None:
+    world.publish(A, B, C, D, E)
+    world.root.set_current(B)
+    world.root.set_current(E)                  # PREVIOUS = B
+    world.opener.bad.update({E: "bad E", B: "bad B", D: "bad D"})
+    assert world.refresh() is True
+    assert world.served() == (C, None)
+    assert world.opener.calls == [E, B, D, C]  # CURRENT, PREVIOUS, then newest first; A never tried
+    assert [v for v, _ in world.refused] == [E, B, D]
+    assert world.fallback == [True] and world.snapshots.fallback_from == E
+
+
+def test_fallback_candidates_are_previous_then_the_rest_newest_first(world: World) -> None:
+    world.publish(A, B, C, D)
+    assert world.snapshots.fallback_candidates(D) == [C, B, A]   # no PREVIOUS yet
+    world.root.set_current(B)
+    world.root.set_current(D)
+    assert world.root.previous() == B
+    assert world.snapshots.fallback_candidates(D) == [B, C, A]
+    assert world.snapshots.fallback_candidates(B) == [D, C, A]   # a refused PREVIOUS is not a candidate
+
+
+def test_the_fallback_ends_when_current_names_a_version_that_passes(world: World,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    world.publish(A, B, C)
+    world.root.set_current(A)
+    world.root.set_current(B)                  # PREVIOUS = A
+    world.opener.bad[B] = "bad B"
+    world.refresh()
+    assert world.served() == (A, None) and world.fallback == [True]
+    world.root.set_current(C)                  # the operator's fix: a new, good version
+    with caplog.at_level(logging.INFO, logger="quiver.snapshots"):
+        assert world.refresh() is True
+    assert world.served() == (C, A)
+    assert world.swaps == [(A, None), (C, A)]
+    assert world.fallback == [True, False]
+    assert world.snapshots.fallback_from is None
+    assert f"fallback over: serving CURRENT {C}" in caplog.text
+    assert world.refresh() is False and world.fallback == [True, False]   # cleared once
+
+
+def test_the_fallback_ends_when_current_moves_to_the_version_served(world: World) -> None:
+    world.publish(A, B)
+    world.root.set_current(A)
+    world.root.set_current(B)
+    world.opener.bad[B] = "bad B"
+    world.refresh()
+    assert world.served() == (A, None) and world.fallback == [True]
+    world.root.set_current(A)                  # the operator's rollback to what this worker already serves
+    assert world.refresh() is False            # nothing to swap...
+    assert world.fallback == [True, False]     # ...but no longer a fallback
+    assert world.snapshots.fallback_from is None and world.opener.calls == [B, A]
+
+
+def test_a_second_refused_current_during_a_fallback_keeps_it(world: World) -> None:
+    world.publish(A, B, C)
+    world.root.set_current(A)
+    world.root.set_current(B)
+    world.opener.bad.update({B: "bad B", C: "bad C"})
+    world.refresh()
+    world.root.set_current(C)
+    assert world.refresh() is False
+    assert world.served() == (A, None)
+    assert world.snapshots.fallback_from == C  # the fallback now stands in for C
+    assert world.fallback == [True]
+    assert [v for v, _ in world.refused] == [B, C]
+
+
+def test_nothing_passes_serves_nothing_until_a_good_current(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    world.publish(A, B)
+    world.root.set_current(A)
+    world.root.set_current(B)
+    world.opener.bad.update({A: "bad A", B: "bad B"})
+    with caplog.at_level(logging.ERROR, logger="quiver.snapshots"):
+        assert world.refresh() is False
+    assert world.served() == (None, None)
+    with pytest.raises(NotReady):
+        world.snapshots.pick("")
+    assert [v for v, _ in world.refused] == [B, A]
+    assert world.fallback == [] and world.snapshots.fallback_from is None and world.swaps == []
+    assert "no published version passes its checks" in caplog.text
+    assert world.refresh() is False and world.opener.calls == [B, A]   # not retried on every poll
+    world.publish(C)
+    world.root.set_current(C)
+    assert world.refresh() is True
+    assert world.served() == (C, None) and world.swaps == [(C, None)] and world.fallback == []
+
+
+def test_close_retires_every_loaded_version(world: World) -> None:
+    world.publish(A, B)
+    world.root.set_current(A)
+    world.refresh()
+    world.root.set_current(B)
+    world.refresh()
+    world.snapshots.close()
+    assert [v.retired for v in (world.opener.opened[A][0], world.opener.opened[B][0])] == [1, 1]
+    assert world.snapshots.loaded() == []
+    with pytest.raises(NotReady):
+        world.snapshots.pick("")
+
+
+def test_watch_keeps_polling_after_a_refresh_fails(world: World) -> None:
+    """An unexpected error (not a refusal) in one refresh is logged; the version is tried again next poll."""
+    world.publish(A)
+    world.root.set_current(A)
+    real, failures = world.opener, []
+
+    def flaky(root: SnapshotRoot, version: str, cache: Cache, verify: str) -> LoadedVersion:
+        if not failures:
+            failures.append(version)
+            raise OSError("too many open files")
+        return real(root, version, cache, verify)
+
+    snapshots = Snapshots(world.root, world.cache, "size", on_refused=lambda v, why: world.refused.append((v, why)),
+                          opener=flaky)
+
+    async def run() -> None:
+        task = asyncio.create_task(snapshots.watch(0.005))
+        try:
+            for _ in range(400):
+                if snapshots.current is not None:
+                    return
+                await asyncio.sleep(0.005)
+        finally:
+            task.cancel()
+    asyncio.run(run())
+    assert failures == [A] and snapshots.current is not None and snapshots.current.version == A
+    assert world.refused == [] and real.calls == [A]
