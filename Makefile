@@ -7,24 +7,30 @@ STAMP := $(VENV)/.installed
 USERS ?= 1000000
 DEMO := demo-data
 
-.PHONY: setup proto test lint typecheck pytest rust-test deploy-check demo bench bench-load bench-readpath clean system-deps tools
+.PHONY: setup proto test check lint typecheck pytest rust-test loadgen deploy-check demo bench bench-load \
+	bench-readpath clean system-deps tools
 
+# Debian packages, installed when missing (as root; otherwise the message names them):
 # redis-server for the tests that compare against Redis; iproute2 for the netem hop in bench/;
 # a Java 17 runtime for the Spark engine (pyspark 4 runs on Java 17 or 21); chromium for the report page's
-# browser test; clang and libclang-dev for the Rust crate's feature `embedded` (librocksdb-sys runs bindgen).
+# browser test; clang and libclang-dev for bindgen, and librocksdb-dev (RocksDB 7.8.3, Debian 12) that the
+# Rust crate's feature `embedded` links instead of compiling RocksDB's C++.
+# ROCKSDB=bundled builds RocksDB 7.8.3 from the crate's C++ source instead (~15 min on 2 cores), for
+# platforms without Debian 12's librocksdb-dev; everything else is the same.
+ROCKSDB ?= system
+DEBIAN_PACKAGES := redis-server iproute2 protobuf-compiler chromium openjdk-17-jre-headless clang libclang-dev \
+	$(if $(filter system,$(ROCKSDB)),librocksdb-dev)
 system-deps:
-	@command -v redis-server >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server iproute2 protobuf-compiler >/dev/null; \
-	  else echo "redis-server missing: install the Debian package redis-server" >&2; exit 1; fi; }
-	@command -v chromium >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
-	  else echo "chromium missing (the report page's browser test): install the Debian package chromium" >&2; exit 1; fi; }
-	@command -v java >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless >/dev/null; \
-	  else echo "java missing: install the Debian package openjdk-17-jre-headless" >&2; exit 1; fi; }
-	@{ command -v clang >/dev/null && ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1; } || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq clang libclang-dev >/dev/null; \
-	  else echo "clang/libclang missing (Rust feature embedded): install the Debian packages clang libclang-dev" >&2; exit 1; fi; }
+	@missing=$$(dpkg-query -W -f='$${db:Status-Abbrev} $${Package}\n' $(DEBIAN_PACKAGES) 2>/dev/null \
+	  | awk '$$1 == "ii" {print $$2}' | sort | comm -13 - <(tr ' ' '\n' <<< "$(DEBIAN_PACKAGES)" | sort)); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "== apt-get install $$missing"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages: $$missing (apt-get install them as root)" >&2; exit 1; fi; fi
+	@# the crate's rocksdb =0.20.1 is RocksDB 7.8's C API: another librocksdb would not link
+	@[ "$(ROCKSDB)" = bundled ] || dpkg-query -W -f='$${Version}' librocksdb-dev | grep -q '^7\.8\.' || \
+	  { echo "librocksdb-dev $$(dpkg-query -W -f='$${Version}' librocksdb-dev) is not 7.8.x: use make ROCKSDB=bundled" >&2; \
+	    exit 1; }
 
 $(STAMP): pyproject.toml setup.py $(wildcard proto/quiver/v1/*.proto)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,35 +47,73 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy quiver snapshot loader service distribution
 
-# tools: the reflection tests call the server with ghz and grpcurl, as an operator would
-pytest: setup tools
-	$(VENV)/bin/pytest -q
+# The inner loop (<= 5 min with a warm .venv): lint, then every test that needs no Spark, no browser and
+# is not marked slow (pyproject.toml lists the markers). No Rust, no deploy checks.
+check: lint
+	$(VENV)/bin/pytest -q -n 2 --dist loadscope -m "not slow and not spark and not browser"
 
-# The gRPC client, the load generator and the embedded reader. The crate is built once as a gRPC-only
-# user gets it (no feature: no RocksDB), then tested with feature `embedded`, which builds RocksDB from
-# C++ source (~17 min of the first clean build on 2 cores; target/ keeps it for later runs).
+# Everything, two tests at a time (each test takes its ports from the OS and its folders from tmp_path).
+# tools: the reflection tests call the server with ghz and grpcurl, as an operator would; the bench smoke
+# test runs the quiver-loadgen that rust-test built.
+pytest: setup tools
+	$(VENV)/bin/pytest -q -n 2 --dist loadscope
+
+# The Rust crate. RocksDB comes from Debian's librocksdb-dev (dynamic link; bindgen reads its headers),
+# or with ROCKSDB=bundled from the crate's C++ source.
+ifeq ($(ROCKSDB),system)
+RUST_ENV := ROCKSDB_LIB_DIR=/usr/lib/$(shell gcc -dumpmachine) ROCKSDB_INCLUDE_DIR=/usr/include
+RUST_FEATURES := embedded,loadgen
+else
+RUST_ENV := -u ROCKSDB_LIB_DIR -u ROCKSDB_INCLUDE_DIR
+RUST_FEATURES := embedded,loadgen,bundled-compression
+endif
+CARGO := cd clients/rust && env $(RUST_ENV) QUIVER_BIN=$(CURDIR)/$(VENV)/bin/quiver cargo
+
+# The library is built once as a gRPC-only user gets it (no feature: no RocksDB, no load generator), then
+# tested with the embedded reader and quiver-loadgen, against real `quiver` processes.
 rust-test: setup
-	cd clients/rust && cargo build --release --all-targets
-	cd clients/rust && QUIVER_BIN=$(CURDIR)/$(VENV)/bin/quiver cargo test --release --features embedded
+	$(CARGO) build --release --lib
+	$(CARGO) test --release --features $(RUST_FEATURES)
+
+# quiver-loadgen with every target (gRPC, embedded, Redis), where bench/ and the bench smoke test run it.
+loadgen: system-deps
+	$(CARGO) build --release --features $(RUST_FEATURES) --bin quiver-loadgen
 
 # Renders and strictly validates every deploy/k8s overlay, lints the Dockerfile, replays its install steps.
-deploy-check: setup
+deploy-check: setup tools
 	bash deploy/check.sh
 
-test: lint pytest rust-test deploy-check
+# Rust first: the bench smoke test in pytest runs the quiver-loadgen it builds.
+test: lint rust-test pytest deploy-check
 
+# Tools as an operator runs them, in a project-local folder: from Debian where Debian 12 has them (promtool,
+# extracted from the pinned package, so no Prometheus service is installed), else pinned Go modules built
+# once (the Go build cache keeps later builds short).
 GHZ_VERSION := v0.121.0
 GRPCURL_VERSION := v1.9.4
+# kustomize v5.8.2+ needs Go >= 1.27
+KUSTOMIZE_VERSION := v5.8.1
+PROMETHEUS_DEB := 2.42.0+ds-5+deb12u1
 TOOLS := $(CURDIR)/.tools/bin
 
-# Load generators and manifest tools, as pinned Go modules in a project-local folder.
 $(TOOLS)/ghz:
 	GOBIN=$(TOOLS) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 
 $(TOOLS)/grpcurl:
 	GOBIN=$(TOOLS) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
-tools: $(TOOLS)/ghz $(TOOLS)/grpcurl
+$(TOOLS)/kustomize:
+	GOBIN=$(TOOLS) GOTOOLCHAIN=local go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+
+$(TOOLS)/promtool:
+	rm -rf .tools/deb && mkdir -p .tools/deb $(TOOLS)
+	cd .tools/deb && apt-get download -q prometheus=$(PROMETHEUS_DEB) 2>/dev/null || \
+	  { apt-get update -qq && apt-get download -q prometheus=$(PROMETHEUS_DEB); }
+	dpkg-deb -x .tools/deb/prometheus_*.deb .tools/deb/x
+	install -m 755 .tools/deb/x/usr/bin/promtool $@
+	rm -rf .tools/deb
+
+tools: $(TOOLS)/ghz $(TOOLS)/grpcurl $(TOOLS)/kustomize $(TOOLS)/promtool
 
 demo: setup tools
 	$(PY) -m quiver.demo --users $(USERS) --dir $(DEMO)

@@ -37,7 +37,7 @@ RT=()
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/clients/rust/target}
 
 make -s setup
-(cd clients/rust && nice -n 10 cargo build -q --release --features embedded --bin quiver-loadgen)
+nice -n 10 make -s loadgen
 LOADGEN=$CARGO_TARGET_DIR/release/quiver-loadgen
 CURRENT=$(cat "$ROOT/CURRENT")
 ONLINE_BYTES=$(.venv/bin/python -c "

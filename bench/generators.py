@@ -20,8 +20,10 @@ from google.protobuf.internal.encoder import _VarintBytes
 from quiver.v1 import quiver_pb2
 
 REPO = Path(__file__).resolve().parent.parent
-# where bench/prepare.sh's `cargo build` puts it: $CARGO_TARGET_DIR (relative to clients/rust) when set
-LOADGEN = REPO / "clients" / "rust" / os.environ.get("CARGO_TARGET_DIR", "target") / "release" / "quiver-loadgen"
+# $BENCH_LOADGEN when set (bench/prepare.sh then builds nothing), else where bench/prepare.sh's `cargo build`
+# puts it: $CARGO_TARGET_DIR (relative to clients/rust) when set
+LOADGEN = (Path(os.environ["BENCH_LOADGEN"]) if os.environ.get("BENCH_LOADGEN") else
+           REPO / "clients" / "rust" / os.environ.get("CARGO_TARGET_DIR", "target") / "release" / "quiver-loadgen")
 GHZ = REPO / ".tools" / "bin" / "ghz"
 PROTO = REPO / "proto" / "quiver" / "v1" / "quiver.proto"
 SEED = 1

@@ -8,7 +8,8 @@
 # BATCH_RATE (100 entities), WORK (data sets, default bench/work), NAME (results file bench/results/<date>-<NAME>.json), TITLE, README
 # (the markdown file to render into; README=- prints it instead).
 # Installs what it needs: the venv (make setup), redis-server (make system-deps), ghz (make tools),
-# the Rust load generator (cargo build --release). Every process it starts is stopped on exit.
+# the Rust load generator (make loadgen; BENCH_LOADGEN=PATH runs that binary and builds none).
+# Every process it starts is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

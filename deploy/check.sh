@@ -2,32 +2,20 @@
 # Offline checks of everything deploy/ ships: every kustomize overlay renders and validates
 # strictly against the Kubernetes 1.37 schemas, the Dockerfiles pass hadolint, the image's
 # install steps work (deploy/check-image-steps.sh), and the monitoring in deploy/monitoring/ holds:
-# promtool checks and unit-tests the alert rules and parses every dashboard query, and a test pins
-# the dashboard and the rules to the metrics the server exports. Run through `make deploy-check`.
+# promtool (Debian 12's, Prometheus 2.42) checks and unit-tests the alert rules and parses every
+# dashboard query, and a test pins the dashboard and the rules to the metrics the server exports.
+# Run through `make deploy-check`, which installs the tools first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-KUSTOMIZE_VERSION=v5.8.1   # v5.8.2+ needs Go >= 1.27
 TOOLS=$PWD/.tools/bin
 VENV=${VENV:-.venv}
+# kustomize (a pinned Go module) and promtool (from Debian's pinned prometheus package): `make tools`
 KUSTOMIZE=$TOOLS/kustomize
-# promtool from Prometheus 3.16's Go module (v0.316.0), without the cloud service-discovery plugins
-# (build tag remove_all_sd): promtool's rule checks do not use them, and they triple the build.
-PROMTOOL_VERSION=v0.316.0
 PROMTOOL=$TOOLS/promtool
-
-if ! [ -x "$KUSTOMIZE" ] || ! "$KUSTOMIZE" version 2>/dev/null | grep -q "$KUSTOMIZE_VERSION"; then
-  echo "== installing kustomize $KUSTOMIZE_VERSION into $TOOLS"
-  mkdir -p "$TOOLS"
-  GOBIN=$TOOLS GOTOOLCHAIN=local go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
-fi
-
-if ! [ -x "$PROMTOOL" ] || ! go version -m "$PROMTOOL" | grep -q "prometheus/prometheus[[:space:]]*$PROMTOOL_VERSION"; then
-  echo "== installing promtool $PROMTOOL_VERSION into $TOOLS"
-  mkdir -p "$TOOLS"
-  GOBIN=$TOOLS GOTOOLCHAIN=local go install -tags remove_all_sd \
-    "github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_VERSION"
-fi
+for tool in "$KUSTOMIZE" "$PROMTOOL"; do
+  [ -x "$tool" ] || { echo "deploy/check.sh: $tool is missing: run \`make tools\` (or \`make deploy-check\`)" >&2; exit 1; }
+done
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

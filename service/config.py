@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
+from quiver.snapshot.leases import FRESH_SECONDS, REFRESH_SECONDS
+
 
 def _help(text: str) -> dict[str, Any]:
     return {"help": text}
@@ -35,6 +37,9 @@ class ServeConfig:
     poll_seconds: float = field(default=1.0, metadata=_help("how often each worker reads CURRENT, in seconds"))
     drain_seconds: float = field(default=10.0, metadata=_help(
         "after SIGTERM, how long in-flight calls may finish, in seconds"))
+    lease_refresh_seconds: float = field(default=REFRESH_SECONDS, metadata=_help(
+        "how often each worker rewrites its lease on the versions it holds (ROOT/leases/), in seconds; "
+        f"below {FRESH_SECONDS:.0f}, after which a lease is stale"))
     loop: str = field(default="uvloop", metadata=_help("event loop: uvloop or asyncio"))
     tls_cert: str = field(default="", metadata=_help("PEM certificate for TLS on the TCP port (with --tls-key)"))
     tls_key: str = field(default="", metadata=_help("PEM private key for TLS on the TCP port (with --tls-cert)"))
@@ -58,6 +63,9 @@ class ServeConfig:
             raise ValueError(f"max-queue-ms {self.max_queue_ms}: must not be negative")
         if not self.drain_seconds >= 0:
             raise ValueError(f"drain-seconds {self.drain_seconds}: must not be negative")
+        if not 0 < self.lease_refresh_seconds < FRESH_SECONDS:  # `not` also refuses NaN
+            raise ValueError(f"lease-refresh-seconds {self.lease_refresh_seconds}: must be more than 0 and less "
+                             f"than {FRESH_SECONDS:.0f} (a lease not rewritten for that long is stale)")
         if self.loop not in ("uvloop", "asyncio"):
             raise ValueError(f"loop {self.loop!r}: expected uvloop or asyncio")
         if not 0 <= self.metrics_port <= 65535:

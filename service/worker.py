@@ -99,7 +99,7 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     root = SnapshotRoot(config.root)
-    lease = ServerLease(root)
+    lease = ServerLease(root, config.lease_refresh_seconds)
     snapshots: Snapshots
 
     def on_swap(new: LoadedVersion, old: LoadedVersion | None) -> None:

@@ -1,7 +1,9 @@
 """Leases: which versions a running server holds, so that no retention rule deletes them.
 
 ROOT/leases/<host>-<pid>.json = {"host", "pid", "versions", "updated"}, written by each `quiver serve`
-worker (`ServerLease`): rewritten on every swap and every REFRESH_SECONDS, removed on a clean exit.
+worker (`ServerLease`): rewritten on every swap and every `refresh_seconds` (REFRESH_SECONDS unless the
+server's configuration says otherwise: `quiver serve --lease-refresh-seconds`, service/config.py), removed
+on a clean exit.
 
 A lease is live while it is fresh (rewritten within FRESH_SECONDS), or while its process is alive on
 this host. Fresh alone is enough because the reader may sit in another container of the pod (another
@@ -100,9 +102,14 @@ def read_leases(root: SnapshotRoot) -> Leases:
 
 
 class ServerLease:
-    """The lease one server worker writes for the versions it holds open."""
+    """The lease one server worker writes for the versions it holds open, rewritten by `refresh()` once
+    `refresh_seconds` have passed since it was last written (well under FRESH_SECONDS, or it goes stale)."""
 
-    def __init__(self, root: SnapshotRoot) -> None:
+    def __init__(self, root: SnapshotRoot, refresh_seconds: float = REFRESH_SECONDS) -> None:
+        if not 0 < refresh_seconds < FRESH_SECONDS:
+            raise ValueError(f"lease refresh every {refresh_seconds} s: expected more than 0 and less than "
+                             f"{FRESH_SECONDS:.0f} (a lease not rewritten for that long is stale)")
+        self.refresh_seconds = refresh_seconds
         self.host = socket.gethostname()
         self.path = leases_dir(root) / f"{self.host}-{os.getpid()}.json"
         self.written = 0.0
@@ -116,7 +123,7 @@ class ServerLease:
         self.written = time.monotonic()
 
     def refresh(self) -> None:
-        if self.versions and time.monotonic() - self.written > REFRESH_SECONDS:
+        if self.versions and time.monotonic() - self.written > self.refresh_seconds:
             self.hold(self.versions)
 
     def release(self) -> None:

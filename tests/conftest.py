@@ -1,5 +1,6 @@
 """Shared fixtures: a small data set with every feature type and its edge cases (real features.yaml and
-Parquet in tmp_path). The helpers they use live in tests/support/."""
+Parquet in tmp_path), and a small published root for the bad-input tests. The helpers they use live in
+tests/support/."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from support.datasets import DataSet, write_every_type
+from support.loads import publish_small_root
 
 
 @pytest.fixture
@@ -49,3 +51,8 @@ def small_view(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+@pytest.fixture(scope="session")
+def published_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root with one published version (support.loads), built once per session (per xdist worker);
+    tests that change a root work on a copy."""
+    return publish_small_root(tmp_path_factory.mktemp("published"))

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import pytest
 
 from quiver.snapshot import SnapshotRoot
-from support.processes import QUIVER, ServerProcess, UsersSnapshots, quiver_load
+from support.processes import ServerProcess, UsersSnapshots, quiver_load, run_quiver
 
 
 @pytest.fixture
@@ -40,8 +39,7 @@ def users(tmp_path_factory: pytest.TempPathFactory) -> UsersSnapshots:
     sources, versions = {}, []
     for seed, as_of in ((7, "2026-01-01T00:00:00Z"), (8, "2026-01-02T00:00:00Z")):
         src = base / f"src-{seed}"
-        subprocess.run([QUIVER, "generate", "--users", "2000", "--out", str(src), "--seed", str(seed)],
-                       check=True, capture_output=True, timeout=60)
+        run_quiver("generate", "--users", "2000", "--out", src, "--seed", str(seed), check=True, timeout=60)
         v = quiver_load(src, template, as_of)
         sources[v] = src
         versions.append(v)

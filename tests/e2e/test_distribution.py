@@ -1,7 +1,9 @@
 """publish and sync against a real S3-protocol server (moto, started here on loopback) and file://.
 
 The CLI runs as a separate process; the interruption tests call the Python API in-process so they
-can stop an upload or download at an exact file.
+can stop an upload or download at an exact file. Refusals found before anything moves (a flag, a
+missing manifest, a version never published) run the CLI's main() in-process (support.inprocess); one
+process run per exit code shows the code reaches the process's exit status.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -33,20 +34,16 @@ from quiver.snapshot import Manifest, SnapshotRoot, encode_int64_key
 from quiver.snapshot.layout import write_atomic
 from quiver.snapshot.manifest import list_files
 from quiver.training import TrainingDataError, training_frame
+from support.inprocess import run_in_process
+from support.processes import QUIVER, free_port, run_quiver, wait_for
 
-VENV_BIN = Path(sys.executable).parent
+VENV_BIN = Path(QUIVER).parent
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures: an S3 server, buckets, snapshot roots
 # ---------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def start_moto(env_extra: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
@@ -116,21 +113,16 @@ def as_of(n: int) -> str:
 def loaded(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     """Versions 1..3 built once by the real loader (as-of times an hour apart), to copy into roots."""
     work = tmp_path_factory.mktemp("loaded")
-    run([str(VENV_BIN / "quiver"), "generate", "--users", "2000", "--out", str(work / "data"), "--seed", "7"])
+    run_quiver("generate", "--users", "2000", "--out", work / "data", "--seed", "7", check=True)
     root = SnapshotRoot(work / "root")
     out = {}
     for n in range(1, 4):
-        run([str(VENV_BIN / "quiver"), "load", "--features", str(work / "data" / "features.yaml"),
-             "--root", str(root.path), "--as-of", as_of(n), "--no-reuse"])
+        run_quiver("load", "--features", work / "data" / "features.yaml", "--root", root.path, "--as-of", as_of(n),
+                   "--no-reuse", check=True)
         v = root.current()
         assert v is not None and v.startswith(as_of(n).replace("-", "").replace(":", ""))
         out[n] = root.version_dir(v)
     return out
-
-
-def run(cmd: list[str]) -> None:
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, f"{cmd}: {r.stdout}{r.stderr}"
 
 
 @pytest.fixture
@@ -166,22 +158,19 @@ def shared_files(root: Path, old: str, new: str) -> set[str]:
 
 def quiver(*args: str, env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
     """The installed `quiver` entry point as a process: a broken CLI fails these tests, never falls back."""
-    cmd = [str(VENV_BIN / "quiver"), *args]
-    r = subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=60)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{cmd} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
-    return r
+    return run_quiver(*args, env=env, check=check, timeout=60)
 
 
 def test_the_entry_point_and_its_help_work() -> None:
     """These tests run the installed `quiver`; a broken entry point or help text (argparse formats help
-    only when asked, so a stray '%' breaks nothing else) must fail here, not be worked around."""
+    only when asked, so a stray '%' breaks nothing else) must fail here, not be worked around. Each
+    command's help is formatted by the same main() in-process."""
     top = quiver("--help")
     assert top.returncode == 0, top.stderr
     commands = re.findall(r"^    (\w+)\s", top.stdout, flags=re.M)
     assert {"publish", "sync", "load", "serve", "gc"} <= set(commands), top.stdout
     for command in commands:
-        r = quiver(command, "--help")
+        r = run_in_process(command, "--help")
         assert r.returncode == 0 and r.stdout.startswith(f"usage: quiver {command}"), (command, r.stderr)
 
 
@@ -256,14 +245,14 @@ def test_changing_one_view_moves_only_its_files(store: str, s3_endpoint: str, re
         (tmp_path / "remote").mkdir()
         uri = (tmp_path / "remote").as_uri()
     data = tmp_path / "data"
-    run([str(VENV_BIN / "quiver"), "generate", "--users", "1500", "--out", str(data), "--seed", "3"])
+    run_quiver("generate", "--users", "1500", "--out", data, "--seed", "3", check=True)
     features = data / "features.yaml"
     spec = yaml.safe_load(features.read_text())
     ads = next(v for v in spec["views"] if v["name"] == "ads")
     ads["group"] = "ads"  # its own storage group: a change to it moves that group's files only
     last = ads["features"].pop()
     features.write_text(yaml.safe_dump(spec, sort_keys=False))
-    run([str(VENV_BIN / "quiver"), "load", "--features", str(features), "--root", str(pub), "--as-of", as_of(1)])
+    run_quiver("load", "--features", features, "--root", pub, "--as-of", as_of(1), check=True)
     v1 = SnapshotRoot(pub).current()
     first = dist.publish(pub, uri, endpoint=s3_endpoint)
     assert first.copied == [] and len(first.uploaded) == n_files(pub, v1)
@@ -271,7 +260,7 @@ def test_changing_one_view_moves_only_its_files(store: str, s3_endpoint: str, re
 
     ads["features"].append(last)
     features.write_text(yaml.safe_dump(spec, sort_keys=False))
-    run([str(VENV_BIN / "quiver"), "load", "--features", str(features), "--root", str(pub), "--as-of", as_of(2)])
+    run_quiver("load", "--features", features, "--root", pub, "--as-of", as_of(2), check=True)
     v2 = SnapshotRoot(pub).current()
     assert v2 is not None and v2 != v1
     m2 = Manifest.load(SnapshotRoot(pub).manifest_path(v2))
@@ -404,11 +393,10 @@ def test_interrupted_upload_is_invisible_and_finishes_on_rerun(make_version,
     assert dist.sync(uri, rep, endpoint=s3_endpoint).version == v2
 
 
-def test_latest_without_manifest_is_refused(make_version,
+def test_latest_without_manifest_is_refused(make_version, monkeypatch: pytest.MonkeyPatch,
         s3_endpoint: str, bucket: str, pub: Path, rep: Path) -> None:
     """A publish killed between LATEST and... cannot happen; a manifest deleted by hand is the same case."""
     uri = f"s3://{bucket}"
-    env = {"QUIVER_S3_ENDPOINT": s3_endpoint}
     v1 = make_version(pub, 1)
     dist.publish(pub, uri, endpoint=s3_endpoint)
     dist.sync(uri, rep, endpoint=s3_endpoint)
@@ -416,7 +404,8 @@ def test_latest_without_manifest_is_refused(make_version,
     dist.publish(pub, uri, endpoint=s3_endpoint)
     s3(s3_endpoint).delete_object(Bucket=bucket, Key=f"versions/{v2}/manifest.json")
 
-    r = quiver("sync", "--from", uri, "--root", str(rep), env=env)
+    monkeypatch.setenv("QUIVER_S3_ENDPOINT", s3_endpoint)
+    r = run_in_process("sync", "--from", uri, "--root", str(rep))
     assert r.returncode == dist.ObjectNotFound.exit_code, r.stderr
     assert f"s3://{bucket}/versions/{v2}/manifest.json: missing: {v2} was never published there" in r.stderr
     assert SnapshotRoot(rep).current() == v1
@@ -534,13 +523,6 @@ def test_unreachable_endpoint(make_version, pub: Path, rep: Path) -> None:
     assert time.monotonic() - t0 < 30
 
 
-def test_publish_without_current(tmp_path: Path, pub: Path) -> None:
-    SnapshotRoot(pub).ensure()
-    r = quiver("publish", "--root", str(pub), "--to", (tmp_path).as_uri())
-    assert r.returncode == dist.LocalSnapshotError.exit_code
-    assert "CURRENT: missing" in r.stderr
-
-
 def test_disk_full_before_download(make_version, monkeypatch: pytest.MonkeyPatch, s3_endpoint: str, bucket: str,
                                    pub: Path, rep: Path) -> None:
     uri = f"s3://{bucket}"
@@ -605,7 +587,8 @@ def all_subclasses(c: type) -> list[type]:
 # ---------------------------------------------------------------------------------------------
 
 def test_keep_prunes_old_versions_but_never_current_or_previous(make_version, s3_endpoint: str, bucket: str,
-                                                                 pub: Path, rep: Path) -> None:
+                                                                 pub: Path, rep: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     uri = f"s3://{bucket}"
     env = {"QUIVER_S3_ENDPOINT": s3_endpoint}
     vs = []
@@ -624,7 +607,8 @@ def test_keep_prunes_old_versions_but_never_current_or_previous(make_version, s3
 
     # Rolling back to a pruned version downloads it again; the previous CURRENT stays. Moving LATEST
     # needs no local copy, only a complete published version.
-    r = quiver("publish", "--to", uri, "--version", "20261127T000000Z-000000000000", env=env)
+    monkeypatch.setenv("QUIVER_S3_ENDPOINT", s3_endpoint)
+    r = run_in_process("publish", "--to", uri, "--version", "20261127T000000Z-000000000000")
     assert r.returncode == dist.ObjectNotFound.exit_code and "was never published there" in r.stderr
     r = quiver("publish", "--to", uri, "--version", vs[0], env=env, check=True)
     assert f"LATEST at {uri} moved to {vs[0]}" in r.stdout
@@ -649,7 +633,7 @@ def test_keep_prunes_old_versions_but_never_current_or_previous(make_version, s3
     (leases / "broken-host-3.json").unlink()
     assert dist.prune(snap, 2) == [vs[0]] and snap.versions() == vs[1:]
 
-    r = quiver("sync", "--from", uri, "--root", str(rep), "--keep", "1", env=env)
+    r = run_in_process("sync", "--from", uri, "--root", str(rep), "--keep", "1")
     assert r.returncode == 2 and "at least 2" in r.stderr
 
 
@@ -658,14 +642,14 @@ def test_watch_follows_latest_and_stops_on_sigterm(make_version,
     uri = f"s3://{bucket}"
     v1 = make_version(pub, 1)
     dist.publish(pub, uri, endpoint=s3_endpoint)
-    proc = subprocess.Popen([str(VENV_BIN / "quiver"), "sync", "--from", uri, "--root", str(rep), "--watch", "0.2"],
+    proc = subprocess.Popen([QUIVER, "sync", "--from", uri, "--root", str(rep), "--watch", "0.2"],
                             env={**os.environ, "QUIVER_S3_ENDPOINT": s3_endpoint},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: SnapshotRoot(rep).current() == v1)
+        wait_for(lambda: SnapshotRoot(rep).current() == v1, 15, "the first sync")
         v2 = make_version(pub, 2)
         dist.publish(pub, uri, endpoint=s3_endpoint)
-        wait_for(lambda: SnapshotRoot(rep).current() == v2)
+        wait_for(lambda: SnapshotRoot(rep).current() == v2, 15, "the sync of the next version")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=10)
         assert proc.returncode == 0, err
@@ -674,13 +658,6 @@ def test_watch_follows_latest_and_stops_on_sigterm(make_version,
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def wait_for(cond, timeout: float = 15) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_manifest_of_published_version_is_unchanged(make_version,
@@ -729,11 +706,11 @@ def test_sync_killed_midway_resumes(make_version, s3_endpoint: str, bucket: str,
     dist.publish(pub, uri, endpoint=s3_endpoint)
 
     stage = rep / "staging" / f"sync-{v2}"
-    proc = subprocess.Popen([str(VENV_BIN / "quiver"), "sync", "--from", uri, "--root", str(rep)],
+    proc = subprocess.Popen([QUIVER, "sync", "--from", uri, "--root", str(rep)],
                             env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         part = stage / "offline" / "zz-blob" / "part-00000.parquet.part"
-        wait_for(lambda: part.exists() or proc.poll() is not None)
+        wait_for(lambda: part.exists() or proc.poll() is not None, 15, "the download of the big file")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:

@@ -28,7 +28,7 @@ from rocksdict import AccessType, Options, Rdict
 from quiver.client import FeatureClient
 from quiver.snapshot import Manifest, SnapshotRoot
 from quiver.v1 import quiver_pb2
-from support.processes import QUIVER, ServerProcess, free_port, wait_for
+from support.processes import QUIVER, ServerProcess, free_port, run_quiver, wait_for
 
 VIEWS = ["profile", "activity", "embedding", "ads"]
 
@@ -59,9 +59,8 @@ class Store:
 
     def load(self, *flags: str) -> subprocess.CompletedProcess[str]:
         self.loads += 1
-        return subprocess.run([QUIVER, "load", "--features", str(self.features_path), "--root", str(self.root),
-                               "--workers", "1", "--as-of", f"2026-03-{self.loads:02d}T00:00:00Z", *flags],
-                              capture_output=True, text=True, timeout=120)
+        return run_quiver("load", "--features", self.features_path, "--root", self.root, "--workers", "1",
+                          "--as-of", f"2026-03-{self.loads:02d}T00:00:00Z", *flags)
 
     def publish(self, *flags: str) -> tuple[str, str, str]:
         """Loads; waits until the server answers from the new version; returns (old, new, load's stderr)."""
@@ -122,8 +121,7 @@ class Store:
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     base = tmp_path_factory.mktemp("evolution")
     src, root = base / "src", base / "root"
-    subprocess.run([QUIVER, "generate", "--users", "2000", "--out", str(src), "--seed", "7"], check=True,
-                   capture_output=True, timeout=60)
+    run_quiver("generate", "--users", "2000", "--out", src, "--seed", "7", check=True, timeout=60)
     server = ServerProcess(root, base / "serve.log")
     s = Store(src, root, server, FeatureClient(server.target))
     try:
@@ -262,6 +260,7 @@ def walkthrough_blocks() -> list[str]:
     return blocks
 
 
+@pytest.mark.slow  # ~15 s: the walkthrough's loads, server and queries, as written
 def test_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     """The section's bash blocks in one shell, in a scratch folder (so data/ and snapshots/ land there), with
     the venv first on PATH and a free port in place of the README's."""

@@ -1,15 +1,16 @@
 """Storage groups end to end (snapshot/FORMAT.md): every grouping serves the source Parquet's values in
 every view order and subset; a changed view is the only one re-read from Parquet while the group's other
 views keep their stored bytes; a swap between groupings under load drops nothing; bad groupings and
-broken group databases are refused with their names."""
+broken group databases are refused with their names. A bad grouping in features.yaml is refused before the
+load starts its workers: that runs the CLI's main() in-process (support.inprocess)."""
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ from rocksdict import AccessType, Options, Rdict
 from quiver.loader.load import LoadOptions, load
 from quiver.snapshot import Manifest, SnapshotRoot, encode_int64_key
 from quiver.v1 import quiver_pb2 as pb
+from support.inprocess import run_in_process
 from support.oracle import decode_view_row, wire_fields
-from support.processes import QUIVER, SERVING, ServerProcess, UsersSnapshots, wait_for
+from support.processes import SERVING, ServerProcess, UsersSnapshots, run_quiver, wait_for
 
 VIEWS = ["profile", "activity", "embedding", "ads"]
 UNKNOWN = [-1, 10**12, -(2**63), 2**63 - 1]
@@ -48,16 +50,18 @@ def write_features(src: Path, grouping: dict[str, str], name: str) -> Path:
     return path
 
 
-def load_cli(features: Path, root: Path, as_of: str, *flags: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([QUIVER, "load", "--features", str(features), "--root", str(root), "--as-of", as_of,
-                           "--workers", "1", *flags], capture_output=True, text=True, timeout=180)
+LOAD_PROCESS = partial(run_quiver, timeout=180)
+
+
+def load_cli(features: Path, root: Path, as_of: str, *flags: str, run: Callable[..., Any] = LOAD_PROCESS) -> Any:
+    """`quiver load`, as a process unless `run` is run_in_process."""
+    return run("load", "--features", features, "--root", root, "--as-of", as_of, "--workers", "1", *flags)
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = tmp_path_factory.mktemp("groups") / "src"
-    subprocess.run([QUIVER, "generate", "--users", "1500", "--out", str(src), "--seed", "11"],
-                   check=True, capture_output=True, timeout=60)
+    run_quiver("generate", "--users", "1500", "--out", src, "--seed", "11", check=True, timeout=60)
     return src
 
 
@@ -159,7 +163,7 @@ def test_a_damaged_current_version_is_rebuilt_not_linked(source: Path, tmp_path:
     assert second.rows_read == {v: parquet_rows(source, v) for v in VIEWS}
     assert all(g.reused_from == "" for g in second.manifest.groups.values())
     assert all(v.reused_from == "" for v in second.manifest.views.values())
-    r = subprocess.run([QUIVER, "verify", "--root", str(root)], capture_output=True, text=True, timeout=120)
+    r = run_quiver("verify", "--root", root)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -190,7 +194,7 @@ def test_a_changed_view_is_the_only_one_read_from_parquet(source: Path, tmp_path
     schema = m2.schema.view("ads")
     for uid, row in expected.items():
         assert decode_view_row(schema, got[encode_int64_key(uid)]) == row, uid
-    r = subprocess.run([QUIVER, "verify", "--root", str(root)], capture_output=True, text=True, timeout=120)
+    r = run_quiver("verify", "--root", root)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -262,7 +266,7 @@ def test_bad_groups_name_file_view_and_group(source: Path, tmp_path: Path, group
     spec["views"][1]["group"] = group
     path = source / "features-bad.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    r = load_cli(path, tmp_path / "root", "2026-03-01T00:00:00Z")
+    r = load_cli(path, tmp_path / "root", "2026-03-01T00:00:00Z", run=run_in_process)
     assert r.returncode == 2, r.stderr
     assert str(path) in r.stderr and "view 'activity'" in r.stderr and message in r.stderr, r.stderr
     assert not (tmp_path / "root" / "CURRENT").exists()

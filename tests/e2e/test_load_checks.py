@@ -23,15 +23,15 @@ from quiver.snapshot import Manifest, SnapshotRoot
 from quiver.snapshot.quality import STATISTICS_FILE
 from quiver.v1 import quiver_pb2 as pb
 from support.datasets import write_every_type
-from support.processes import QUIVER, ServerProcess, wait_for
+from support.processes import ServerProcess, run_quiver, wait_for
 
 USERS = 2000
 CHECKS_FAILED = 13
 
 
 def load(src: Path, root: Path, as_of: str, *flags: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([QUIVER, "load", "--features", str(src / "features.yaml"), "--root", str(root),
-                           "--as-of", as_of, "--workers", "2", *flags], capture_output=True, text=True, timeout=300)
+    return run_quiver("load", "--features", src / "features.yaml", "--root", root, "--as-of", as_of, "--workers", "2",
+                      *flags, timeout=300)
 
 
 def statistics(root: Path, version: str) -> dict[str, Any]:
@@ -57,8 +57,7 @@ def break_data(src: Path, dest: Path) -> None:
 def sources(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("checks")
     good = base / "good"
-    subprocess.run([QUIVER, "generate", "--users", str(USERS), "--out", str(good), "--seed", "7", "--with-checks"],
-                   check=True, capture_output=True, timeout=120)
+    run_quiver("generate", "--users", str(USERS), "--out", good, "--seed", "7", "--with-checks", check=True)
     bad = base / "bad"
     break_data(good, bad)
     return good, bad
@@ -69,6 +68,8 @@ def served(server: ServerProcess) -> bytes:
     return bytes(response.SerializeToString())
 
 
+@pytest.mark.browser
+@pytest.mark.slow  # ~15 s: three loads, a server, the report rendered twice in chromium
 def test_refused_version_changes_nothing_served_and_accepted_one_is_recorded(
         sources: tuple[Path, Path], tmp_path: Path) -> None:
     good, bad = sources
@@ -126,15 +127,14 @@ def test_refused_version_changes_nothing_served_and_accepted_one_is_recorded(
     assert s2["activity"] == s1["activity"] and s2["embedding"] == s1["embedding"]
     assert s2["ads"]["rows"] < s1["ads"]["rows"]
 
-    diff = subprocess.run([QUIVER, "diff", "--root", str(root)], capture_output=True, text=True, timeout=60)
+    diff = run_quiver("diff", "--root", root, timeout=60)
     assert diff.returncode == 0, diff.stderr
     lines = diff.stdout.splitlines()
     assert lines[0].startswith(f"drift from {v1} to {v2}")
     assert lines[2].split()[:2] == ["ads", "(rows)"] and "(-60." in lines[2]
 
     page = tmp_path / "report.html"
-    r = subprocess.run([QUIVER, "report", "--root", str(root), "--html", str(page)], capture_output=True, text=True,
-                       timeout=60)
+    r = run_quiver("report", "--root", root, "--html", page, timeout=60)
     assert r.returncode == 0, r.stderr
     text = page.read_text()
     assert "<script src" not in text and "<link" not in text                 # self-contained: no fetches

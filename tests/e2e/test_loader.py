@@ -1,4 +1,8 @@
-"""`quiver load` as a process on real Parquet, read back from the real RocksDB and Parquet it writes."""
+"""`quiver load` as a process on real Parquet, read back from the real RocksDB and Parquet it writes.
+
+Bad input found before the loader starts its worker processes (features.yaml, the sources' files and
+schemas) is refused in-process in tests/unit/test_cli_bad_input.py; the bad data found in the workers is
+refused here, through the process."""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -19,17 +22,12 @@ import pytest
 
 from quiver.loader.pause import PAUSE_AT, PAUSE_FILE
 from quiver.snapshot import Manifest, SnapshotRoot, encode_int64_key, encode_string_key, file_checksum
+from support.loads import AS_OF, assert_load_rejected
 from support.oracle import decode_view_row
-from support.processes import wait_for
+from support.processes import QUIVER, run_quiver, wait_for
 from support.stored import mismatches, read_offline, read_online, read_online_keys
 
-VENV_BIN = Path(sys.executable).parent
-AS_OF = "2026-11-01T00:00:00Z"
-
-
-def quiver(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(VENV_BIN / "quiver"), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+quiver = run_quiver
 
 
 def load(features: Path, root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -94,21 +92,9 @@ def test_string_keys_point_reads(every_type_string_keys: Any, tmp_path: Path) ->
 
 
 # ---------------------------------------------------------------------------------------------
-# Bad input: a clear error naming what and where, a non-zero exit code, nothing published
+# Bad data found in the loader's worker processes: a clear error naming what and where, a non-zero
+# exit code, nothing published (what is found before they start: tests/unit/test_cli_bad_input.py)
 # ---------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def published_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A root with one published version, copied by each test that must leave it untouched."""
-    d = tmp_path_factory.mktemp("published")
-    pq.write_table(pa.table({"user_id": pa.array([1, 2], pa.int64()), "x": pa.array([0.5, 1.5])}), d / "v.parquet")
-    (d / "features.yaml").write_text(
-        "entity: {name: user_id, key_type: int64}\n"
-        "views: [{name: v, source: v.parquet, features: [{name: x, type: float64}]}]\n")
-    r = load(d / "features.yaml", d / "root", "--as-of", AS_OF)
-    assert r.returncode == 0, r.stderr
-    return d / "root"
-
 
 @pytest.fixture
 def root(published_root: Path, tmp_path: Path) -> Path:
@@ -118,39 +104,9 @@ def root(published_root: Path, tmp_path: Path) -> Path:
 
 
 def assert_rejected(features: Path, root: Path, exit_code: int, *needles: str) -> str:
-    """Loads, expects failure; returns stderr. Nothing may be published and CURRENT must not change."""
-    versions, current = published(root), (root / "CURRENT").read_bytes()
-    # the root already serves a version whose 'x' may have another type: this checks the data, not that
-    r = load(features, root, "--allow-type-change")
-    assert r.returncode == exit_code, r.stderr
-    assert "Traceback" not in r.stderr, r.stderr
-    for n in needles:
-        assert n in r.stderr, f"{n!r} not in: {r.stderr}"
-    assert "nothing was published" in r.stderr
-    assert published(root) == versions
-    assert (root / "CURRENT").read_bytes() == current
-    assert sorted(p.name for p in (root / "versions").iterdir()) == versions, "a partial version is visible"
-    assert not list((root / "staging").glob("load-*")), "a failed load left its staging folder"
-    return r.stderr
-
-
-def test_missing_source_file(small_view: Callable[..., Path], root: Path) -> None:
-    features = small_view(source="nowhere/*.parquet")
-    assert_rejected(features, root, 3, "view 'v'", "nowhere/*.parquet", "matches no file")
-
-
-def test_unreadable_parquet(small_view: Callable[..., Path], root: Path) -> None:
-    features = small_view()
-    (features.parent / "v.parquet").write_bytes(b"this is not parquet at all" * 10)
-    assert_rejected(features, root, 3, str(features.parent / "v.parquet"), "view 'v'", "not a readable Parquet")
-
-
-def test_truncated_parquet(small_view: Callable[..., Path], root: Path) -> None:
-    features = small_view()
-    path = features.parent / "v.parquet"
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    assert_rejected(features, root, 3, str(path), "view 'v'")
+    """Loads as a process, expects failure; returns stderr. Nothing may be published and CURRENT must not
+    change."""
+    return assert_load_rejected(run_quiver, features, root, exit_code, *needles)
 
 
 def test_corrupt_data_pages_behind_an_intact_footer(small_view: Callable[..., Path], root: Path) -> None:
@@ -166,36 +122,6 @@ def test_corrupt_data_pages_behind_an_intact_footer(small_view: Callable[..., Pa
     data[start + 20:start + 2000] = b"\xff" * 1980
     path.write_bytes(bytes(data))
     assert_rejected(features, root, 3, str(path), "view 'v'")
-
-
-def test_missing_column(small_view: Callable[..., Path], root: Path) -> None:
-    features = small_view(features=[{"name": "x", "type": "float64"}, {"name": "y", "type": "int64"}])
-    assert_rejected(features, root, 4, str(features.parent / "v.parquet"), "view 'v'", "missing column(s) ['y']")
-
-
-def test_missing_entity_key_column(small_view: Callable[..., Path], root: Path) -> None:
-    features = small_view(pa.table({"id": pa.array([1, 2], pa.int64()), "x": pa.array([1.0, 2.0])}))
-    assert_rejected(features, root, 4, "view 'v'", "missing column(s) ['user_id']")
-
-
-@pytest.mark.parametrize(("column", "declared", "source_type"), [
-    (pa.array(["1.0", "2.0", "3.0"]), "float64", "string"),
-    (pa.array([1.0, 2.0, 3.0], pa.float64()), "float32", "double"),    # would lose precision
-    (pa.array([1, 2, 3], pa.int64()), "int32", "int64"),              # would overflow
-    (pa.array([1, 2, 3], pa.uint64()), "int64", "uint64"),
-    (pa.array([[1.0], [2.0], [3.0]]), "list<int64>", "list<element: double>"),
-])
-def test_column_of_the_wrong_type(small_view: Callable[..., Path], root: Path, column: pa.Array, declared: str,
-                                  source_type: str) -> None:
-    feature: dict[str, Any] = {"name": "x", "type": declared}
-    features = small_view(pa.table({"user_id": pa.array([3, 1, 2], pa.int64()), "x": column}), [feature])
-    assert_rejected(features, root, 4, str(features.parent / "v.parquet"), "view 'v'", "column 'x'",
-                    f"is {source_type}", f"declared {declared}")
-
-
-def test_entity_key_of_the_wrong_type(small_view: Callable[..., Path], root: Path) -> None:
-    features = small_view(pa.table({"user_id": pa.array(["a", "b"]), "x": pa.array([1.0, 2.0])}))
-    assert_rejected(features, root, 4, "view 'v'", "entity key column 'user_id' is string")
 
 
 def test_null_entity_key(small_view: Callable[..., Path], root: Path) -> None:
@@ -224,33 +150,6 @@ def test_fixed_size_embedding_of_the_wrong_length(small_view: Callable[..., Path
     features = small_view(pa.table({"user_id": pa.array([3, 1, 2], pa.int64()), "e": emb}),
                           [{"name": "e", "type": "list<float32>", "length": 4}])
     assert_rejected(features, root, 4, "view 'v'", "column 'e'", "declared length 4")
-
-
-def test_empty_source(small_view: Callable[..., Path], root: Path) -> None:
-    features = small_view(pa.table({"user_id": pa.array([], pa.int64()), "x": pa.array([], pa.float64())}))
-    assert_rejected(features, root, 3, "view 'v'", "has no rows")
-
-
-@pytest.mark.parametrize(("feature", "needles"), [
-    ({"name": "x", "type": "float128"}, ["type 'float128'"]),
-    ({"name": "x", "type": "list<float32>"}, ["positive integer 'length'"]),
-    ({"name": "x", "type": "float64", "default": "zero"}, ["default 'zero' is not a valid float64"]),
-    ({"name": "x", "type": "int32", "default": 2**31}, ["not a valid int32"]),
-    ({"name": "x", "type": "list<float32>", "length": 2, "default": [1.0]}, ["not a valid list<float32> of length 2"]),
-])
-def test_mistakes_in_features_yaml(small_view: Callable[..., Path], root: Path, feature: dict[str, Any],
-                                   needles: list[str]) -> None:
-    features = small_view(features=[feature])
-    assert_rejected(features, root, 2, str(features), "view 'v'", "feature 'x'", *needles)
-
-
-def test_duplicate_feature_in_features_yaml(small_view: Callable[..., Path], root: Path) -> None:
-    features = small_view(features=[{"name": "x", "type": "float64"}, {"name": "x", "type": "int64"}])
-    assert_rejected(features, root, 2, str(features), "view 'v'", "feature 'x' is defined twice")
-
-
-def test_missing_features_yaml(tmp_path: Path, root: Path) -> None:
-    assert_rejected(tmp_path / "nope.yaml", root, 2, str(tmp_path / "nope.yaml"), "no such file")
 
 
 @pytest.mark.parametrize(("column", "declared"), [
@@ -395,7 +294,7 @@ def _kill_load_after(stage: str, features: Path, root: Path, log_path: Path) -> 
     paused = log_path.with_name(f"paused-{token}")
     env = {**os.environ, "QUIVER_TEST_LOAD": token, PAUSE_AT: stage, PAUSE_FILE: str(paused)}
     with open(log_path, "wb") as log:  # a file, not a pipe that a survivor could hold open
-        proc = subprocess.Popen([str(VENV_BIN / "quiver"), "load", "--features", str(features), "--root", str(root),
+        proc = subprocess.Popen([QUIVER, "load", "--features", str(features), "--root", str(root),
                                  "--workers", "2"], env=env, stdout=log, stderr=log)
         try:
             wait_for(lambda: paused.exists() or proc.poll() is not None, timeout=180,
@@ -412,6 +311,7 @@ def _kill_load_after(stage: str, features: Path, root: Path, log_path: Path) -> 
              what=f"the workers of a load killed after {stage} to exit")
 
 
+@pytest.mark.slow  # ~20 s: six loads of 20,000 users, five of them killed mid-build
 def test_sigkill_mid_build_leaves_no_partial_version(tmp_path: Path) -> None:
     """The load stops at each stage through the loader's pause point (loader/pause.py), so the kill lands
     mid-build every time, with the workers alive and staging half written, never after the load finished."""
@@ -465,16 +365,6 @@ def test_duplicate_key_across_files_names_both(small_view: Callable[..., Path], 
                        features.parent / "parts" / f"p{i}.parquet")
     assert_rejected(features, root, 4, "view 'v'", "entity key 2", str(features.parent / "parts" / "p0.parquet"),
                     str(features.parent / "parts" / "p1.parquet"))
-
-
-def test_wrong_type_in_the_second_file_names_it(small_view: Callable[..., Path], root: Path) -> None:
-    features = small_view(source="parts/*.parquet")
-    (features.parent / "parts").mkdir()
-    pq.write_table(pa.table({"user_id": pa.array([1], pa.int64()), "x": pa.array([1.0])}),
-                   features.parent / "parts" / "p0.parquet")
-    pq.write_table(pa.table({"user_id": pa.array([2], pa.int64()), "x": pa.array(["1.0"])}),
-                   features.parent / "parts" / "p1.parquet")
-    assert_rejected(features, root, 4, str(features.parent / "parts" / "p1.parquet"), "column 'x'", "is string")
 
 
 def test_latest_event_wins_across_files(small_view: Callable[..., Path], tmp_path: Path) -> None:

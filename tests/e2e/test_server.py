@@ -11,7 +11,6 @@ import json
 import math
 import signal
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,12 +30,12 @@ from quiver.v1 import quiver_pb2_grpc
 from support.oracle import decode_view_row, response_views
 from support.processes import (
     NOT_SERVING,
-    QUIVER,
     SERVICE,
     SERVING,
     ServerProcess,
     UsersSnapshots,
     quiver_load,
+    run_quiver,
     short_tmpdir,
     wait_for,
 )
@@ -390,30 +389,20 @@ def _until_error(stream: Any) -> Iterator[Any]:
 
 
 def test_quiver_get_cli(server: ServerProcess, users: UsersSnapshots) -> None:
-    r = subprocess.run([QUIVER, "get", "--target", server.target, "--entity", "3", "--views", "embedding"],
-                       capture_output=True, text=True, timeout=30)
+    r = run_quiver("get", "--target", server.target, "--entity", "3", "--views", "embedding", timeout=30)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["version"] == users.v2 and len(doc["rows"][0]["embedding"]["user_embedding"]) == 64
-    r = subprocess.run([QUIVER, "get", "--target", server.target, "--entity", "x"], capture_output=True, text=True,
-                       timeout=30)
+    r = run_quiver("get", "--target", server.target, "--entity", "x", timeout=30)
     assert r.returncode == 2 and "not an int64" in r.stderr
-
-
-def test_unreadable_tls_file_is_a_usage_error(users: UsersSnapshots, tmp_path: Path) -> None:
-    missing = tmp_path / "missing.pem"
-    r = subprocess.run([QUIVER, "serve", "--root", str(users.template), "--listen", "127.0.0.1:0", "--metrics-port",
-                        "0", "--tls-cert", str(missing), "--tls-key", str(missing)],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and str(missing) in r.stderr, r.stderr
 
 
 def test_a_worker_that_cannot_start_ends_the_server(users: UsersSnapshots, tmp_path: Path) -> None:
     """Not restarted forever: the supervisor gives up and exits 1, so an orchestrator sees a crash loop."""
     not_a_socket = short_tmpdir() / "regular-file"
     not_a_socket.write_text("")
-    r = subprocess.run([QUIVER, "serve", "--root", str(users.template), "--listen", "127.0.0.1:0", "--metrics-port",
-                        "0", "--uds", str(not_a_socket)], capture_output=True, text=True, timeout=60)
+    r = run_quiver("serve", "--root", users.template, "--listen", "127.0.0.1:0", "--metrics-port", "0",
+                   "--uds", not_a_socket, timeout=60)
     assert r.returncode == 1, r.stderr
     assert "3 times in a row; giving up" in r.stderr
 

@@ -14,7 +14,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -35,13 +34,15 @@ from quiver.loader.pause import PAUSE_AT, PAUSE_FILE
 from quiver.snapshot import Manifest, SnapshotRoot
 from quiver.snapshot.quality import STATISTICS_FILE
 from support import canon, datasets, stored
-from support.processes import wait_for
+from support.processes import QUIVER, run_quiver, wait_for
 
 pyspark = pytest.importorskip("pyspark", reason="the [spark] extra is not installed")
 from quiver.loader.spark import load as spark_load  # noqa: E402
 from quiver.loader.spark import spark_session  # noqa: E402
 
-VENV_BIN = Path(sys.executable).parent
+# every test loads on Spark (a JVM; 20-70 s each on a shared 2-core machine, the session's start included)
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
 AS_OF = datetime(2026, 11, 1, tzinfo=UTC)
 LATER = datetime(2026, 11, 2, tzinfo=UTC)
 
@@ -168,8 +169,7 @@ def test_storage_groups_and_linked_groups(spark: Any, shared: Any, tmp_path: Pat
     from test_groups import GROUPINGS, changed_ads, write_features
 
     src = tmp_path / "src"
-    subprocess.run([str(VENV_BIN / "quiver"), "generate", "--users", "1200", "--out", str(src), "--seed", "5"],
-                   check=True, capture_output=True, timeout=120)
+    run_quiver("generate", "--users", "1200", "--out", src, "--seed", "5", check=True)
     features = write_features(src, GROUPINGS["mixed"], "mixed")
     local = local_load(features, tmp_path / "local")
     on_spark = spark_load_(spark, features, tmp_path / "spark")
@@ -303,9 +303,8 @@ def test_cli_exit_code_and_message(serving_root: Path, tmp_path: Path) -> None:
     for engine in ("local", "spark"):
         root = tmp_path / engine
         shutil.copytree(serving_root, root)
-        r = subprocess.run([str(VENV_BIN / "quiver"), "load", "--features", str(features), "--root", str(root),
-                            "--engine", engine, "--spark-master", "local[2]"],
-                           capture_output=True, text=True, timeout=900)
+        r = run_quiver("load", "--features", features, "--root", root, "--engine", engine, "--spark-master", "local[2]",
+                       timeout=900)
         codes[engine] = (r.returncode, [line for line in r.stderr.splitlines() if line.startswith("quiver load:")])
     assert codes["spark"] == codes["local"]
     assert codes["local"][0] == 4 and "entity key -42" in codes["local"][1][0]
@@ -317,9 +316,8 @@ def test_cli_exit_code_and_message(serving_root: Path, tmp_path: Path) -> None:
 
 def _cli_load(features: Path, root: Path, engine: str, as_of: str, *flags: str,
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(VENV_BIN / "quiver"), "load", "--features", str(features), "--root", str(root),
-                           "--engine", engine, "--spark-master", "local[2]", "--as-of", as_of, *flags],
-                          capture_output=True, text=True, timeout=900, env=env)
+    return run_quiver("load", "--features", features, "--root", root, "--engine", engine, "--spark-master", "local[2]",
+                      "--as-of", as_of, *flags, timeout=900, env=env)
 
 
 def _refusal_text(stderr: str) -> list[str]:
@@ -337,8 +335,7 @@ def test_checks_refuse_and_accept_as_the_local_engine_does(spark: Any, tmp_path:
     from test_load_checks import CHECKS_FAILED, break_data
 
     good, bad = tmp_path / "good", tmp_path / "bad"
-    subprocess.run([str(VENV_BIN / "quiver"), "generate", "--users", "2000", "--out", str(good), "--seed", "7",
-                    "--with-checks"], check=True, capture_output=True, timeout=120)
+    run_quiver("generate", "--users", "2000", "--out", good, "--seed", "7", "--with-checks", check=True)
     break_data(good, bad)
     roots = {engine: tmp_path / engine for engine in ("local", "spark")}
     first = local_load(good / "features.yaml", roots["local"])
@@ -406,14 +403,15 @@ def _is_java(pid: int) -> bool:
 
 
 @contextmanager
-def _paused_spark_load(cmd: list[str], stage: str, tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[None]:
-    """`quiver load --engine spark` (cmd) run until the loader's pause point (loader/pause.py) after
+def _paused_spark_load(args: list[str], stage: str, tmp_path: Path,
+                       env: dict[str, str] | None = None) -> Iterator[None]:
+    """`quiver load --engine spark` (args) run until the loader's pause point (loader/pause.py) after
     `stage`, in its own process group; on leaving, that whole group (the CLI, its JVM and Spark's Python
     workers) is SIGKILLed and gone."""
     paused = tmp_path / f"paused-{stage}"
     log_path = tmp_path / f"load-{stage}.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, env={**(env or os.environ), PAUSE_AT: stage, PAUSE_FILE: str(paused)},
+        proc = subprocess.Popen([QUIVER, *args], env={**(env or os.environ), PAUSE_AT: stage, PAUSE_FILE: str(paused)},
                                 stdout=log, stderr=log, start_new_session=True)
         try:
             wait_for(lambda: paused.exists() or proc.poll() is not None, timeout=600,
@@ -428,7 +426,8 @@ def _paused_spark_load(cmd: list[str], stage: str, tmp_path: Path, env: dict[str
 
 
 def _spark_cli(features: Path, root: Path | str, as_of: str, *flags: str) -> list[str]:
-    return [str(VENV_BIN / "quiver"), "load", "--features", str(features), "--root", str(root), "--engine", "spark",
+    """The arguments of `quiver load --engine spark`."""
+    return ["load", "--features", str(features), "--root", str(root), "--engine", "spark",
             "--spark-master", "local[2]", "--as-of", as_of, *flags]
 
 
@@ -485,8 +484,7 @@ def test_a_killed_spark_load_to_object_storage_leaves_latest(shared: Any, tmp_pa
 
         data = shared.write_every_type(tmp_path / "src", "int64", n=300)
         uri = "s3://features/quiver/prod"
-        r = subprocess.run(_spark_cli(data.features_path, uri, "2026-11-01T00:00:00Z"),
-                           env=env, capture_output=True, text=True, timeout=900)
+        r = run_quiver(*_spark_cli(data.features_path, uri, "2026-11-01T00:00:00Z"), env=env, timeout=900)
         assert r.returncode == 0, r.stderr
         first = r.stdout.strip()
         latest = s3.get_object(Bucket="features", Key="quiver/prod/LATEST")["Body"].read()
@@ -505,7 +503,7 @@ def test_a_killed_spark_load_to_object_storage_leaves_latest(shared: Any, tmp_pa
         assert objects() == before, "a killed load uploaded something"
         assert s3.get_object(Bucket="features", Key="quiver/prod/LATEST")["Body"].read() == latest
 
-        r = subprocess.run(later, env=env, capture_output=True, text=True, timeout=900)
+        r = run_quiver(*later, env=env, timeout=900)
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() != first
         assert r.stdout.strip().encode() in s3.get_object(Bucket="features", Key="quiver/prod/LATEST")["Body"].read()
@@ -532,14 +530,12 @@ def test_spark_publishes_to_s3_and_sync_serves_it(shared: Any, tmp_path: Path, s
                      region_name="us-east-1").create_bucket(Bucket="features")
         data = shared.write_every_type(tmp_path / "src", "int64", n=300)
         uri = "s3://features/quiver/prod"
-        r = subprocess.run([str(VENV_BIN / "quiver"), "load", "--features", str(data.features_path), "--root", uri,
-                            "--engine", "spark", "--as-of", "2026-11-01T00:00:00Z"],
-                           env={**os.environ, **env}, capture_output=True, text=True, timeout=900)
+        r = run_quiver("load", "--features", data.features_path, "--root", uri, "--engine", "spark",
+                       "--as-of", "2026-11-01T00:00:00Z", env=env, timeout=900)
         assert r.returncode == 0, r.stderr
         version = r.stdout.strip()
         replica = tmp_path / "replica"
-        r = subprocess.run([str(VENV_BIN / "quiver"), "sync", "--from", uri, "--root", str(replica)],
-                           env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+        r = run_quiver("sync", "--from", uri, "--root", replica, env=env)
         assert r.returncode == 0, r.stderr
         assert SnapshotRoot(replica).current() == version
         local = local_load(data.features_path, tmp_path / "local")

@@ -1,24 +1,28 @@
 """publish and sync failing safely, through the CLI against a file:// store: two syncs on one root, a
 --watch round that fails and the next that succeeds, a garbage LATEST, a remote manifest describing another
 version, and publish refusing a local version that does not match its manifest. Whatever fails, the
-replica's CURRENT and versions stay as they were."""
+replica's CURRENT and versions stay as they were.
+
+The setup and the syncs that succeed are processes; the refusals, found before anything moves, run the
+CLI's main() in-process (support.inprocess). The --watch rounds run as a process."""
 
 from __future__ import annotations
 
 import fcntl
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from quiver.snapshot import SnapshotRoot
-from support.processes import QUIVER, UsersSnapshots, wait_for
+from support.inprocess import run_in_process
+from support.processes import QUIVER, UsersSnapshots, run_quiver, wait_for
 from support.stored import online_files
 
-
-def quiver(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([QUIVER, *args], capture_output=True, text=True, timeout=120)
+Run = Callable[..., Any]
 
 
 class Setup:
@@ -36,11 +40,11 @@ class Setup:
         assert r.returncode == 0, r.stderr
         assert self.current() == users.v1
 
-    def publish(self, *extra: str) -> subprocess.CompletedProcess[str]:
-        return quiver("publish", "--root", str(self.pub), "--to", self.store, *extra)
+    def publish(self, *extra: str, run: Run = run_quiver) -> Any:
+        return run("publish", "--root", str(self.pub), "--to", self.store, *extra)
 
-    def sync(self, *extra: str) -> subprocess.CompletedProcess[str]:
-        return quiver("sync", "--from", self.store, "--root", str(self.rep), *extra)
+    def sync(self, *extra: str, run: Run = run_quiver) -> Any:
+        return run("sync", "--from", self.store, "--root", str(self.rep), *extra)
 
     def current(self) -> str | None:
         return SnapshotRoot(self.rep).current()
@@ -61,7 +65,7 @@ def test_a_second_sync_on_a_root_is_refused_while_one_runs(setup: Setup) -> None
     lock = setup.rep / "staging" / ".sync.lock"
     with open(lock, "a+b") as f:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)   # what a running `quiver sync` holds
-        r = setup.sync()
+        r = setup.sync(run=run_in_process)   # (flock: another open of the file is refused, in any process)
         assert r.returncode != 0 and "another `quiver sync` is running" in r.stderr and str(lock) in r.stderr
         setup.assert_replica_unchanged()
         assert not list((setup.rep / "staging").glob("sync-*")), "the refused sync downloaded nothing"
@@ -72,7 +76,7 @@ def test_a_second_sync_on_a_root_is_refused_while_one_runs(setup: Setup) -> None
 
 def test_garbage_latest_is_refused(setup: Setup) -> None:
     (setup.store_dir / "LATEST").write_text("../../etc/passwd\n")
-    r = setup.sync()
+    r = setup.sync(run=run_in_process)
     assert r.returncode != 0 and "'../../etc/passwd' is not a version id" in r.stderr, r.stderr
     setup.assert_replica_unchanged()
 
@@ -83,7 +87,7 @@ def test_a_remote_manifest_describing_another_version_is_refused(setup: Setup) -
     assert setup.publish().returncode == 0
     remote = setup.store_dir / "versions" / v2 / "manifest.json"
     remote.write_bytes((setup.store_dir / "versions" / v1 / "manifest.json").read_bytes())
-    r = setup.sync()
+    r = setup.sync(run=run_in_process)
     assert r.returncode != 0 and f"describes version {v1}, not {v2}" in r.stderr, r.stderr
     setup.assert_replica_unchanged()
 
@@ -123,7 +127,7 @@ def test_publish_refuses_a_locally_damaged_version(setup: Setup) -> None:
     sst = next(p for p in online_files(SnapshotRoot(setup.pub).version_dir(v2)) if p.suffix == ".sst")
     with open(sst, "r+b") as f:
         f.truncate(sst.stat().st_size - 1)
-    r = setup.publish("--version", v2)
+    r = setup.publish("--version", v2, run=run_in_process)
     assert r.returncode != 0 and "does not match its manifest" in r.stderr and sst.name in r.stderr, r.stderr
     assert (setup.store_dir / "LATEST").read_text().strip() == setup.users.v1
     assert not (setup.store_dir / "versions" / v2).exists(), "nothing of the damaged version was uploaded"

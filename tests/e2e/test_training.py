@@ -4,7 +4,6 @@ as_of_join never answers a label with data from after its event time."""
 from __future__ import annotations
 
 import random
-import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import yaml
 from quiver.snapshot import Manifest, SnapshotRoot
 from quiver.training import TrainingDataError, as_of_join, training_frame
 from support.canon import canon_column
-from support.processes import QUIVER, UsersSnapshots, quiver_load
+from support.processes import UsersSnapshots, quiver_load, run_quiver
 
 
 def T(text: str) -> datetime:
@@ -212,9 +211,8 @@ def evolving(tmp_path_factory: pytest.TempPathFactory) -> Path:
             views.append({"name": "extra", "source": "extra.parquet", "features": [{"name": "tag", "type": "string"}]})
         doc = {"entity": {"name": "key", "key_type": "string"}, "views": views}
         (src / "features.yaml").write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
-        r = subprocess.run([QUIVER, "load", "--features", str(src / "features.yaml"), "--root", str(root),
-                            "--as-of", v["as_of"], "--workers", "1", "--allow-type-change"],
-                           capture_output=True, text=True, timeout=120)
+        r = run_quiver("load", "--features", src / "features.yaml", "--root", root, "--as-of", v["as_of"],
+                       "--workers", "1", "--allow-type-change")
         assert r.returncode == 0, r.stderr
     return root
 

@@ -5,7 +5,6 @@ is reported; a key no view holds and a found flag set online only are found by t
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +16,13 @@ from rocksdict import Options, Rdict
 
 from quiver.snapshot import Manifest, SnapshotRoot, encode_int64_key
 from quiver.v1 import quiver_pb2 as pb
-from support.processes import QUIVER, UsersSnapshots
+from support.processes import UsersSnapshots, run_quiver
 
 LINE = re.compile(r"^MISMATCH (view|group) '([^']+)'(?: key (\S+))?(?: feature '([^']+)')?: (.*)$")
 
 
 def verify(root: Path, *flags: str) -> tuple[int, list[tuple[str, str, str, str, str]]]:
-    r = subprocess.run([QUIVER, "verify", "--root", str(root), "--workers", "2", *flags], capture_output=True,
-                       text=True, timeout=300)
+    r = run_quiver("verify", "--root", root, "--workers", "2", *flags, timeout=300)
     found = []
     for line in r.stdout.splitlines():
         m = LINE.match(line)

@@ -1,5 +1,6 @@
 """`quiver verify` and `quiver gc` as processes on real roots: verify passes a clean version and names a
-corrupted value; gc keeps the current, previous and leased versions and removes the rest."""
+corrupted value; gc keeps the current, previous and leased versions and removes the rest. gc refusing an
+unreadable lease runs in-process (support.inprocess): it fails before it removes anything."""
 
 from __future__ import annotations
 
@@ -21,11 +22,10 @@ from rocksdict import Options, Rdict
 from quiver.client import FeatureClient
 from quiver.snapshot import Manifest, SnapshotRoot, encode_int64_key
 from quiver.v1 import quiver_pb2
-from support.processes import QUIVER, ServerProcess, UsersSnapshots, quiver_load, wait_for
+from support.inprocess import run_in_process
+from support.processes import ServerProcess, UsersSnapshots, quiver_load, run_quiver, wait_for
 
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([QUIVER, *args], capture_output=True, text=True, timeout=120)
+run = run_quiver
 
 
 def test_verify_passes_a_clean_version_fully_and_sampled(users: UsersSnapshots) -> None:
@@ -178,7 +178,7 @@ def test_gc_refuses_on_an_unreadable_lease(users: UsersSnapshots, tmp_path: Path
     root = users.root(tmp_path / "root")
     (root / "leases").mkdir()
     (root / "leases" / "h-1.json").write_text("{not json")
-    r = run("gc", "--root", str(root), "--keep", "0")
+    r = run_in_process("gc", "--root", str(root), "--keep", "0")
     assert r.returncode == 1 and "unreadable lease" in r.stderr and "nothing was removed" in r.stderr
     assert len(SnapshotRoot(root).versions()) == 2
     assert os.path.exists(root / "leases" / "h-1.json")
@@ -187,14 +187,15 @@ def test_gc_refuses_on_an_unreadable_lease(users: UsersSnapshots, tmp_path: Path
 def test_a_running_servers_lease_is_refreshed_protects_its_versions_and_is_released(
         users: UsersSnapshots, tmp_path: Path, start_server: Callable[..., ServerProcess]) -> None:
     """A server holding a version that nothing else protects (not current, previous, or among the newest):
-    its lease is rewritten while it runs, sync's and gc's retention keep the version, and a clean exit
-    removes the lease, after which gc removes the version."""
+    its lease is rewritten while it runs (every second here: --lease-refresh-seconds, 30 s by default),
+    sync's and gc's retention keep the version, and a clean exit removes the lease, after which gc removes
+    the version."""
     root = users.root(tmp_path / "root")
     src = users.sources[users.v1]
     v3, v4 = (quiver_load(src, root, f"2026-01-0{d}T00:00:00Z") for d in (3, 4))
     snap = SnapshotRoot(root)
     snap.set_current(users.v1)
-    server = start_server(root)
+    server = start_server(root, "--lease-refresh-seconds", "1")
     server.wait_health()
     snap.set_current(v4)  # the server swaps and keeps v1 open as its previous version
     (worker,) = server.worker_pids()
@@ -208,7 +209,8 @@ def test_a_running_servers_lease_is_refreshed_protects_its_versions_and_is_relea
     wait_for(lambda: lease().get("versions") == [v4, users.v1], what="the lease on v4 and v1")
     (root / "PREVIOUS").write_text(f"{v3}\n")  # CURRENT's last move was v3 -> v4: only the lease holds v1
     written = lease()["updated"]
-    wait_for(lambda: lease()["updated"] > written, timeout=120, what="the lease to be refreshed (every 30 s)")
+    # every 1 s; at the default 30 s this fails
+    wait_for(lambda: lease()["updated"] > written, timeout=15, what="the lease to be refreshed (every 1 s)")
     assert lease()["versions"] == [v4, users.v1] and lease()["pid"] == worker
 
     (tmp_path / "store").mkdir()

@@ -1,8 +1,13 @@
 """The real CLI and `quiver serve` as processes, loaded roots for the end-to-end tests (fixtures in
-tests/e2e/conftest.py), and waiting on a condition instead of sleeping."""
+tests/e2e/conftest.py), and waiting on a condition instead of sleeping.
+
+THE helpers of the suite for these: `run_quiver` (one CLI run as a process), `free_port` (a port from the
+OS, so tests can run in parallel under pytest-xdist) and `wait_for`. `support.inprocess.run_in_process`
+runs the CLI's main() in the test process instead, for the failures found before any work starts."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -11,7 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,18 @@ from support.canon import canon_column, canon_default
 QUIVER = str(Path(sys.executable).parent / "quiver")
 SERVICE = "quiver.v1.FeatureStore"
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def run_quiver(*args: str | os.PathLike[str], timeout: float = 120, env: Mapping[str, str] | None = None,
+               input: str | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Runs the installed `quiver` entry point as a process, output captured as text. `env`: variables set
+    on top of this process's environment. `check`: fail the test, showing the output, on a non-zero exit."""
+    cmd = [QUIVER, *map(str, args)]
+    r = subprocess.run(cmd, env={**os.environ, **env} if env is not None else None, input=input,
+                       capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{cmd} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
+    return r
 
 
 def free_port() -> int:
@@ -70,8 +87,7 @@ def short_tmpdir() -> Path:
 
 def quiver_load(src: Path, root: Path, as_of: str) -> str:
     """Runs `quiver load`; returns the published version id (its last line of stdout)."""
-    r = subprocess.run([QUIVER, "load", "--features", str(src / "features.yaml"), "--root", str(root),
-                        "--as-of", as_of, "--workers", "1"], capture_output=True, text=True, timeout=120)
+    r = run_quiver("load", "--features", src / "features.yaml", "--root", root, "--as-of", as_of, "--workers", "1")
     assert r.returncode == 0, r.stderr
     return r.stdout.split()[-1]
 

@@ -9,8 +9,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from quiver.snapshot import SnapshotRoot
-from quiver.snapshot.leases import FRESH_SECONDS, Lease, ServerLease, read_leases
+from quiver.snapshot.leases import FRESH_SECONDS, REFRESH_SECONDS, Lease, ServerLease, read_leases
 
 
 def test_a_server_lease_round_trips_and_is_released(tmp_path: Path) -> None:
@@ -51,3 +53,25 @@ def test_garbage_lease_files_are_named_not_raised(tmp_path: Path) -> None:
     got = read_leases(root)
     assert sorted(p.name for p in got.unreadable) == ["a-1.json", "b-2.json"]
     assert [lease.holder for lease in got.leases] == ["c-3"] and got.held() == {"v": ["c-3"]}
+
+
+def test_a_server_lease_is_rewritten_once_its_refresh_interval_has_passed(tmp_path: Path) -> None:
+    root = SnapshotRoot(tmp_path)
+    assert ServerLease(root).refresh_seconds == REFRESH_SECONDS == 30.0
+    mine = ServerLease(root, refresh_seconds=0.2)
+    mine.refresh()
+    assert not mine.path.exists(), "nothing held: nothing to write"
+    mine.hold(["v1"])
+    first = json.loads(mine.path.read_text())["updated"]
+    mine.refresh()
+    assert json.loads(mine.path.read_text())["updated"] == first, "rewritten before its interval"
+    time.sleep(0.25)
+    mine.refresh()
+    again = json.loads(mine.path.read_text())
+    assert again["updated"] > first and again["versions"] == ["v1"]
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0, FRESH_SECONDS, float("nan")])
+def test_a_refresh_interval_that_would_let_the_lease_go_stale_is_refused(tmp_path: Path, seconds: float) -> None:
+    with pytest.raises(ValueError, match="lease refresh"):
+        ServerLease(SnapshotRoot(tmp_path), refresh_seconds=seconds)

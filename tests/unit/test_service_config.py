@@ -42,6 +42,14 @@ def test_flags_win_over_environment_which_wins_over_defaults() -> None:
     assert (c.root, c.workers, c.verify) == ("/flag-root", 3, "full")
 
 
+def test_the_lease_refresh_interval_comes_from_the_flag_or_the_environment() -> None:
+    """The one place QUIVER_LEASE_REFRESH_SECONDS is read; the worker passes it to its ServerLease."""
+    assert from_sources(parse("--root", "/r"), env={}).lease_refresh_seconds == 30.0
+    env = {"QUIVER_LEASE_REFRESH_SECONDS": "1.5"}
+    assert from_sources(parse("--root", "/r"), env=env).lease_refresh_seconds == 1.5
+    assert from_sources(parse("--root", "/r", "--lease-refresh-seconds", "2"), env=env).lease_refresh_seconds == 2.0
+
+
 def test_an_empty_flag_still_wins() -> None:
     c = from_sources(parse("--root", "/r", "--listen", "", "--uds", "/s"), env={"QUIVER_LISTEN": "0.0.0.0:1"})
     assert c.listen == ""
@@ -85,6 +93,9 @@ def test_flag_of_the_wrong_type_is_a_usage_error(capsys: pytest.CaptureFixture[s
     ({"poll_seconds": 0}, "poll-seconds"),
     ({"poll_seconds": -1}, "poll-seconds"),
     ({"drain_seconds": -1}, "drain-seconds"),
+    ({"lease_refresh_seconds": 0}, "lease-refresh-seconds"),
+    ({"lease_refresh_seconds": 600}, "lease-refresh-seconds"),   # a lease not rewritten for 600 s is stale
+    ({"lease_refresh_seconds": float("nan")}, "lease-refresh-seconds"),
     ({"loop": "tokio"}, "loop 'tokio'"),
     ({"metrics_port": -1}, "metrics-port"),
     ({"metrics_port": 70000}, "metrics-port"),
