@@ -48,8 +48,9 @@ lint: setup
 	$(VENV)/bin/mypy quiver snapshot loader service distribution
 
 # The inner loop (<= 5 min with a warm .venv): lint, then every test that needs no Spark, no browser and
-# is not marked slow (pyproject.toml lists the markers). No Rust, no deploy checks.
-check: lint
+# is not marked slow (pyproject.toml lists the markers); tools for the reflection tests (ghz, grpcurl). No Rust,
+# no deploy checks.
+check: lint tools
 	$(VENV)/bin/pytest -q -n 2 --dist loadscope -m "not slow and not spark and not browser"
 
 # Everything, two tests at a time (each test takes its ports from the OS and its folders from tmp_path).
