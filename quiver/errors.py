@@ -9,14 +9,16 @@ tests/unit/test_cli_errors.py checks that every class below has a code in the ta
     │                                  (the loader's DefinitionError: features.yaml is wrong)
     ├── RootError                  9   the snapshot root: missing, no such version, unreadable manifest
     │   └── RootBusy               9   another load or sync holds the root's lock
-    └── UnreadableLease            1   a lease file is garbage: it might hold any version
+    ├── UnreadableLease            1   a lease file is garbage: it might hold any version
+    └── AddressInUse              14   serve: a port or socket path it must listen on is taken or unusable
 
 The loader's tree (loader/errors.py) uses 3 and 4, distribution's (distribution/errors.py) 5 to 12.
 """
 
 from __future__ import annotations
 
-__all__ = ["EXIT_CODES", "QuiverError", "RootBusy", "RootError", "UnreadableLease", "UsageError", "exit_code_table"]
+__all__ = ["EXIT_CODES", "AddressInUse", "QuiverError", "RootBusy", "RootError", "UnreadableLease", "UsageError",
+           "exit_code_table"]
 
 # code -> what it means, for every command. README's table and `quiver --help` are this dict.
 EXIT_CODES: dict[int, str] = {
@@ -37,6 +39,7 @@ EXIT_CODES: dict[int, str] = {
     12: "object storage unreachable: endpoint or network",
     13: "checks: the new version's feature checks failed; nothing was published"
         " (load; --accept-failed-checks publishes anyway)",
+    14: "address: a port or Unix socket path the server must listen on is in use or cannot be bound (serve)",
 }
 
 
@@ -67,3 +70,9 @@ class RootBusy(RootError):
 class UnreadableLease(QuiverError):
     exit_code = 1
     note = "nothing was removed"
+
+
+class AddressInUse(QuiverError):
+    """A port or socket path `quiver serve` must listen on: taken by another process, or not bindable."""
+
+    exit_code = 14

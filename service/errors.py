@@ -2,7 +2,8 @@
 servicer maps them in one place (servicer.abort_with); tests check every class has a code.
 
     ServiceError
-    ├── InvalidRequest      INVALID_ARGUMENT     malformed request, empty or oversized batch, wrong id type
+    ├── InvalidRequest      INVALID_ARGUMENT     malformed request, empty or oversized batch, wrong id type,
+    │                                            a view named twice
     ├── UnknownView         NOT_FOUND            a view the answering version does not have
     ├── VersionNotLoaded    FAILED_PRECONDITION  a pin to a version this replica has not loaded
     ├── Overloaded          RESOURCE_EXHAUSTED   more GetFeatures calls at once than --max-concurrent, or

@@ -100,6 +100,9 @@ class Plan:
 
 
 def plan(version: LoadedVersion, views: tuple[str, ...]) -> Plan:
+    twice = [v for v in dict.fromkeys(views) if views.count(v) > 1]
+    if twice:  # answering it twice would hide a client bug and double the response for nothing
+        raise InvalidRequest(f"view(s) {twice} named more than once in the request; name each view once")
     unknown = [v for v in views if v not in version.group_of]
     if unknown:
         raise UnknownView(f"unknown view(s) {unknown} in version {version.version}; "

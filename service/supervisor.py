@@ -3,18 +3,21 @@
 not copied), serves the workers' summed metrics, forwards SIGTERM and restarts a worker that dies.
 """
 
+import errno
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import ssl
+import stat
 import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from quiver.errors import UsageError
+from quiver.errors import AddressInUse, RootError, UsageError
 from quiver.service.config import ServeConfig
 from quiver.service.worker import run_worker
 
@@ -37,22 +40,108 @@ def _resolve_port(config: ServeConfig) -> ServeConfig:
     return replace(config, listen=f"{config.listen.rsplit(':', 1)[0]}:{port}")
 
 
+def _check_tls(config: ServeConfig) -> None:
+    """Readable, PEM, and a key that fits its certificate."""
+    try:
+        for path in filter(None, (config.tls_cert, config.tls_key, config.tls_client_ca)):
+            Path(path).read_bytes()
+        if config.tls_cert:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(config.tls_cert, config.tls_key)
+        if config.tls_client_ca:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_verify_locations(config.tls_client_ca)
+    except ssl.SSLError as e:  # before OSError, its base
+        files = ", ".join(filter(None, (config.tls_cert, config.tls_key, config.tls_client_ca)))
+        raise UsageError(f"TLS: {files}: not PEM certificates and a private key that fits them ({e})") from None
+    except OSError as e:
+        raise UsageError(f"TLS: {e}") from None
+
+
+def _check_port(listen: str) -> None:
+    """Nothing else listens on HOST:PORT. The probe binds without SO_REUSEPORT, so it also fails on another
+    quiver server, which the workers' SO_REUSEPORT would otherwise join silently, splitting the traffic
+    between two roots. Forms other than HOST:PORT (unix:PATH, ...) are left to gRPC; a worker that cannot
+    bind them says so and the server exits 14."""
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit():
+        return
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise AddressInUse(f"--listen {listen} (QUIVER_LISTEN): cannot resolve {host!r}: {e.strerror}") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT left by a restart is fine
+            try:
+                s.bind(address)
+            except OSError as e:
+                raise AddressInUse(f"--listen {listen} (QUIVER_LISTEN): cannot listen on {address[0]!s} port "
+                                   f"{address[1]!s}: {e.strerror}{_IN_USE if e.errno == errno.EADDRINUSE else ''}"
+                                   ) from None
+
+
+_IN_USE = " (another process, perhaps another quiver serve, listens there)"
+
+
+def _check_socket(path: str) -> None:
+    """A Unix socket path is free: nothing there, or a socket nobody listens on (left by a killed server,
+    removed by the worker). A live socket is not taken over: that would cut its server off."""
+    where = f"--uds {path} (QUIVER_UDS)"
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise AddressInUse(f"{where}: exists and is not a socket; remove it or choose another path")
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.connect(path)
+            except OSError:
+                return  # stale
+        raise AddressInUse(f"{where}: a server already listens on it")
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.bind(path)
+        except OSError as e:
+            raise AddressInUse(f"{where}: cannot create a socket there: {e.strerror}") from None
+        finally:
+            if os.path.lexists(path):
+                os.unlink(path)
+
+
+def check_environment(config: ServeConfig) -> None:
+    """Everything the workers will open that can be checked once, here, with a one-line error and an exit
+    code from the table, rather than in every worker as a traceback."""
+    _check_tls(config)
+    if os.path.exists(config.root) and not os.path.isdir(config.root):
+        raise RootError(f"--root {config.root}: exists and is not a folder")
+    if config.listen:
+        _check_port(config.listen)
+    if config.uds:
+        for i in range(config.workers):
+            _check_socket(config.uds_path(i))
+
+
+def _start_metrics(config: ServeConfig, metrics_dir: str) -> None:
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=metrics_dir)
+    try:
+        start_http_server(config.metrics_port, addr=config.metrics_host, registry=registry)
+    except OSError as e:
+        raise AddressInUse(f"--metrics-port {config.metrics_port} (QUIVER_METRICS_PORT) on {config.metrics_host}: "
+                           f"{e.strerror}{_IN_USE if e.errno == errno.EADDRINUSE else ''}; "
+                           "choose another port, or 0 for no metrics") from None
+
+
 def run(config: ServeConfig) -> int:
     """The supervisor. Returns the exit code."""
     config = _resolve_port(config)
-    try:  # fail here, once, rather than in every worker
-        for path in filter(None, (config.tls_cert, config.tls_key, config.tls_client_ca)):
-            Path(path).read_bytes()
-    except OSError as e:
-        raise UsageError(f"TLS: {e}") from None
+    check_environment(config)
     metrics_dir = tempfile.mkdtemp(prefix="quiver-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by the spawned workers
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+    from prometheus_client import multiprocess
 
     if config.metrics_port:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=metrics_dir)
-        start_http_server(config.metrics_port, addr=config.metrics_host, registry=registry)
+        _start_metrics(config, metrics_dir)
     ctx = multiprocessing.get_context("spawn")
     workers: dict[int, multiprocessing.process.BaseProcess] = {}
     started_at: dict[int, float] = {}
@@ -92,6 +181,12 @@ def run(config: ServeConfig) -> int:
             multiprocess.mark_process_dead(p.pid)
             if stopping:
                 del workers[i]
+                continue
+            if p.exitcode == AddressInUse.exit_code:  # it logged which address; retrying cannot help
+                log.error("worker %d could not listen; stopping the server", i)
+                del workers[i]
+                exit_code = AddressInUse.exit_code
+                on_signal(signal.SIGTERM, None)
                 continue
             quick_failures = quick_failures + 1 if time.monotonic() - started_at[i] < STARTUP_SECONDS else 0
             if quick_failures >= STARTUP_FAILURES:

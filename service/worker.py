@@ -12,12 +12,14 @@ import logging
 import os
 import signal
 import stat
+import sys
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from rocksdict import Cache
 
+from quiver.errors import AddressInUse
 from quiver.logs import setup_logging
 from quiver.process import die_with_parent
 from quiver.service import metrics
@@ -32,6 +34,13 @@ from quiver.snapshot.leases import ServerLease
 
 log = logging.getLogger("quiver.server")
 MAX_MESSAGE = 64 << 20
+# Calls that reached this worker's gRPC core but not yet its event loop. Past grpc's defaults (1,000
+# soft, 3,000 hard) core drops such calls with a bare CANCELLED, which clients read as their own doing
+# and do not retry: a flood of 3,000 calls got ~650 of them. Raised so that every call reaches the
+# servicer, whose admission answers RESOURCE_EXHAUSTED with the reason. One pending 100-id call holds
+# ~7 KB (140 MB for 20,000, measured), so 16,384 bound the worker's memory at ~120 MB in a flood;
+# beyond them core cancels again (README "Faults and overload").
+PENDING_CALLS = 16384
 
 
 def _server_credentials(config: ServeConfig) -> grpc.ServerCredentials:
@@ -55,7 +64,9 @@ def create_server(config: ServeConfig, servicer: FeatureStoreServicer, worker: i
         options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", MAX_MESSAGE),
                  ("grpc.max_send_message_length", MAX_MESSAGE),
                  # rebalance long-lived client connections across SO_REUSEPORT workers and pods
-                 ("grpc.max_connection_age_ms", 5 * 60_000), ("grpc.max_connection_age_grace_ms", 30_000)])
+                 ("grpc.max_connection_age_ms", 5 * 60_000), ("grpc.max_connection_age_grace_ms", 30_000),
+                 ("grpc.server.max_pending_requests", PENDING_CALLS),
+                 ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS)])
     # --max-concurrent is enforced by the servicer (GetFeatures only, counted in the errors metric):
     # grpc's own limiter rejects before any handler, uncounted, and sheds health checks too
     handlers = servicer.handlers()
@@ -65,15 +76,18 @@ def create_server(config: ServeConfig, servicer: FeatureStoreServicer, worker: i
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     enable_reflection(server, [SERVICE, health.SERVICE_NAME])
     port = 0
-    if config.listen:
-        if config.tls_cert:
-            port = server.add_secure_port(config.listen, _server_credentials(config))
-        else:
-            port = server.add_insecure_port(config.listen)
-    if config.uds:
-        path = config.uds_path(worker)
-        _unlink_stale_socket(path)
-        server.add_insecure_port(f"unix:{path}")
+    try:
+        if config.listen:
+            if config.tls_cert:
+                port = server.add_secure_port(config.listen, _server_credentials(config))
+            else:
+                port = server.add_insecure_port(config.listen)
+        if config.uds:
+            path = config.uds_path(worker)
+            _unlink_stale_socket(path)
+            server.add_insecure_port(f"unix:{path}")
+    except RuntimeError as e:  # grpc says only "Failed to bind to address X"
+        raise AddressInUse(f"worker {worker}: {e}; check --listen and --uds") from None
     return server, hs, port
 
 
@@ -148,9 +162,13 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
 def run_worker(config: ServeConfig, worker: int, supervisor: int | None = None) -> None:
     die_with_parent(supervisor)
     setup_logging(f"w{worker}")
-    if config.loop == "uvloop":
-        import uvloop
+    try:
+        if config.loop == "uvloop":
+            import uvloop
 
-        uvloop.run(serve(config, worker))
-    else:
-        asyncio.run(serve(config, worker))
+            uvloop.run(serve(config, worker))
+        else:
+            asyncio.run(serve(config, worker))
+    except AddressInUse as e:  # one line, and an exit code the supervisor acts on
+        log.error("%s", e)
+        sys.exit(e.exit_code)

@@ -179,6 +179,15 @@ def test_order_duplicates_and_view_subset(server: ServerProcess, target: str, us
     assert result.rows[0] != result.rows[1]
 
 
+def test_a_view_named_twice_is_invalid_argument(server: ServerProcess, target: str) -> None:
+    with FeatureClient(target) as c:
+        with pytest.raises(grpc.RpcError) as e:
+            c.get_features([3], ["ads", "profile", "ads"])
+        assert c.get_features([3], ["ads", "profile"]).views == ["ads", "profile"]  # the server is fine
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "['ads'] named more than once" in e.value.details(), e.value.details()
+
+
 def test_pin_current_and_previous_version(server: ServerProcess, users: UsersSnapshots) -> None:
     ids = list(range(50))
     with FeatureClient(server.target) as c:
@@ -395,16 +404,6 @@ def test_quiver_get_cli(server: ServerProcess, users: UsersSnapshots) -> None:
     assert doc["version"] == users.v2 and len(doc["rows"][0]["embedding"]["user_embedding"]) == 64
     r = run_quiver("get", "--target", server.target, "--entity", "x", timeout=30)
     assert r.returncode == 2 and "not an int64" in r.stderr
-
-
-def test_a_worker_that_cannot_start_ends_the_server(users: UsersSnapshots, tmp_path: Path) -> None:
-    """Not restarted forever: the supervisor gives up and exits 1, so an orchestrator sees a crash loop."""
-    not_a_socket = short_tmpdir() / "regular-file"
-    not_a_socket.write_text("")
-    r = run_quiver("serve", "--root", users.template, "--listen", "127.0.0.1:0", "--metrics-port", "0",
-                   "--uds", not_a_socket, timeout=60)
-    assert r.returncode == 1, r.stderr
-    assert "3 times in a row; giving up" in r.stderr
 
 
 def test_unix_socket_only(start_server: Any, users: UsersSnapshots, tmp_path: Path) -> None:

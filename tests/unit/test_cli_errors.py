@@ -28,7 +28,7 @@ def test_every_error_class_has_a_code_from_the_table() -> None:
     assert {"LoadError", "DefinitionError", "SourceError", "DataError",
             "UsageError", "RootError", "RootBusy", "UnreadableLease", "DistributionError", "StorageError",
             "StorageUnreachable", "AccessDenied", "BucketNotFound", "ObjectNotFound", "IntegrityError",
-            "LocalSnapshotError", "DiskFull"} <= names
+            "LocalSnapshotError", "DiskFull", "AddressInUse"} <= names
     for c in CLASSES:
         assert c.exit_code in EXIT_CODES and c.exit_code != 0, c
 
@@ -39,9 +39,10 @@ def test_codes_are_pinned() -> None:
         "QuiverError": 1, "UsageError": 2, "RootError": 9, "RootBusy": 9, "UnreadableLease": 1,
         "LoadError": 1, "DefinitionError": 2, "SourceError": 3, "DataError": 4,
         "DistributionError": 1, "AccessDenied": 5, "BucketNotFound": 6, "ObjectNotFound": 7, "IntegrityError": 8,
-        "LocalSnapshotError": 9, "DiskFull": 10, "StorageError": 11, "StorageUnreachable": 12, "ChecksFailed": 13}
+        "LocalSnapshotError": 9, "DiskFull": 10, "StorageError": 11, "StorageUnreachable": 12, "ChecksFailed": 13,
+        "AddressInUse": 14}
     assert {c.__name__: c.exit_code for c in CLASSES if c.__name__ in pinned} == pinned
-    assert sorted(EXIT_CODES) == list(range(14))
+    assert sorted(EXIT_CODES) == list(range(15))
 
 
 def test_the_docstring_tree_names_every_base_class_with_its_code() -> None:
