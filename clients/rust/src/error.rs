@@ -18,7 +18,7 @@ use std::fmt;
 /// ```
 ///
 /// The embedded reader answers a bad request with the same kinds as a server: `Status` with
-/// INVALID_ARGUMENT (no ids, ids of the wrong key type), NOT_FOUND (unknown view),
+/// INVALID_ARGUMENT (no ids, ids of the wrong key type, a view named twice), NOT_FOUND (unknown view),
 /// FAILED_PRECONDITION (a pin to a version it has not open), and `Request` for mixed id types.
 #[derive(Debug)]
 pub enum Error {

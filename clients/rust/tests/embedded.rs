@@ -210,7 +210,7 @@ fn the_embedded_reader_answers_what_the_server_answers() {
                 &["activity"],
                 &["embedding"],
                 &["profile", "embedding", "ads"],
-                &["ads", "activity", "ads"],
+                &["ads", "activity", "profile"],
             ];
             for views in selections {
                 for chunk in ids.chunks(100).chain([&ids[..1], &ids[ids.len() - 1..]]) {
@@ -253,8 +253,9 @@ fn the_embedded_reader_answers_what_the_server_answers() {
             let typed_ids = ids_of(&[3], strings);
             let wrong_type = ids_of(&[3], !strings);
             let unknown_pin = "20000101T000000Z-000000000000";
-            let cases: [(&str, &[EntityId], &[&str], &str); 4] = [
+            let cases: [(&str, &[EntityId], &[&str], &str); 5] = [
                 ("unknown view", &typed_ids, &["no_such_view"], ""),
+                ("a view named twice", &typed_ids, &["ads", "activity", "ads"], ""),
                 ("wrong key type", &wrong_type, &[], ""),
                 ("pin to a version not open", &typed_ids, &[], unknown_pin),
                 ("no ids", &[], &[], ""),

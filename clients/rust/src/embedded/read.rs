@@ -43,6 +43,18 @@ fn plan(request: &GetFeaturesRequest, version: &OpenVersion) -> Result<(Vec<Stri
     } else {
         request.views.clone()
     };
+    let mut twice: Vec<&String> = Vec::new();
+    for (i, v) in names.iter().enumerate() {
+        if names[..i].contains(v) && !twice.contains(&v) {
+            twice.push(v);
+        }
+    }
+    if !twice.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "view(s) {twice:?} named more than once in the request; name each view once"
+        ))
+        .into());
+    }
     let unknown: Vec<&String> = names.iter().filter(|v| !version.slots.contains_key(*v)).collect();
     if !unknown.is_empty() {
         let all: Vec<&str> = version.schema.views.iter().map(|v| v.name.as_str()).collect();
