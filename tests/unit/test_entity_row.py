@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 import pytest
 
 from quiver.loader.entity_row import assemble, split
+from quiver.service.errors import InvalidRequest
 from quiver.service.reader import plan
 from quiver.snapshot.values import view_rows
 from quiver.v1 import quiver_pb2 as pb
@@ -49,7 +50,7 @@ def version(groups: dict[str, tuple[str, ...]]) -> SimpleNamespace:
                            group_of={v: g for g, views in groups.items() for v in views})
 
 
-@pytest.mark.parametrize("views", [("a", "b", "c"), ("c", "a"), ("b",), ("a", "c", "x"), ("x", "c", "a", "b", "a")])
+@pytest.mark.parametrize("views", [("a", "b", "c"), ("c", "a"), ("b",), ("a", "c", "x"), ("x", "c", "a", "b")])
 def test_any_order_and_subset_is_cut_out_of_the_stored_bytes(views: tuple[str, ...]) -> None:
     stored = rows(12)
     g1 = assemble(stored).to_pylist()                       # group g1 holds a, b, c
@@ -68,6 +69,11 @@ def test_any_order_and_subset_is_cut_out_of_the_stored_bytes(views: tuple[str, .
             assert row.views[j].SerializeToString() == (want or b""), (i, v)
     whole = plan(version({"g1": ("a", "b", "c")}), ("a", "b", "c"))  # type: ignore[arg-type]
     assert [r.picks for r in whole.runs] == [None]  # a whole group in stored order: spliced as stored
+
+
+def test_a_view_named_twice_is_refused() -> None:
+    with pytest.raises(InvalidRequest, match=r"\['x', 'a'\] named more than once"):
+        plan(version({"g1": ("a", "b", "c"), "g2": ("x",)}), ("x", "a", "b", "a", "x"))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("key_type", ["int64", "string"])
