@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,12 +105,12 @@ def health_serving(target: str, proc: subprocess.Popen[bytes], log: Path) -> boo
 
 
 def serve_quiver(procs: Processes, root: Path, workers: int, cache_mb: int, sock_dir: Path, log: Path,
-                 cpu: int | None = None) -> QuiverServer:
+                 cpu: int | None = None, extra: Sequence[str] = ()) -> QuiverServer:
     port = free_port()
     uds = sock_dir / f"q{port}.sock"
     pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
     cmd = [*pin, QUIVER, "serve", "--root", str(root), "--listen", f"127.0.0.1:{port}", "--uds", str(uds),
-           "--workers", str(workers), "--metrics-port", "0", "--cache-mb", str(cache_mb)]
+           "--workers", str(workers), "--metrics-port", "0", "--cache-mb", str(cache_mb), *extra]
     proc = procs.start(cmd, log)
     target = f"127.0.0.1:{port}"
     wait_for(lambda: health_serving(target, proc, log), timeout=180,
