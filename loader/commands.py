@@ -7,6 +7,7 @@ from pathlib import Path
 
 from quiver.args import at_least
 from quiver.errors import RootError
+from quiver.loader.errors import LoadDiskFull, disk_full
 from quiver.loader.generate import generate
 from quiver.loader.listing import list_snapshots
 from quiver.loader.load import LoadOptions, LoadResult, load
@@ -82,7 +83,13 @@ def _load(args: argparse.Namespace) -> int:
                        reuse=not args.no_reuse, allow_type_change=args.allow_type_change,
                        allow_regroup=args.allow_regroup,
                        accept_failed_checks=args.accept_failed_checks)
-    r = _load_on_spark(args, opts) if args.engine == "spark" else load(args.features, args.root, opts)
+    try:
+        r = _load_on_spark(args, opts) if args.engine == "spark" else load(args.features, args.root, opts)
+    except OSError as e:
+        if not disk_full(e):
+            raise
+        raise LoadDiskFull(f"{args.root}: no space left on device while staging the new version ({e}); free "
+                           "space or remove old versions (quiver gc)") from None
     rows = sum(r.manifest.rows().values())
     note = "published" if r.published else "already published; CURRENT points to it"
     for name, n in r.dropped.items():

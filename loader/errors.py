@@ -5,10 +5,13 @@
     ├── DefinitionError (2)   features.yaml is wrong: file, view and feature named
     ├── SourceError (3)       a source file is missing, unreadable, truncated or empty
     ├── DataError (4)         the data breaks the definitions: view, column and an example key named
+    ├── LoadDiskFull (10)     no space left on the device while staging the version; staging removed
     └── ChecksFailed (13)     the version's feature checks failed: each named with feature, measured
                               value, limit and example keys; nothing published (--accept-failed-checks
                               publishes anyway). 13: codes up to 12 are taken by the CLI's table.
 """
+
+import errno
 
 from quiver.errors import QuiverError
 from quiver.snapshot.schema import SchemaError
@@ -31,5 +34,15 @@ class DataError(LoadError):
     exit_code = 4
 
 
+class LoadDiskFull(LoadError):
+    exit_code = 10
+
+
 class ChecksFailed(LoadError):
     exit_code = 13
+
+
+def disk_full(e: BaseException) -> bool:
+    """ENOSPC, also from pyarrow's writers, which say it only in the message: a write failed, not a read, so
+    it must not be reported as a bad source."""
+    return isinstance(e, OSError) and (e.errno == errno.ENOSPC or "[errno 28]" in str(e))

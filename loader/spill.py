@@ -11,7 +11,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from quiver.loader.encode import ViewEncoder
-from quiver.loader.errors import SourceError
+from quiver.loader.errors import SourceError, disk_full
 from quiver.loader.normalize import normalize, normalized_schema
 from quiver.loader.partition import Partitioner, encoded_keys
 from quiver.loader.sources import SourceFile, open_parquet
@@ -117,6 +117,8 @@ def encode_task(t: EncodeTask) -> EncodeResult:
                 writers[p].write_batch(taken.slice(lo, hi - lo))
                 counts[p] += int(hi - lo)
     except (pa.ArrowException, OSError) as e:
+        if disk_full(e):
+            raise
         raise SourceError(f"{t.path}: view {t.view.name!r}: cannot read row groups {list(t.row_groups)}: "
                           f"{e} (truncated or corrupt file?)") from None
     finally:

@@ -34,7 +34,7 @@ EXIT_CODES: dict[int, str] = {
     7: "nothing published there, or a published file is missing",
     8: "integrity: a file's size or checksum differs from its manifest",
     9: "snapshot root: missing, no such version, unreadable manifest, or busy (another load or sync holds its lock)",
-    10: "disk full on the snapshot root",
+    10: "disk full on the snapshot root (load, sync)",
     11: "object storage refused, for another reason",
     12: "object storage unreachable: endpoint or network",
     13: "checks: the new version's feature checks failed; nothing was published"

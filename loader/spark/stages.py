@@ -42,7 +42,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from quiver.loader import errors
-from quiver.loader.errors import LoadError, SourceError
+from quiver.loader.errors import LoadError, SourceError, disk_full
 from quiver.loader.normalize import normalize, normalized_schema
 from quiver.loader.partition import Partitioner
 from quiver.loader.sources import open_parquet
@@ -187,6 +187,8 @@ def _encoded(job: EncodeJob, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
                                 t.task_id, seq, schema)
             seq += batch.num_rows
     except (pa.ArrowException, OSError) as e:
+        if disk_full(e):
+            raise
         raise SourceError(f"{t.path}: view {t.view.name!r}: cannot read row groups {list(t.row_groups)}: "
                           f"{e} (truncated or corrupt file?)") from None
     finally:
