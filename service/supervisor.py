@@ -69,15 +69,20 @@ def _check_port(listen: str) -> None:
                                        flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
         raise AddressInUse(f"--listen {listen} (QUIVER_LISTEN): cannot resolve {host!r}: {e.strerror}") from None
+    failed = []
     for family, kind, proto, _, address in addresses:
         with socket.socket(family, kind, proto) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT left by a restart is fine
             try:
                 s.bind(address)
-            except OSError as e:
-                raise AddressInUse(f"--listen {listen} (QUIVER_LISTEN): cannot listen on {address[0]!s} port "
-                                   f"{address[1]!s}: {e.strerror}{_IN_USE if e.errno == errno.EADDRINUSE else ''}"
-                                   ) from None
+            except OSError as error:
+                failed.append((error, address))
+    # gRPC listens on every address the host resolves to and needs one: "localhost" without IPv6 is fine
+    in_use = [(e, a) for e, a in failed if e.errno == errno.EADDRINUSE]
+    if in_use or len(failed) == len(addresses):
+        first, where = (in_use or failed)[0]
+        raise AddressInUse(f"--listen {listen} (QUIVER_LISTEN): cannot listen on {where[0]!s} port "
+                           f"{where[1]!s}: {first.strerror}{_IN_USE if in_use else ''}") from None
 
 
 _IN_USE = " (another process, perhaps another quiver serve, listens there)"

@@ -39,8 +39,8 @@ def test_codes_are_pinned() -> None:
         "QuiverError": 1, "UsageError": 2, "RootError": 9, "RootBusy": 9, "UnreadableLease": 1,
         "LoadError": 1, "DefinitionError": 2, "SourceError": 3, "DataError": 4,
         "DistributionError": 1, "AccessDenied": 5, "BucketNotFound": 6, "ObjectNotFound": 7, "IntegrityError": 8,
-        "LocalSnapshotError": 9, "DiskFull": 10, "StorageError": 11, "StorageUnreachable": 12, "ChecksFailed": 13, "LoadDiskFull": 10,
-        "AddressInUse": 14}
+        "LocalSnapshotError": 9, "DiskFull": 10, "StorageError": 11, "StorageUnreachable": 12, "ChecksFailed": 13,
+        "LoadDiskFull": 10, "AddressInUse": 14}
     assert {c.__name__: c.exit_code for c in CLASSES if c.__name__ in pinned} == pinned
     assert sorted(EXIT_CODES) == list(range(15))
 
