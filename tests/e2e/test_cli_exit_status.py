@@ -1,8 +1,9 @@
 """The exit status of a `quiver` process is the code main() returns for its failure: the bad-input cases
 themselves run in-process (tests/unit/test_cli_bad_input.py, support.inprocess); here, one process run per
 exit code they use that no other process test shows. The others are shown by process tests that need a
-process anyway: 1 (test_server.py, a worker that cannot start), 3 and 4 (test_loader.py, bad data found in
-the loader's worker processes), 13 (test_load_checks.py), 5 to 8 and 12 (test_distribution.py)."""
+process anyway: 1 (test_faults_startup.py, a worker that keeps dying at start), 3 and 4 (test_loader.py,
+bad data found in the loader's worker processes), 13 (test_load_checks.py), 5 to 8 and 12
+(test_distribution.py), 10 (test_faults_disk.py), 14 (test_faults_startup.py)."""
 
 from __future__ import annotations
 
