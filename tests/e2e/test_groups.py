@@ -37,7 +37,7 @@ GROUPINGS: dict[str, dict[str, str]] = {
     "mixed": {"profile": "hot", "embedding": "hot", "activity": "cold"},  # ads stays in the default group
 }
 ORDERS = [[], VIEWS[::-1], ["ads", "profile"], ["activity"], ["embedding", "ads", "activity", "profile"],
-          ["ads", "ads", "profile"]]
+          ["ads", "embedding", "profile"]]
 
 
 def write_features(src: Path, grouping: dict[str, str], name: str) -> Path:
