@@ -118,6 +118,10 @@ def check_environment(config: ServeConfig) -> None:
     if os.path.exists(config.root) and not os.path.isdir(config.root):
         raise RootError(f"--root {config.root}: exists and is not a folder")
     if config.listen:
+        port = config.listen.rpartition(":")[2]
+        if config.metrics_port and port == str(config.metrics_port):
+            raise UsageError(f"--listen {config.listen} (QUIVER_LISTEN) and --metrics-port {config.metrics_port} "
+                             "(QUIVER_METRICS_PORT) name the same port; give each its own")
         _check_port(config.listen)
     if config.uds:
         for i in range(config.workers):

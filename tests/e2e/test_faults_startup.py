@@ -56,6 +56,14 @@ def test_grpc_port_in_use(users: UsersSnapshots, listener: socket.socket) -> Non
     assert f"--listen 127.0.0.1:{port} (QUIVER_LISTEN)" in line and "Address already in use" in line, line
 
 
+def test_one_port_for_grpc_and_metrics_is_a_usage_error(users: UsersSnapshots) -> None:
+    port = free_port()
+    code, out = serve(users.template, "--listen", f"127.0.0.1:{port}", "--metrics-port", str(port))
+    assert code == UsageError.exit_code == 2
+    line = error_line(out)
+    assert f"--listen 127.0.0.1:{port}" in line and f"--metrics-port {port}" in line and "same port" in line, line
+
+
 def test_a_second_server_on_the_same_port_is_refused(users: UsersSnapshots, start_server: Any,
                                                      tmp_path: Path) -> None:
     """The workers bind with SO_REUSEPORT, which would let a second server join the first one's port and take

@@ -48,10 +48,19 @@ def run_quiver(*args: str | os.PathLike[str], timeout: float = 120, env: Mapping
     return r
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, never one this process handed out before: the kernel may return the port
+    it just released, and a server given it for both --listen and --metrics-port refuses to start."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition",
