@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
-from quiver.loader.checks import CheckDefinitionError, parse_feature_checks, parse_view_checks
 from quiver.loader.errors import DefinitionError
+from quiver.quality.checks import CheckDefinitionError, parse_feature_checks, parse_view_checks
 from quiver.snapshot.schema import DEFAULT_GROUP, FEATURE_TYPES, KEY_TYPES, EntityDef, FeatureDef, FeatureSet, ViewDef
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

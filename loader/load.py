@@ -7,7 +7,7 @@ features.yaml, in five stages, each in its own module with its record, planner a
     sst      (sst.py)      per group and key range: sort, dedup, cut the kept views out of the current
                            version, assemble EntityRows, write SST files and offline Parquet  N workers
     ingest   (ingest.py)   one RocksDB per storage group
-    checks   (quality.py)  merge the statistics the spill and sst stages accumulated, evaluate the
+    checks   (quality/)    merge the statistics the spill and sst stages accumulated, evaluate the
                            checks, refuse the version (nothing published) when one fails
     publish  (publish.py)  link unchanged groups and views, checksum, manifest last, rename, CURRENT
 
@@ -28,7 +28,6 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from quiver.loader import plan as planning
-from quiver.loader import quality
 from quiver.loader.definitions import load_definitions
 from quiver.loader.ingest import ingest_task
 from quiver.loader.pause import pause_point
@@ -37,8 +36,9 @@ from quiver.loader.publish import checksums, clean_staging, link_files, load_loc
 from quiver.loader.sources import SourceFile, inspect
 from quiver.loader.spill import encode_task, encode_tasks, spills_all_columns
 from quiver.loader.sst import KeptViews, PartitionResult, PartitionTask, partition_task
-from quiver.loader.statistics import ViewAccumulator
 from quiver.loader.worker import worker_init
+from quiver.quality import evaluate as quality
+from quiver.quality.statistics import ViewAccumulator
 from quiver.snapshot import rocks
 from quiver.snapshot.layout import SnapshotRoot
 from quiver.snapshot.lifecycle import stage_dir

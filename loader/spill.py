@@ -15,8 +15,8 @@ from quiver.loader.errors import SourceError, disk_full
 from quiver.loader.normalize import normalize, normalized_schema
 from quiver.loader.partition import Partitioner, encoded_keys
 from quiver.loader.sources import SourceFile, open_parquet
-from quiver.loader.statistics import ViewAccumulator
 from quiver.loader.worker import return_memory
+from quiver.quality.statistics import ViewAccumulator
 from quiver.snapshot.manifest import file_checksum
 from quiver.snapshot.schema import EntityDef, ViewDef
 

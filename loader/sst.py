@@ -17,7 +17,7 @@ from quiver.loader.entity_row import assemble, split
 from quiver.loader.errors import DataError, SourceError
 from quiver.loader.normalize import normalized_schema
 from quiver.loader.spill import OFFLINE_ROW_GROUP, offline_writer
-from quiver.loader.statistics import ViewAccumulator
+from quiver.quality.statistics import ViewAccumulator
 from quiver.loader.wire import binary_parts
 from quiver.loader.worker import return_memory
 from quiver.snapshot import rocks

@@ -18,7 +18,7 @@ COMMAND_MODULES = [
     "quiver.service.commands",
     "quiver.distribution.commands",
     "quiver.ops",
-    "quiver.review",
+    "quiver.quality.commands",
 ]
 
 

@@ -32,7 +32,7 @@ class FeatureDef:
     length: int = 0            # list<float32> only: the fixed embedding size
     default: Any = None        # stored in place of a null source value; None: keep the null
     source_column: str = ""    # Parquet column; defaults to the feature's name
-    # what good values look like (loader/checks.py); not part of the encoding, so a new check reuses the data
+    # what good values look like (quality/checks.py); not part of the encoding, so a new check reuses the data
     checks: dict[str, Any] = field(default_factory=dict, hash=False)
 
     @property

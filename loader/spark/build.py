@@ -39,7 +39,6 @@ import pyarrow.compute as pc
 
 from quiver.loader import load as local
 from quiver.loader import plan as planning
-from quiver.loader import quality
 from quiver.loader.definitions import load_definitions
 from quiver.loader.errors import DefinitionError, LoadError, SourceError
 from quiver.loader.ingest import ingest_task
@@ -50,7 +49,8 @@ from quiver.loader.sources import SourceFile, inspect
 from quiver.loader.spark import stages
 from quiver.loader.spill import SpillRows, encode_tasks, source_columns
 from quiver.loader.sst import KeptViews, PartitionResult
-from quiver.loader.statistics import ViewAccumulator
+from quiver.quality import evaluate as quality
+from quiver.quality.statistics import ViewAccumulator
 from quiver.snapshot import rocks
 from quiver.snapshot.layout import SnapshotRoot
 from quiver.snapshot.manifest import FileEntry, Manifest, file_checksum

@@ -13,7 +13,7 @@ encode task, rows in read order), so its stable sort keeps the same row of equal
 and the version is the local engine's byte for byte (but for the SST files' own properties).
 
 Statistics are gathered where the local loader gathers them, by its own accumulators
-(loader/statistics.py): the encode tasks for views that keep every row, partition_task after dedup for
+(quality/statistics.py): the encode tasks for views that keep every row, partition_task after dedup for
 the others. Each task's report carries its accumulators, pickled; the driver merges them in the local
 loader's order (loader/spark/build.py).
 
@@ -55,7 +55,7 @@ from quiver.loader.spill import (
     spills_all_columns,
 )
 from quiver.loader.sst import KeptViews, PartitionResult, PartitionTask, SstFile, partition_task
-from quiver.loader.statistics import ViewAccumulator
+from quiver.quality.statistics import ViewAccumulator
 from quiver.snapshot.manifest import file_checksum
 from quiver.snapshot.schema import EntityDef, ViewDef
 
@@ -123,7 +123,7 @@ def raise_reported(report: dict[str, Any]) -> None:
 
 
 def packed(statistics: object) -> str:
-    """Statistics accumulators (loader/statistics.py) in a report: they hold numpy arrays and Arrow
+    """Statistics accumulators (quality/statistics.py) in a report: they hold numpy arrays and Arrow
     tables, not JSON, so they travel pickled (the driver unpickles only what its own job's tasks sent)."""
     return base64.b64encode(pickle.dumps(statistics, protocol=pickle.HIGHEST_PROTOCOL)).decode()
 

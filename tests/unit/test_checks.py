@@ -7,9 +7,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from quiver.loader.checks import evaluate_view
 from quiver.loader.definitions import parse_definitions
-from quiver.loader.statistics import ViewAccumulator
+from quiver.quality.checks import evaluate_view
+from quiver.quality.statistics import ViewAccumulator
 from quiver.snapshot import ViewDef
 from quiver.snapshot.quality import CheckResult, CheckSummary
 

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pytest
 
 from quiver.cli import main
-from quiver.drift import cdf, compare, feature_psi, masses
 from quiver.loader.definitions import parse_definitions
-from quiver.loader.statistics import ViewAccumulator
-from quiver.report import page_data, render
+from quiver.quality.drift import cdf, compare, feature_psi, masses
+from quiver.quality.report import page_data, render
+from quiver.quality.statistics import ViewAccumulator
 from quiver.snapshot import FeatureSet, Manifest, SnapshotRoot
 from quiver.snapshot.quality import STATISTICS_FILE, CheckResult, CheckSummary
 

@@ -10,8 +10,8 @@ import pyarrow.compute as pc
 import pytest
 
 from quiver.loader.definitions import parse_definitions
-from quiver.loader.sketches import HyperLogLog, hash64
-from quiver.loader.statistics import QUANTILES, SAMPLE_ROWS, ViewAccumulator
+from quiver.quality._sketches import HyperLogLog, hash64
+from quiver.quality.statistics import QUANTILES, SAMPLE_ROWS, ViewAccumulator
 from quiver.snapshot import ViewDef
 
 N = 5000

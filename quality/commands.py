@@ -6,9 +6,9 @@ Exit codes (quiver/errors.py): 0 done; 9 no such root or version, or a version w
 import argparse
 from pathlib import Path
 
-from quiver.drift import compare, format_table, read_statistics, versions_to_compare
 from quiver.errors import RootError
-from quiver.report import page_data, render
+from quiver.quality.drift import compare, format_table, read_statistics, versions_to_compare
+from quiver.quality.report import page_data, render
 from quiver.snapshot import Manifest, ManifestError, SnapshotRoot
 
 

@@ -1,5 +1,5 @@
 """Feature checks: what good values look like, declared in features.yaml and evaluated on a version's
-statistics (loader/statistics.py) before it is published.
+statistics (quality/statistics.py) before it is published.
 
     feature checks   min, max, allowed, max_null_fraction, finite, norm_between, length_between
     view checks      min_rows, max_row_change, max_null_fraction_change (both against the current version)

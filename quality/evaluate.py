@@ -1,6 +1,6 @@
 """Load stage before publish: the version's statistics and its checks.
 
-Statistics are accumulated inside the load's existing passes (loader/statistics.py): by the encode
+Statistics are accumulated inside the load's existing passes (quality/statistics.py): by the encode
 tasks for views that keep every row, and by the sort tasks after dedup for views with an event
 timestamp, so they describe exactly the rows the version serves. Reused views carry theirs from the
 version they are linked from. This stage merges them, writes STATISTICS_FILE into the version (listed
@@ -12,10 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from quiver.loader.checks import evaluate_view
 from quiver.loader.errors import ChecksFailed
 from quiver.loader.plan import GroupPlan
-from quiver.loader.statistics import ViewAccumulator
+from quiver.quality.checks import evaluate_view
+from quiver.quality.statistics import ViewAccumulator
 from quiver.snapshot.layout import SnapshotRoot
 from quiver.snapshot.manifest import Manifest, ViewStats
 from quiver.snapshot.quality import STATISTICS_FILE, CheckResult, CheckSummary

@@ -6,7 +6,7 @@ What is exact and what is estimated:
   merge of per-batch count/mean/M2), true counts of bools, empty lists, and every row-level check's
   count of offending rows (with up to EXAMPLE_KEYS of their keys);
 - quantiles, percentiles and the fixed-bin histogram: computed at the end from a sample of rows chosen
-  by key hash (sketches.py), at most about SAMPLE_ROWS rows per view. With every row sampled (views of
+  by key hash (_sketches.py), at most about SAMPLE_ROWS rows per view. With every row sampled (views of
   up to SAMPLE_ROWS rows) they equal numpy/pyarrow on the data; above that a quantile's rank is off by
   about sqrt(q(1-q)/n), 0.22% at the median for 50k sampled rows, and histogram counts are the sample's
   scaled to the count;
@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from quiver.loader.checks import EXAMPLE_KEYS, row_checks
-from quiver.loader.sketches import HyperLogLog, hash64, sample_threshold, sampled_rows
+from quiver.quality._sketches import HyperLogLog, hash64, sample_threshold, sampled_rows
+from quiver.quality.checks import EXAMPLE_KEYS, row_checks
 from quiver.snapshot.schema import FeatureDef, ViewDef
 
 SAMPLE_ROWS = 50_000

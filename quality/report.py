@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from quiver.drift import Shift, compare, masses
+from quiver.quality.drift import Shift, compare, masses
 from quiver.snapshot.manifest import Manifest
 from quiver.snapshot.quality import CheckResult
 
