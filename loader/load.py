@@ -42,8 +42,7 @@ from quiver.quality.statistics import ViewAccumulator
 from quiver.snapshot import rocks
 from quiver.snapshot.layout import SnapshotRoot
 from quiver.snapshot.lifecycle import stage_dir
-from quiver.snapshot.manifest import FileEntry, GroupStats, Manifest, ViewStats, file_checksum
-from quiver.snapshot.quality import CheckSummary
+from quiver.snapshot.manifest import CheckSummary, FileEntry, GroupStats, Manifest, ViewStats, file_checksum
 from quiver.snapshot.schema import FeatureSet
 
 log = logging.getLogger("quiver.loader")

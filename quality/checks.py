@@ -2,7 +2,8 @@
 statistics (quality/statistics.py) before it is published.
 
     feature checks   min, max, allowed, max_null_fraction, finite, norm_between, length_between
-    view checks      min_rows, max_row_change, max_null_fraction_change (both against the current version)
+    view checks      min_rows, max_row_change, max_null_fraction_change (both against CURRENT, which the
+                     version replaces: the rule in quality/__init__.py)
 
 `warn: true` in a checks mapping makes all of its checks warn instead of refusing the version;
 `warn: [min, max]` makes those only. Row-level checks (min, max, allowed, finite, norm_between,
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from quiver.snapshot.quality import CheckResult
+from quiver.snapshot.manifest import CheckResult
 from quiver.snapshot.schema import FeatureDef, ViewDef
 
 NUMERIC = ("int32", "int64", "float32", "float64")

@@ -1,5 +1,5 @@
 """How one version's data differs from another's, from the statistics each version recorded
-(snapshot/quality.py STATISTICS_FILE): a population stability index per feature, and the changes of
+(quality/statistics.py STATISTICS_FILE): a population stability index per feature, and the changes of
 row counts and null rates. `quiver diff` prints it, `quiver report` draws it.
 
 PSI = sum over bins of (b - a) * ln(b / a), a and b the two versions' fractions per bin (floored at
@@ -16,23 +16,9 @@ from typing import Any
 import numpy as np
 
 from quiver.snapshot.layout import SnapshotRoot
-from quiver.snapshot.quality import STATISTICS_FILE
 
 EPSILON = 1e-4
 DECILES = 10
-
-
-class StatisticsMissing(FileNotFoundError):
-    """A version without recorded statistics (loaded before they were, or not a version)."""
-
-
-def read_statistics(root: SnapshotRoot, version: str) -> dict[str, Any]:
-    path = root.version_dir(version) / STATISTICS_FILE
-    try:
-        data: dict[str, Any] = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise StatisticsMissing(f"{path}: no statistics (a version loaded before quiver recorded them?)") from None
-    return data
 
 
 def cdf(percentiles: list[float], x: np.ndarray) -> np.ndarray:
@@ -167,8 +153,18 @@ def format_table(shifts: list[Shift], a: str, b: str) -> str:
     return "\n".join(lines)
 
 
+def compared_against(root: SnapshotRoot, version: str | None) -> str | None:
+    """The version `version` is compared against, by the one rule (quality/__init__.py): the version CURRENT
+    named before it. For a load (version None, not published yet): CURRENT, which it is about to replace.
+    For CURRENT: ROOT/PREVIOUS, the version it replaced. For any other version: none."""
+    current = root.current()
+    if version is None:
+        return current
+    return root.previous() if version == current else None
+
+
 def versions_to_compare(root: SnapshotRoot, a: str | None, b: str | None) -> tuple[str, str]:
-    """Defaults: B is CURRENT, A the version published before B."""
+    """Defaults: B is CURRENT, A the version B is compared against (`compared_against`)."""
     versions = root.versions()
     if b is None:
         b = root.current()
@@ -177,10 +173,13 @@ def versions_to_compare(root: SnapshotRoot, a: str | None, b: str | None) -> tup
     if b not in versions:
         raise FileNotFoundError(f"{root.path}: no version {b}")
     if a is None:
-        older = [v for v in versions if v < b]
-        if not older:
-            raise FileNotFoundError(f"{root.path}: {b} is the first version; nothing to compare it with")
-        a = older[-1]
+        a = compared_against(root, b)
+        if a is None:
+            if b == root.current():
+                raise FileNotFoundError(f"{root.path}: {b} replaced no version (no ROOT/PREVIOUS: the first "
+                                        f"version?); nothing to compare it with")
+            raise FileNotFoundError(f"{root.path}: {b} is not CURRENT, so nothing is compared with it by default; "
+                                    f"name the older version: quiver diff A {b}")
     if a not in versions:
         raise FileNotFoundError(f"{root.path}: no version {a}")
     return a, b

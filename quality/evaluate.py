@@ -5,20 +5,19 @@ tasks for views that keep every row, and by the sort tasks after dedup for views
 timestamp, so they describe exactly the rows the version serves. Reused views carry theirs from the
 version they are linked from. This stage merges them, writes STATISTICS_FILE into the version (listed
 and checksummed by the manifest like any file), evaluates every check against them and against the
-current version's statistics, and refuses the version when a check fails.
+version it is compared against (CURRENT, read by the plan: the rule is in quality/__init__.py), and
+refuses the version when a check fails.
 """
 
-import json
 from pathlib import Path
 from typing import Any
 
 from quiver.loader.errors import ChecksFailed
 from quiver.loader.plan import GroupPlan
 from quiver.quality.checks import evaluate_view
-from quiver.quality.statistics import ViewAccumulator
+from quiver.quality.statistics import StatisticsMissing, ViewAccumulator, read_statistics, write_statistics
 from quiver.snapshot.layout import SnapshotRoot
-from quiver.snapshot.manifest import Manifest, ViewStats
-from quiver.snapshot.quality import STATISTICS_FILE, CheckResult, CheckSummary
+from quiver.snapshot.manifest import CheckResult, CheckSummary, Manifest, ViewStats
 from quiver.snapshot.schema import FeatureSet
 
 
@@ -29,8 +28,8 @@ def check(root: SnapshotRoot, prev: Manifest | None, current: Manifest | None, f
     (re-read views' merged from their tasks' partials, in the order given: the local engine's task order,
     so both engines merge the same partials in the same order; reused views' carried from the version
     they come from), written into the version; the checks' verdict, which raises ChecksFailed unless
-    accept_failed."""
-    carried_from = read(root, prev)
+    accept_failed. `current` is the version this one is compared against: CURRENT, which it replaces."""
+    carried_from = views_of(root, prev)
     statistics = {}
     for g in groups:
         for v in g.views:
@@ -39,9 +38,9 @@ def check(root: SnapshotRoot, prev: Manifest | None, current: Manifest | None, f
             else:
                 statistics[v.name] = merged(partials[v.name]) if partials[v.name] else \
                     ViewAccumulator(v).to_json()
-    results = evaluate(features, statistics, current, read(root, current))
+    results = evaluate(features, statistics, current, views_of(root, current))
     summary = verdict(results, accept_failed)   # raises: nothing is published
-    write(out, {v.name: statistics[v.name] for v in features.views})
+    write_statistics(out, {v.name: statistics[v.name] for v in features.views})
     return summary
 
 
@@ -52,24 +51,21 @@ def merged(partials: list[ViewAccumulator]) -> dict[str, Any]:
     return total.to_json()
 
 
-def read(root: SnapshotRoot, manifest: Manifest | None) -> dict[str, Any]:
-    """The statistics a published version recorded ({} for none, e.g. a version older than them)."""
+def views_of(root: SnapshotRoot, manifest: Manifest | None) -> dict[str, Any]:
+    """Per view, the statistics a published version recorded ({} for none, e.g. a version older than them)."""
     if manifest is None:
         return {}
     try:
-        data: dict[str, Any] = json.loads((root.version_dir(manifest.version) / STATISTICS_FILE).read_bytes())
-    except (FileNotFoundError, ValueError):
+        data = read_statistics(root, manifest.version)
+    except (StatisticsMissing, ValueError):
         return {}
-    return data.get("views", {})
+    views: dict[str, Any] = data.get("views", {})
+    return views
 
 
 def carried(previous: dict[str, Any], view: str, rows: int) -> dict[str, Any]:
     """A reused view's statistics, from the version its files are linked from."""
     return previous.get(view) or {"rows": rows, "features": {}, "missing": True}
-
-
-def write(out: Path, stats: dict[str, dict[str, Any]]) -> None:
-    (out / STATISTICS_FILE).write_text(json.dumps({"views": stats}, allow_nan=False, sort_keys=True) + "\n")
 
 
 def evaluate(features: FeatureSet, stats: dict[str, dict[str, Any]], current: Manifest | None,

@@ -1,7 +1,7 @@
 """`quiver report`: one self-contained HTML page of a version's statistics and checks, each feature's
-histogram drawn against the previous version's. No network: the data sits in the page as JSON and a
-short inline script draws SVG. The script records what it drew in <body data-charts="N"> and any
-error in data-script-errors, which the browser test reads."""
+histogram drawn against the version it is compared against (the rule in quality/__init__.py). No network:
+the data sits in the page as JSON and a short inline script draws SVG. The script records what it drew in
+<body data-charts="N"> and any error in data-script-errors, which the browser test reads."""
 
 import html
 import json
@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 
 from quiver.quality.drift import Shift, compare, masses
-from quiver.snapshot.manifest import Manifest
-from quiver.snapshot.quality import CheckResult
+from quiver.snapshot.manifest import CheckResult, Manifest
 
 BINS = 20
 TOP_DRIFT = 12
@@ -185,7 +184,7 @@ window.addEventListener('error', function (e) {
   var head = el('div');
   head.appendChild(el('h1', {}, 'quiver version ' + data.version));
   head.appendChild(el('div', {'class': 'meta'}, 'as of ' + data.as_of + ', created ' + data.created +
-    (data.previous ? '; compared with ' + data.previous : '; first version: nothing to compare with')));
+    (data.previous ? '; compared with ' + data.previous : '; nothing to compare with')));
   var cls = data.failed ? 'bad' : (data.warned ? 'warn' : 'ok');
   var text = data.failed + ' failed, ' + data.warned + ' warned, ' + data.passed + ' passed check(s)';
   if (data.accepted_failures) text += ' - PUBLISHED WITH FAILED CHECKS (--accept-failed-checks)';

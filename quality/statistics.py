@@ -18,6 +18,8 @@ The measured value is the value itself for numbers, the L2 norm for list<float32
 length for list<int64> and bytes; checks and drift read the statistics of that measure.
 """
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,8 +28,13 @@ import pyarrow.compute as pc
 
 from quiver.quality._sketches import HyperLogLog, hash64, sample_threshold, sampled_rows
 from quiver.quality.checks import EXAMPLE_KEYS, row_checks
+from quiver.snapshot.layout import SnapshotRoot
 from quiver.snapshot.schema import FeatureDef, ViewDef
 
+# A version's statistics, beside its manifest (which lists and checksums it like any data file):
+# {"views": {view: ViewAccumulator.to_json()}}. write_statistics and read_statistics are its one writer
+# and one reader.
+STATISTICS_FILE = "statistics.json"
 SAMPLE_ROWS = 50_000
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 PERCENTILES = 101          # 0%, 1%, ..., 100%: drift compares distributions through them
@@ -390,3 +397,21 @@ class ViewAccumulator:
 
     def to_json(self) -> dict[str, Any]:
         return {"rows": self.rows, "features": {n: a.to_json() for n, a in self.features.items()}}
+
+
+class StatisticsMissing(FileNotFoundError):
+    """A version without recorded statistics (loaded before they were, or not a version)."""
+
+
+def write_statistics(version_dir: Path, views: dict[str, dict[str, Any]]) -> None:
+    (version_dir / STATISTICS_FILE).write_text(json.dumps({"views": views}, allow_nan=False, sort_keys=True) + "\n")
+
+
+def read_statistics(root: SnapshotRoot, version: str) -> dict[str, Any]:
+    """A published version's STATISTICS_FILE; StatisticsMissing if it has none."""
+    path = root.version_dir(version) / STATISTICS_FILE
+    try:
+        data: dict[str, Any] = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise StatisticsMissing(f"{path}: no statistics (a version loaded before quiver recorded them?)") from None
+    return data

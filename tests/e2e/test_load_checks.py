@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from browser import dump_dom, screenshot
 
+from quiver.quality.statistics import STATISTICS_FILE
 from quiver.snapshot import Manifest, SnapshotRoot
-from quiver.snapshot.quality import STATISTICS_FILE
 from quiver.v1 import quiver_pb2 as pb
 from support.datasets import write_every_type
 from support.processes import ServerProcess, run_quiver, wait_for

@@ -31,8 +31,8 @@ from rocksdict import AccessType, Options, Rdict
 from quiver.loader.errors import ChecksFailed, LoadError
 from quiver.loader.load import LoadOptions, LoadResult, load
 from quiver.loader.pause import PAUSE_AT, PAUSE_FILE
+from quiver.quality.statistics import STATISTICS_FILE
 from quiver.snapshot import Manifest, SnapshotRoot
-from quiver.snapshot.quality import STATISTICS_FILE
 from support import canon, datasets, stored
 from support.processes import QUIVER, run_quiver, wait_for
 

@@ -11,7 +11,7 @@ from quiver.loader.definitions import parse_definitions
 from quiver.quality.checks import evaluate_view
 from quiver.quality.statistics import ViewAccumulator
 from quiver.snapshot import ViewDef
-from quiver.snapshot.quality import CheckResult, CheckSummary
+from quiver.snapshot.manifest import CheckResult, CheckSummary
 
 N = 1000
 KEYS = [f"user-{i:04d}" for i in range(N)]

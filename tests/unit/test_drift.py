@@ -12,11 +12,11 @@ import pytest
 
 from quiver.cli import main
 from quiver.loader.definitions import parse_definitions
-from quiver.quality.drift import cdf, compare, feature_psi, masses
+from quiver.quality.drift import cdf, compare, compared_against, feature_psi, masses, versions_to_compare
 from quiver.quality.report import page_data, render
-from quiver.quality.statistics import ViewAccumulator
+from quiver.quality.statistics import STATISTICS_FILE, ViewAccumulator
 from quiver.snapshot import FeatureSet, Manifest, SnapshotRoot
-from quiver.snapshot.quality import STATISTICS_FILE, CheckResult, CheckSummary
+from quiver.snapshot.manifest import CheckResult, CheckSummary
 
 N = 20_000
 DOC = {"entity": {"name": "user_id", "key_type": "int64"}, "views": [
@@ -139,7 +139,40 @@ def test_diff_of_the_first_version_says_so(tmp_path: Path, capsys: pytest.Captur
     root = SnapshotRoot(tmp_path / "root")
     write_version(root, 1, statistics(features(), {"users": users(), "clicks": clicks()}))
     assert main(["diff", "--root", str(root.path)]) == 9
-    assert "is the first version; nothing to compare it with" in capsys.readouterr().err
+    assert "replaced no version (no ROOT/PREVIOUS: the first version?); nothing to compare it with" in \
+        capsys.readouterr().err
+
+
+def test_diff_and_report_compare_current_with_the_version_it_replaced(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The one rule (quality/__init__.py): CURRENT is compared against ROOT/PREVIOUS, the version it replaced,
+    which after a rollback is not the version just older than it; any other version against nothing unless
+    named."""
+    root = SnapshotRoot(tmp_path / "root")
+    v1 = write_version(root, 1, statistics(features(), {"users": users(), "clicks": clicks()}))
+    v2 = write_version(root, 2, statistics(features(), {"users": users(seed=1, score_shift=2.0),
+                                                        "clicks": clicks()}))
+    v3 = write_version(root, 3, statistics(features(), {"users": users(seed=2), "clicks": clicks(2500)}))
+    root.set_current(v1)                                           # rolled back: v3 was bad
+    assert compared_against(root, None) == v1                      # a load is checked against CURRENT
+    assert compared_against(root, v1) == v3 and compared_against(root, v2) is None
+    assert main(["diff", "--root", str(root.path)]) == 0
+    assert capsys.readouterr().out.startswith(f"drift from {v3} to {v1}")
+    assert main(["diff", "--root", str(root.path), v2]) == 0       # A named, B CURRENT
+    assert capsys.readouterr().out.startswith(f"drift from {v2} to {v1}")
+    assert versions_to_compare(root, v1, v2) == (v1, v2)
+    with pytest.raises(FileNotFoundError, match="is not CURRENT, so nothing is compared with it by default"):
+        versions_to_compare(root, None, v2)
+
+    page = tmp_path / "page.html"
+    assert main(["report", "--root", str(root.path), "--html", str(page)]) == 0
+    assert f'"previous": "{v3}"' in page.read_text()
+    assert main(["report", "--root", str(root.path), v2, "--html", str(page)]) == 0
+    assert '"previous": null' in page.read_text()                  # not CURRENT: drawn alone
+    assert main(["report", "--root", str(root.path), v2, "--against", v1, "--html", str(page)]) == 0
+    assert f'"previous": "{v1}"' in page.read_text()
+    assert main(["report", "--root", str(root.path), v2, "--against", "20990101T000000Z-000000000000",
+                 "--html", str(page)]) == 9
 
 
 def test_report_data_has_every_view_feature_and_check(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from prometheus_client import REGISTRY
 from quiver.service import metrics
 from quiver.service.store import LoadedVersion
 from quiver.snapshot import EntityDef, FeatureSet, Manifest
-from quiver.snapshot.quality import CheckResult, CheckSummary
+from quiver.snapshot.manifest import CheckResult, CheckSummary
 
 
 def version(name: str, summary: CheckSummary) -> LoadedVersion:
