@@ -53,8 +53,7 @@ from quiver.quality import evaluate as quality
 from quiver.quality.statistics import ViewAccumulator
 from quiver.snapshot import rocks
 from quiver.snapshot.layout import SnapshotRoot
-from quiver.snapshot.manifest import FileEntry, Manifest, file_checksum
-from quiver.snapshot.quality import CheckSummary
+from quiver.snapshot.manifest import CheckSummary, FileEntry, Manifest, file_checksum
 from quiver.snapshot.schema import EntityDef, FeatureSet, ViewDef
 
 if TYPE_CHECKING:
