@@ -5,8 +5,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from quiver.args import at_least
-from quiver.errors import RootError
+from quiver.base.args import at_least
+from quiver.base.errors import RootError
 from quiver.loader.errors import LoadDiskFull, disk_full
 from quiver.loader.generate import generate
 from quiver.loader.listing import list_snapshots
@@ -33,9 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("load", help="build a new snapshot version from the Parquet sources in features.yaml")
     p.add_argument("--features", required=True, help="features.yaml: the entity, views and their sources (required)")
     p.add_argument("--root", required=True,
-                   help="snapshot root folder; created if missing (required); with --engine spark also "
-                   "s3://bucket/prefix or file:///dir: the version is built in --work-root, then published there "
-                   "as `quiver publish` does")
+                   help="snapshot root folder; created if missing (required); or s3://bucket/prefix or "
+                   "file:///dir: the version is built in --work-root, then published there as `quiver publish` does")
     p.add_argument("--workers", type=at_least(1), default=2,
                    help="local engine: worker processes that encode and sort (default: 2)")
     p.add_argument("--engine", choices=["local", "spark"], default="local",
@@ -46,9 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE", type=_spark_setting,
                    help="--engine spark: a Spark setting (repeatable), e.g. spark.executor.instances=8 (default: none)")
     p.add_argument("--work-root", default=None,
-                   help="--engine spark with an object-store --root: the local root the version is built in "
-                   "(default: a temporary folder, removed afterwards or, if the load was killed, by the next "
-                   "load; give a kept one to reuse unchanged views)")
+                   help="with an object-store --root: the local root the version is built in (default: a folder "
+                   "under TMPDIR named for the URI, removed afterwards or, if the load was killed, by the next "
+                   "load to that URI; give a kept one to reuse unchanged views)")
     p.add_argument("--as-of", type=_as_of, default=None, help="the data's as-of time, ISO 8601 (default: now)")
     p.add_argument("--compression", choices=["lz4", "zstd", "snappy", "none"], default=rocks.DEFAULT_COMPRESSION,
                    help="compression of the online form's SST files (default: none, read through mmap; "
@@ -84,7 +83,10 @@ def _load(args: argparse.Namespace) -> int:
                        allow_regroup=args.allow_regroup,
                        accept_failed_checks=args.accept_failed_checks)
     try:
-        r = _load_on_spark(args, opts) if args.engine == "spark" else load(args.features, args.root, opts)
+        if args.engine == "spark":
+            r = _load_on_spark(args, opts)
+        else:
+            r = load(args.features, args.root, opts, work_root=args.work_root)
     except OSError as e:
         if not disk_full(e):
             raise

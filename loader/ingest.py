@@ -29,3 +29,8 @@ def ingest_task(db_dir: str, sst_files: list[SstFile]) -> dict[str, str]:
         if checksum is not None:
             out[os.path.join(db_dir, f["name"].lstrip("/"))] = checksum
     return out
+
+
+def ingest_group(task: tuple[str, list[SstFile]]) -> dict[str, str]:
+    """ingest_task over (db_dir, sst_files), as an engine maps it."""
+    return ingest_task(*task)

@@ -14,8 +14,8 @@ import hashlib
 import json
 import logging
 import math
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -27,6 +27,7 @@ from quiver.loader.normalize import normalize
 from quiver.loader.partition import Partitioner
 from quiver.loader.sources import SourceFile, open_parquet
 from quiver.loader.spill import SpillRows, source_columns
+from quiver.snapshot.integrity import check_version
 from quiver.snapshot.layout import FORMAT_VERSION, SnapshotRoot
 from quiver.snapshot.manifest import FileEntry, Manifest, ManifestError
 from quiver.snapshot.schema import EntityDef, FeatureSet, ViewDef
@@ -120,28 +121,20 @@ def plan_against_current(root: SnapshotRoot, features: FeatureSet, sources: dict
         check_type_changes(current, features)
     if not allow_regroup:
         check_grouping(current, features)
-    prev = current if reuse and current is not None and intact(root, current) else None
-    return current, prev, plan_groups(features, sources, prev)
+    reuse_from = current if reuse and current is not None and intact(root, current) else None
+    return current, reuse_from, plan_groups(features, sources, reuse_from)
 
 
 def intact(root: SnapshotRoot, current: Manifest) -> bool:
     """Every file of the current version has the size its manifest records. Reuse hard-links those files,
     so a damaged one would pass into the new version under its old checksum; a stat per file costs nothing
     beside a load, and a damaged version makes this load rebuild every view instead."""
-    vdir = root.version_dir(current.version)
-    damaged = []
-    for f in current.files:
-        try:
-            size = (vdir / f.path).stat().st_size
-        except OSError:
-            size = -1
-        if size != f.size:
-            damaged.append(f"{f.path} ({'missing' if size < 0 else f'{size} bytes'}, manifest: {f.size})")
-    if damaged:
-        more = f"; and {len(damaged) - 5} more" if len(damaged) > 5 else ""
-        log.warning("the current version %s is damaged, so this load reuses nothing from it: %s%s",
-                    current.version, "; ".join(damaged[:5]), more)
-    return not damaged
+    try:
+        check_version(root, current.version, "size")
+    except ManifestError as e:
+        log.warning("the current version is damaged, so this load reuses nothing from it: %s", e)
+        return False
+    return True
 
 
 @dataclass
@@ -158,20 +151,21 @@ class GroupPlan:
         return group_definition_hash(self.name, self.views)
 
 
-def reusable(prev: Manifest | None, view: ViewDef, sources: list[FileEntry]) -> bool:
+def reusable(reuse_from: Manifest | None, view: ViewDef, sources: list[FileEntry]) -> bool:
     """The view's encoding and its sources are those of the current version."""
-    if prev is None or view.name not in prev.views:
+    if reuse_from is None or view.name not in reuse_from.views:
         return False
-    old = prev.views[view.name]
+    old = reuse_from.views[view.name]
     return old.definition == definition_hash(view) and [(s.size, s.checksum) for s in old.sources] == [
         (s.size, s.checksum) for s in sources]
 
 
-def plan_groups(features: FeatureSet, sources: dict[str, list[FileEntry]], prev: Manifest | None) -> list[GroupPlan]:
+def plan_groups(features: FeatureSet, sources: dict[str, list[FileEntry]],
+                reuse_from: Manifest | None) -> list[GroupPlan]:
     plans = []
     for name, views in features.groups().items():
-        same = [v for v in views if reusable(prev, v, sources[v.name])]
-        old = prev.groups.get(name) if prev is not None else None
+        same = [v for v in views if reusable(reuse_from, v, sources[v.name])]
+        old = reuse_from.groups.get(name) if reuse_from is not None else None
         kept = [v.name for v in same if old is not None and v.name in old.views]
         linked = old is not None and len(kept) == len(views) and old.views == [v.name for v in views]
         encode = [] if linked else [v for v in views if v.name not in kept]
@@ -203,51 +197,71 @@ def sample_keys(entity: EntityDef, view: ViewDef, path: str, stride: int, measur
     except (pa.ArrowException, OSError) as e:
         raise SourceError(f"{path}: view {view.name!r}: cannot read column {key_col!r}: {e}") from None
     t = pa.int64() if entity.key_type == "int64" else pa.string()
-    sample = pa.concat_arrays([p.cast(t) for p in parts if len(p)]) if parts else pa.array([], t)
+    return measured(entity, view, pa.concat_arrays([p.cast(t) for p in parts if len(p)]) if parts else
+                    pa.array([], t), head, path)
+
+
+def measured(entity: EntityDef, view: ViewDef, keys: pa.Array, head: pa.RecordBatch | None, where: str) -> Sample:
+    """A sample of keys, with the spilled size of a source's first rows (`head`)."""
     if head is None or head.num_rows == 0:
-        return Sample(sample, 0, 0)
-    batch = normalize(entity, view, head, path)
-    spilled = SpillRows(entity, view).of(batch, 0)
-    return Sample(sample, spilled.nbytes, spilled.num_rows)
+        return Sample(keys, 0, 0)
+    spilled = SpillRows(entity, view).of(normalize(entity, view, head, where), 0)
+    return Sample(keys, spilled.nbytes, spilled.num_rows)
 
 
-def draw_boundaries(pool: ProcessPoolExecutor, root: SnapshotRoot, prev: Manifest | None, entity: EntityDef,
-                    groups: list[GroupPlan], files: dict[str, list[SourceFile]], partition_bytes: int,
-                    workers: int) -> None:
-    """Sets each rebuilt group's key-range boundaries from a bounded sample of its keys: the sources of
-    its re-encoded views, and the offline files of the views it keeps (the same keys, already normalized).
-    The range count bounds a sort worker's memory: the spilled bytes of the re-encoded views plus the
-    kept views' share of the previous group's files."""
-    jobs = []
+@dataclass(frozen=True)
+class SampleJob:
+    entity: EntityDef
+    view: ViewDef
+    path: str             # a source file, a kept view's offline file, or a late source's name (a DataFrame)
+    stride: int
+    measure: bool         # a source to encode: measure its spilled bytes per row too
+
+
+def sample(job: SampleJob) -> Sample:
+    return sample_keys(job.entity, job.view, job.path, job.stride, job.measure)
+
+
+def draw_boundaries(samples: Callable[[list[SampleJob]], list[Sample]], root: SnapshotRoot,
+                    reuse_from: Manifest | None, entity: EntityDef, groups: list[GroupPlan],
+                    files: dict[str, list[SourceFile]], partition_bytes: int, workers: int) -> list[GroupPlan]:
+    """The groups' plans with each rebuilt group's key-range boundaries, drawn from a bounded sample of its
+    keys: the sources of its re-encoded views, and the offline files of the views it keeps (the same keys,
+    already normalized). The range count bounds a sort worker's memory: the spilled bytes of the
+    re-encoded views plus the kept views' share of the previous group's files. `samples` runs the jobs
+    (on the engine's workers), results in job order."""
+    planned: list[tuple[GroupPlan, list[tuple[int, SampleJob]]]] = []
     for g in groups:
         if g.linked:
             continue
         sources = [(v, f.path, f.rows, True) for v in g.encode for f in files[v.name]]
-        assert prev is not None or not g.kept
+        assert reuse_from is not None or not g.kept
         for name in g.kept:
-            assert prev is not None
-            view = prev.schema.view(name)
-            for f in prev.files:
+            assert reuse_from is not None
+            view = reuse_from.schema.view(name)
+            for f in reuse_from.files:
                 if f.path.startswith(f"offline/{name}/"):
-                    path = str(root.version_dir(prev.version) / f.path)
+                    path = str(root.version_dir(reuse_from.version) / f.path)
                     sources.append((view, path, pq.ParquetFile(path).metadata.num_rows, False))
-        rows = sum(r for _, _, r, _ in sources)
-        stride = max(1, rows // SAMPLE_TARGET)
-        jobs.append((g, [(r, m, pool.submit(sample_keys, entity, v, p, stride, m)) for v, p, r, m in sources]))
-    for g, sampled in jobs:
-        done = [(r, m, j.result()) for r, m, j in sampled]
-        measured = [s for _, m, s in done if m]
+        stride = max(1, sum(r for _, _, r, _ in sources) // SAMPLE_TARGET)
+        planned.append((g, [(r, SampleJob(entity, v, p, stride, m)) for v, p, r, m in sources]))
+    done = iter(samples([job for _, jobs in planned for _, job in jobs]))
+    boundaries = {}
+    for g, jobs in planned:
+        got = [(r, job.measure, next(done)) for r, job in jobs]
+        measured = [s for _, m, s in got if m]
         row_bytes = sum(s.spill_bytes for s in measured) / max(1, sum(s.spill_rows for s in measured))
-        encoded = sum(r for r, m, _ in done if m) * row_bytes
+        encoded = sum(r for r, m, _ in got if m) * row_bytes
         kept = 0.0
-        if g.kept and prev is not None:
-            old = prev.groups[g.name]
-            files_bytes = sum(f.size for f in prev.files if f.path.startswith(f"online/{g.name}/"))
+        if g.kept and reuse_from is not None:
+            old = reuse_from.groups[g.name]
+            files_bytes = sum(f.size for f in reuse_from.files if f.path.startswith(f"online/{g.name}/"))
             kept = files_bytes * KEPT_BYTES_PER_FILE_BYTE * len(g.kept) / len(old.views)
         parts = max(workers, math.ceil((encoded + kept) / partition_bytes))
         key_type = pa.int64() if entity.key_type == "int64" else pa.string()
-        keys = pa.concat_arrays([s.keys for _, _, s in done]) if done else pa.array([], key_type)
-        g.boundaries = Partitioner.from_sample(keys, parts).boundaries
+        keys = pa.concat_arrays([s.keys for _, _, s in got]) if got else pa.array([], key_type)
+        boundaries[g.name] = Partitioner.from_sample(keys, parts).boundaries
+    return [replace(g, boundaries=boundaries[g.name]) if g.name in boundaries else g for g in groups]
 
 
 def range_bounds(boundaries: list[int] | list[bytes], is_int: bool) -> list[tuple[bytes | None, bytes | None]]:

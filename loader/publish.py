@@ -5,8 +5,7 @@ snapshot/lifecycle.py, the one home of a root's locks and staging)."""
 
 import os
 import shutil
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
@@ -61,12 +60,13 @@ def link_files(root: SnapshotRoot, prev: Manifest, prefix: str, dest: Path) -> d
     return known
 
 
-def checksums(pool: ProcessPoolExecutor, out: Path, known: dict[str, str]) -> list[FileEntry]:
+def checksums(map_fn: Callable[[Callable[[Path], str], list[Path]], list[str]], out: Path,
+              known: dict[str, str]) -> list[FileEntry]:
     """Every file of the version; those not checksummed as they were written (RocksDB's own small
     files) are read now."""
     listed = data_files(out)
     todo = [p for p, _ in listed if p not in known]
-    sums = dict(zip(todo, pool.map(file_checksum, [out / p for p in todo]), strict=True))
+    sums = dict(zip(todo, map_fn(file_checksum, [out / p for p in todo]), strict=True))
     return [FileEntry(p, size, known.get(p) or sums[p]) for p, size in listed]
 
 

@@ -2,6 +2,8 @@
 encode one ViewRow per row, and spill (key, value) rows to the key range of the view's storage group
 they fall in. Views that keep every row write their offline Parquet here too."""
 
+import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,32 +80,92 @@ class EncodeResult:
     statistics: ViewAccumulator | None = None   # of the rows it read, for views that keep every row
 
 
-def encode_task(t: EncodeTask) -> EncodeResult:
-    """Reads some row groups, normalizes, encodes and spills rows to their key-range partitions;
-    writes the offline rows when the view keeps every row."""
+class BatchEncoder:
+    """The encode stage over one input's raw batches, whoever reads them (a row-group task here, a
+    DataFrame partition on Spark): normalize and validate each, write the offline rows when the view keeps
+    every row, gather their statistics, and return the rows to spill. `close()` -> (checksums of the
+    offline file written, the statistics). `digest`: also an order-free digest of the rows (a source
+    with no file to checksum, a DataFrame, is identified by it in the version id)."""
+
+    def __init__(self, entity: EntityDef, view: ViewDef, where: str, file_index: int, offline_path: str,
+                 view_rows: int, statistics: bool, digest: bool = False) -> None:
+        self.entity, self.view, self.where, self.file_index = entity, view, where, file_index
+        self.offline_path = offline_path
+        self.rows = SpillRows(entity, view)
+        self.read = 0
+        self.digest: int | None = 0 if digest else None
+        self.offline: pq.ParquetWriter | None = None
+        # statistics of the rows the version serves: all of them here; after dedup in the sst stage otherwise
+        self.stats = ViewAccumulator(view, view_rows) if statistics and not spills_all_columns(view) else None
+
+    def encode(self, raw: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+        """(the normalized batch, its rows to spill)."""
+        batch = normalize(self.entity, self.view, raw, self.where)
+        if self.offline_path:
+            if self.offline is None:
+                Path(self.offline_path).parent.mkdir(parents=True, exist_ok=True)
+                self.offline = offline_writer(self.offline_path, normalized_schema(self.entity, self.view))
+            self.offline.write_batch(batch, row_group_size=OFFLINE_ROW_GROUP)
+        if self.stats is not None:
+            self.stats.add(batch)
+        self.read += batch.num_rows
+        spilled = self.rows.of(batch, self.file_index)
+        if self.digest is not None:
+            self.digest = (self.digest + rows_digest(spilled, self.view.event_timestamp)) & _MASK64
+        return batch, spilled
+
+    def close(self) -> tuple[dict[str, str], ViewAccumulator | None]:
+        if self.offline is None:
+            return {}, self.stats
+        self.offline.close()
+        self.offline = None
+        return {self.offline_path: file_checksum(self.offline_path)}, self.stats
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def rows_digest(spilled: pa.RecordBatch, ts: str) -> int:
+    """The sum of a 64-bit hash of each spilled row's key, value and event timestamp: the same rows in any
+    order and any split give the same digest."""
+    keys, values = spilled.column("__key").to_pylist(), spilled.column("__value").to_pylist()
+    stamps = spilled.column(ts).cast(pa.int64()).to_pylist() if ts else [0] * len(keys)
+    total = 0
+    for k, v, t in zip(keys, values, stamps, strict=True):
+        h = hashlib.blake2b(len(k).to_bytes(4, "little") + k + v + t.to_bytes(8, "little", signed=True),
+                            digest_size=8)
+        total += int.from_bytes(h.digest(), "little")
+    return total & _MASK64
+
+
+def read_row_groups(t: EncodeTask) -> Iterator[pa.RecordBatch]:
+    """A task's row groups in batches; a file that cannot be read is a SourceError naming it."""
     pf = open_parquet(t.path, t.view)
+    try:
+        yield from pf.iter_batches(batch_size=t.batch_rows, row_groups=list(t.row_groups),
+                                   columns=source_columns(t.entity, t.view))
+    except (pa.ArrowException, OSError) as e:
+        if disk_full(e):
+            raise
+        raise SourceError(f"{t.path}: view {t.view.name!r}: cannot read row groups {list(t.row_groups)}: "
+                          f"{e} (truncated or corrupt file?)") from None
+
+
+def task_encoder(t: EncodeTask) -> BatchEncoder:
+    return BatchEncoder(t.entity, t.view, t.path, t.file_index, t.offline_path, t.view_rows, t.statistics)
+
+
+def encode_task(t: EncodeTask) -> EncodeResult:
+    """The local engine's encode task: some row groups encoded and spilled, by key range, to
+    <spill_dir>/p<range>/<view>/t<task>.arrow."""
     part = Partitioner(t.boundaries, t.entity.key_type == "int64")
-    rows = SpillRows(t.entity, t.view)
-    offline: pq.ParquetWriter | None = None
-    if t.offline_path:
-        Path(t.offline_path).parent.mkdir(parents=True, exist_ok=True)
-        offline = offline_writer(t.offline_path, normalized_schema(t.entity, t.view))
+    encoder = task_encoder(t)
     writers: dict[int, ipc.RecordBatchFileWriter] = {}
     counts = [0] * part.count
-    # statistics of the rows the version serves: all of them here; after dedup in the sst stage otherwise
-    stats = ViewAccumulator(t.view, t.view_rows) if t.statistics and not spills_all_columns(t.view) else None
     try:
-        batches = pf.iter_batches(batch_size=t.batch_rows, row_groups=list(t.row_groups),
-                                  columns=source_columns(t.entity, t.view))
-        for raw in batches:
-            batch = normalize(t.entity, t.view, raw, t.path)
-            if offline is not None:
-                offline.write_batch(batch, row_group_size=OFFLINE_ROW_GROUP)
-            if stats is not None:
-                stats.add(batch)
-            keys = batch.column(0)
-            full = rows.of(batch, t.file_index)
-            assignment = part.assign(keys)
+        for raw in read_row_groups(t):
+            batch, full = encoder.encode(raw)
+            assignment = part.assign(batch.column(0))
             order = np.argsort(assignment, kind="stable")
             sorted_parts = assignment[order]
             cuts = np.flatnonzero(np.diff(sorted_parts)) + 1
@@ -113,21 +175,15 @@ def encode_task(t: EncodeTask) -> EncodeResult:
                 if p not in writers:
                     d = Path(t.spill_dir) / f"p{p:05d}" / t.view.name
                     d.mkdir(parents=True, exist_ok=True)
-                    writers[p] = ipc.new_file(str(d / f"t{t.task_id:05d}.arrow"), rows.schema)
+                    writers[p] = ipc.new_file(str(d / f"t{t.task_id:05d}.arrow"), encoder.rows.schema)
                 writers[p].write_batch(taken.slice(lo, hi - lo))
                 counts[p] += int(hi - lo)
-    except (pa.ArrowException, OSError) as e:
-        if disk_full(e):
-            raise
-        raise SourceError(f"{t.path}: view {t.view.name!r}: cannot read row groups {list(t.row_groups)}: "
-                          f"{e} (truncated or corrupt file?)") from None
     finally:
         for w in writers.values():
             w.close()
-        if offline is not None:
-            offline.close()
+        checksums, stats = encoder.close()
     return_memory()
-    return EncodeResult(counts, {t.offline_path: file_checksum(t.offline_path)} if t.offline_path else {}, stats)
+    return EncodeResult(counts, checksums, stats)
 
 
 def offline_writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:

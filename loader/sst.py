@@ -4,6 +4,7 @@ stored values for the same range; the group's EntityRow values are assembled in 
 SST files (with the serving options baked in), and the offline Parquet of views that drop duplicates."""
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,9 +18,9 @@ from quiver.loader.entity_row import assemble, split
 from quiver.loader.errors import DataError, SourceError
 from quiver.loader.normalize import normalized_schema
 from quiver.loader.spill import OFFLINE_ROW_GROUP, offline_writer
-from quiver.quality.statistics import ViewAccumulator
 from quiver.loader.wire import binary_parts
 from quiver.loader.worker import return_memory
+from quiver.quality.statistics import ViewAccumulator
 from quiver.snapshot import rocks
 from quiver.snapshot.manifest import file_checksum
 from quiver.snapshot.schema import EntityDef, ViewDef
@@ -43,7 +44,8 @@ class PartitionTask:
     group: str
     views: tuple[ViewDef, ...]      # the group's views in schema order
     entity: EntityDef
-    spill_dir: str                  # .../spill/<group>/p<range>: one folder per re-encoded view
+    index: int                      # the key range's number: names its SST files
+    spill_dir: str                  # the local engine's .../spill/<group>/p<range>: one folder per view
     lower: bytes | None             # the range's keys: lower <= key < upper (None: unbounded)
     upper: bytes | None
     sst_dir: str
@@ -100,16 +102,21 @@ def sorted_deduplicated(view: ViewDef, entity: EntityDef, table: pa.Table,
     return table.filter(pa.array(keep)), int(np.sum(same))
 
 
-def _encoded_view(t: PartitionTask, view: ViewDef, result: PartitionResult) -> tuple[pa.Array, pa.Array] | None:
-    """(keys, values) of one re-encoded view in this range, sorted; its offline rows written."""
-    files = sorted((Path(t.spill_dir) / view.name).glob("*.arrow"))
-    if not files:
-        return None
+def spilled(spill_dir: str, view: ViewDef) -> list[pa.Table]:
+    """The local engine's spill files of one view in one key range, in encode-task order; removed as read."""
+    files = sorted((Path(spill_dir) / view.name).glob("*.arrow"))
     tables = [ipc.open_file(str(f)).read_all() for f in files]
+    for f in files:
+        os.unlink(f)
+    return tables
+
+
+def _encoded_view(t: PartitionTask, view: ViewDef, tables: list[pa.Table],
+                  result: PartitionResult) -> tuple[pa.Array, pa.Array]:
+    """(keys, values) of one re-encoded view in this range, sorted; its offline rows written."""
     # no combine_chunks: the sort's take makes the one contiguous copy this needs
     table, result.dropped[view.name] = sorted_deduplicated(view, t.entity, pa.concat_tables(tables),
                                                            t.source_paths[view.name])
-    del tables
     path = t.offline_paths.get(view.name, "")
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -122,8 +129,6 @@ def _encoded_view(t: PartitionTask, view: ViewDef, result: PartitionResult) -> t
             for batch in rows.to_batches(max_chunksize=1 << 14):
                 stats.add(batch)
         del rows
-    for f in files:
-        os.unlink(f)
     return table.column("__key").combine_chunks(), table.column("__value").combine_chunks()
 
 
@@ -210,14 +215,24 @@ def group_values(views: tuple[ViewDef, ...], columns: Columns) -> tuple[pa.Array
 
 
 def partition_task(t: PartitionTask) -> PartitionResult:
-    """Sorts one key range of one group and writes its SST file(s) and offline Parquet."""
+    """The local engine's task: one key range of one group, its rows read from its spill files."""
+    return write_range(t, lambda view: spilled(t.spill_dir, view))
+
+
+def write_range(t: PartitionTask, rows: Callable[[ViewDef], list[pa.Table]]) -> PartitionResult:
+    """Sorts one key range of one group and writes its SST file(s) and offline Parquet. `rows(view)`: a
+    re-encoded view's spilled rows (SpillRows' schema) in encode-task and read order, as either engine
+    delivers them (asked for one view at a time, to bound memory); the order decides which of equal keys
+    and timestamps is kept."""
     result = PartitionResult(0)
     columns: dict[str, tuple[pa.Array, pa.Array]] = {}
     for view in t.views:
-        if t.kept is None or view.name not in t.kept.names:
-            got = _encoded_view(t, view, result)
-            if got is not None:
-                columns[view.name] = got
+        if t.kept is not None and view.name in t.kept.names:
+            continue
+        tables = rows(view)
+        if tables:
+            columns[view.name] = _encoded_view(t, view, tables, result)
+        del tables
     if t.kept is not None:
         columns |= _kept_views(t, result)
     for view in t.views:
@@ -236,7 +251,7 @@ def _write_ssts(t: PartitionTask, keys: pa.Array, values: pa.Array) -> list[SstF
     """Sorted (key, value) rows into SST files of up to SST_ROLL_BYTES each."""
     out: list[SstFile] = []
     opts = rocks.writer_options(t.compression)
-    part = Path(t.spill_dir).name
+    part = f"p{t.index:05d}"
     writer: SstFileWriter | None = None
     path, first, last = "", b"", b""
 

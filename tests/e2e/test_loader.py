@@ -323,7 +323,7 @@ def test_sigkill_mid_build_leaves_no_partial_version(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     current = first.stdout.strip()
 
-    for stage in ("plan", "encode", "sort+sst", "ingest", "checksums"):
+    for stage in ("plan", "spill", "sst", "checks", "ingest"):
         _kill_load_after(stage, tmp_path / "big" / "features.yaml", root, tmp_path / "load.log")
         _assert_only_complete_versions(root, current)
         assert SnapshotRoot(root).current() == current and published(root) == [current], stage

@@ -28,7 +28,8 @@ import pytest
 import yaml
 from rocksdict import AccessType, Options, Rdict
 
-from quiver.loader.errors import ChecksFailed, LoadError
+from quiver.base.errors import QuiverError
+from quiver.loader.errors import ChecksFailed
 from quiver.loader.load import LoadOptions, LoadResult, load
 from quiver.loader.pause import PAUSE_AT, PAUSE_FILE
 from quiver.quality.statistics import STATISTICS_FILE
@@ -274,8 +275,8 @@ def serving_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d / "root"
 
 
-def _refusal(run: Callable[[], object]) -> LoadError:
-    with pytest.raises(LoadError) as e:
+def _refusal(run: Callable[[], object]) -> QuiverError:
+    with pytest.raises(QuiverError) as e:
         run()
     return e.value
 
@@ -431,7 +432,7 @@ def _spark_cli(features: Path, root: Path | str, as_of: str, *flags: str) -> lis
             "--spark-master", "local[2]", "--as-of", as_of, *flags]
 
 
-@pytest.mark.parametrize("stage", ["spark", "checks"])
+@pytest.mark.parametrize("stage", ["sst", "checks"])
 def test_a_killed_spark_load_publishes_nothing_and_the_next_run_recovers(spark: Any, shared: Any, stage: str,
                                                                         tmp_path: Path) -> None:
     """Killed after its Spark jobs wrote the SST and offline files ("spark"), or after statistics.json
@@ -464,7 +465,7 @@ def test_a_killed_spark_load_publishes_nothing_and_the_next_run_recovers(spark: 
 def test_a_killed_spark_load_to_object_storage_leaves_latest(shared: Any, tmp_path: Path) -> None:
     """An object-store --root: killed after the checks, with the version complete in its temporary
     work root but not uploaded, LATEST and the bucket's objects are unchanged; the next run removes
-    that work root (its process is gone) and publishes."""
+    that work root (the staging of a root of its own, named for the URI) and publishes."""
     from test_distribution import CREDS, start_moto, stop
 
     proc, endpoint = start_moto()
@@ -493,11 +494,11 @@ def test_a_killed_spark_load_to_object_storage_leaves_latest(shared: Any, tmp_pa
         events = data.dir / "events" / "events.parquet"
         table = pq.read_table(events)
         pq.write_table(table.slice(0, table.num_rows - 7), events, row_group_size=256)
-        assert not list(temp.glob("quiver-spark-build-*")), "a load left its work root"
+        assert not list(temp.glob("quiver-build-*")), "a load left its work root"
         later = _spark_cli(data.features_path, uri, "2026-11-02T00:00:00Z")
 
         with _paused_spark_load(later, "checks", tmp_path, env):
-            (work,) = temp.glob("quiver-spark-build-*")
+            (work,) = temp.glob("quiver-build-*")
             assert list(SnapshotRoot(work).staging_dir.glob("load-*"))
         assert work.is_dir(), "the kill left no leftovers: the test proves nothing"
         assert objects() == before, "a killed load uploaded something"
@@ -507,7 +508,7 @@ def test_a_killed_spark_load_to_object_storage_leaves_latest(shared: Any, tmp_pa
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() != first
         assert r.stdout.strip().encode() in s3.get_object(Bucket="features", Key="quiver/prod/LATEST")["Body"].read()
-        assert not list(temp.glob("quiver-spark-build-*")), "the next run left the killed one's work root"
+        assert not list(temp.glob("quiver-build-*")), "the next run left the killed one's work root"
     finally:
         stop(proc)
 

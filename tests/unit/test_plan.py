@@ -11,7 +11,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,6 +22,8 @@ from quiver.loader.partition import Partitioner
 from quiver.loader.plan import (
     KEPT_BYTES_PER_FILE_BYTE,
     GroupPlan,
+    Sample,
+    SampleJob,
     definition_hash,
     draw_boundaries,
     group_definition_hash,
@@ -29,6 +31,7 @@ from quiver.loader.plan import (
     plan_against_current,
     plan_groups,
     range_bounds,
+    sample,
     sample_keys,
     version_id,
 )
@@ -226,8 +229,8 @@ def test_a_damaged_current_version_reuses_nothing(root: SnapshotRoot, caplog: py
         current, prev, plans = plan_against_current(root, OLD, OLD_SOURCES, True, False, False)
     assert current is not None and current.version == V1 and prev is None
     assert summary(plans) == {"default": (["a", "b"], [], False), "other": (["c"], [], False)}
-    said = "missing" if damage == "missing" else f"{OFFLINE.size - 1} bytes"
-    assert f"{OFFLINE.path} ({said}, manifest: {OFFLINE.size})" in caplog.text and V1 in caplog.text
+    said = "missing" if damage == "missing" else f"{OFFLINE.size - 1} bytes, manifest says {OFFLINE.size}"
+    assert f"{OFFLINE.path}: {said}" in caplog.text and V1 in caplog.text
 
 
 def test_intact_names_at_most_five_damaged_files(root: SnapshotRoot, caplog: pytest.LogCaptureFixture) -> None:
@@ -376,8 +379,12 @@ def test_draw_boundaries_samples_encoded_sources_and_kept_views_and_sizes_ranges
     a_file = write_keys(tmp_path / "a.parquet", list(range(999, -1, -1)), x=pa.array([0.5] * 1000))
     partition_bytes = 1000
     with ThreadPoolExecutor(2) as pool:
-        draw_boundaries(cast(Any, pool), root, prev, new.entity, plans, {"a": [a_file]}, 1 << 40, 3)
-        by_name = {p.name: p for p in plans}
+        def samples(jobs: list[SampleJob]) -> list[Sample]:
+            return list(pool.map(sample, jobs))
+
+        drawn = draw_boundaries(samples, root, prev, new.entity, plans, {"a": [a_file]}, 1 << 40, 3)
+        assert [p.boundaries for p in plans] == [[], [], []], "the plans given are not changed"
+        by_name = {p.name: p for p in drawn}
         assert by_name["third"].boundaries == []          # linked: never cut
         a_cuts = [decode(b) for b in by_name["default"].boundaries]
         assert len(a_cuts) == 2 and a_cuts == sorted(a_cuts) and all(0 < c < 1000 for c in a_cuts)
@@ -386,7 +393,8 @@ def test_draw_boundaries_samples_encoded_sources_and_kept_views_and_sizes_ranges
         c_cuts = [decode(b) for b in by_name["other"].boundaries]
         assert len(c_cuts) == 2 and all(5000 < c < 6000 for c in c_cuts)
 
-        draw_boundaries(cast(Any, pool), root, prev, new.entity, plans, {"a": [a_file]}, partition_bytes, 1)
+        by_name = {p.name: p for p in draw_boundaries(samples, root, prev, new.entity, plans, {"a": [a_file]},
+                                                      partition_bytes, 1)}
     # the kept view's share (1 of the group's 2 old views) of the online bytes, per partition_bytes
     kept = online_bytes * KEPT_BYTES_PER_FILE_BYTE / 2
     assert len(by_name["other"].boundaries) == -(-int(kept) // partition_bytes) - 1
