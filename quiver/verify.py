@@ -42,6 +42,7 @@ from rocksdict import AccessType, Cache, Rdict
 
 from quiver import wire_columns as wc
 from quiver.snapshot import Manifest, SnapshotRoot, decode_int64_key, rocks
+from quiver.snapshot.integrity import check_version
 from quiver.verify_columns import FloatBits, compare_view, offline_value, online_value, show
 
 __all__ = ["FloatBits", "Mismatch", "VerifyReport", "verify"]
@@ -339,7 +340,7 @@ def verify(root_dir: str | Path, version: str | None = None, sample: int | None 
     version = version or root.current()
     if version is None:
         raise FileNotFoundError(f"{root.path}: no CURRENT version; name one with --version")
-    m = Manifest.load(root.manifest_path(version))
+    m = check_version(root, version, "none")  # its groups must hold its views, or the ranges below mean nothing
     vdir = root.version_dir(version)
     absent = [f.path for f in m.files if f.path.startswith("offline/") and not (vdir / f.path).is_file()]
     if absent:

@@ -252,6 +252,9 @@ class Manifest:
             except FileNotFoundError:
                 problems.append(f"{f.path}: missing")
                 continue
+            except OSError as e:
+                problems.append(f"{f.path}: cannot stat: {e.strerror}")
+                continue
             if size != f.size:
                 problems.append(f"{f.path}: {size} bytes, manifest says {f.size}")
             elif full and file_checksum(p) != f.checksum:
@@ -265,8 +268,3 @@ def data_files(version_dir: str | os.PathLike[str]) -> list[tuple[str, int]]:
     return [(p.relative_to(base).as_posix(), p.stat().st_size) for p in sorted(base.rglob("*"))
             if p.is_file() and p.name != "manifest.json" and not is_volatile(p.name)]
 
-
-def list_files(version_dir: str | os.PathLike[str]) -> list[FileEntry]:
-    """Every file a manifest lists, with size and checksum."""
-    base = Path(version_dir)
-    return [FileEntry(rel, size, file_checksum(base / rel)) for rel, size in data_files(base)]

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from quiver.snapshot import FORMAT_VERSION, FeatureSet, FileEntry, Manifest, ManifestError, file_checksum
-from quiver.snapshot.manifest import GroupStats, ViewStats, list_files
+from quiver.snapshot.manifest import GroupStats, ViewStats, data_files
 
 SCHEMA = FeatureSet.from_json({"entity": {"name": "u", "key_type": "int64"},
                                "views": [{"name": "v", "source": "v.parquet",
@@ -22,7 +22,7 @@ def manifest_for(vdir: Path) -> Manifest:
     stats = {"v": ViewStats(2, [FileEntry("/src/v.parquet", 10, "sha256:ab")], "sha256:cd", 1)}
     groups = {"default": GroupStats(["v"], 3, "sha256:ef")}
     return Manifest("20261101T000000Z-0123456789ab", "2026-11-01T00:00:05Z", "2026-11-01T00:00:00Z", SCHEMA, stats,
-                    groups, list_files(vdir))
+                    groups, [FileEntry(rel, size, file_checksum(vdir / rel)) for rel, size in data_files(vdir)])
 
 
 def test_round_trip_and_listing(tmp_path: Path) -> None:
