@@ -14,8 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from quiver.loader.wire import concat_rows, const, ragged, varint, varint_matrix
+from quiver.loader.wire import concat_rows, const, ragged, varint_matrix
 from quiver.snapshot.schema import ViewDef
+from quiver.snapshot.values import varint
 
 # wire type 2 (length-delimited) tags of ViewRow's fields
 _TAG = {f: (f << 3) | 2 for f in range(1, 11)}

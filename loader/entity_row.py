@@ -10,12 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from quiver.loader.wire import binary_parts, const, ragged, varint, varint_matrix
+from quiver.loader.wire import binary_parts, const, ragged, varint_matrix
+from quiver.snapshot.values import FOUND_TAG, VIEWS_TAG, varint
 
 __all__ = ["assemble", "split"]
-
-_VIEW_TAG = 0x0A   # EntityRow.views, length-delimited
-_FOUND_TAG = 0x12  # EntityRow.found, packed
 
 
 def assemble(views: list[pa.Array]) -> pa.Array:
@@ -33,8 +31,8 @@ def assemble(views: list[pa.Array]) -> pa.Array:
             found[:, j] = 1
         lens = pc.binary_length(col).to_numpy(zero_copy_only=False)
         v, vn = varint_matrix(lens)
-        parts += [ragged([const(bytes([_VIEW_TAG]), rows), (v, vn)]), col]
-    header = np.frombuffer(bytes([_FOUND_TAG]) + varint(len(views)), dtype=np.uint8)
+        parts += [ragged([const(bytes([VIEWS_TAG]), rows), (v, vn)]), col]
+    header = np.frombuffer(bytes([FOUND_TAG]) + varint(len(views)), dtype=np.uint8)
     tail = np.ascontiguousarray(np.concatenate([np.broadcast_to(header, (rows, len(header))), found], axis=1))
     width = tail.shape[1]
     offsets = np.arange(0, (rows + 1) * width, width, dtype=np.int64)
@@ -73,7 +71,7 @@ def split(values: pa.Array, count: int) -> list[pa.Array]:
     # each view's ViewRows with memcpy.
     cuts = np.empty((rows, 2 * count + 1), dtype=np.int64)
     for j in range(count):
-        if not (data[pos] == _VIEW_TAG).all():
+        if not (data[pos] == VIEWS_TAG).all():
             raise ValueError(f"stored value: view {j} does not start with EntityRow.views' tag")
         cuts[:, 2 * j] = pos
         lens, n = _varints(data, pos + 1)
@@ -81,7 +79,7 @@ def split(values: pa.Array, count: int) -> list[pa.Array]:
         cuts[:, 2 * j + 1] = pos
         pos = pos + lens
     cuts[:, 2 * count] = pos
-    header = bytes([_FOUND_TAG]) + varint(count)
+    header = bytes([FOUND_TAG]) + varint(count)
     for i, b in enumerate(header):
         if not (data[pos + i] == b).all():
             raise ValueError("stored value: found flags missing or of another view count")

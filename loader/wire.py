@@ -1,22 +1,11 @@
-"""Protobuf wire pieces built for whole Arrow arrays at once: varints, and row-wise concatenation of
-byte strings. Shared by the ViewRow encoder and the EntityRow assembler, so neither loops over rows."""
+"""Protobuf wire pieces built for whole Arrow arrays at once: varints (one value's varint is
+snapshot/values.py's), and row-wise concatenation of byte strings. Shared by the ViewRow encoder and the
+EntityRow assembler, so neither loops over rows."""
 
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["binary_parts", "concat_rows", "const", "ragged", "varint", "varint_matrix"]
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+__all__ = ["binary_parts", "concat_rows", "const", "ragged", "varint_matrix"]
 
 
 def varint_matrix(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,27 @@
-"""A stored group value (FORMAT.md: one serialized EntityRow per entity and storage group), read one
-entity at a time: where each view's framed entry sits, and each view's ViewRow bytes."""
+"""A stored group value (FORMAT.md: one serialized EntityRow per entity and storage group): its field
+tags, protobuf varints (written once here for the loader and the server), and, read one entity at a
+time, where each view's framed entry sits and each view's ViewRow bytes."""
 
-__all__ = ["entry_spans", "varint_at", "view_rows"]
+__all__ = ["FOUND_TAG", "VIEWS_TAG", "entry_spans", "varint", "varint_at", "view_rows"]
+
+VIEWS_TAG = 0x0A   # EntityRow.views (field 1), length-delimited: one framed ViewRow per view
+FOUND_TAG = 0x12   # EntityRow.found (field 2), packed bools: one byte per view
+
+# Lengths below 16384 (one- and two-byte varints) come from a table: the server frames every row it
+# answers with one, and a lookup is several times cheaper than the loop.
+_TABLE = [bytes([n]) if n < 0x80 else bytes([(n & 0x7F) | 0x80, n >> 7]) for n in range(16384)]
+
+
+def varint(n: int) -> bytes:
+    """The protobuf varint of `n` (>= 0)."""
+    if n < 16384:
+        return _TABLE[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def varint_at(buf: bytes, pos: int) -> tuple[int, int]:
@@ -17,7 +37,7 @@ def varint_at(buf: bytes, pos: int) -> tuple[int, int]:
 
 
 def entry_spans(value: bytes, views: int) -> list[tuple[int, int]]:
-    """(start, end) of each framed `EntityRow.views` entry (`0x0A varint(len) ViewRow`), in order."""
+    """(start, end) of each framed `EntityRow.views` entry (VIEWS_TAG varint(len) ViewRow), in order."""
     spans = []
     pos = 0
     for _ in range(views):

@@ -9,8 +9,8 @@ from google.protobuf.internal import encoder
 
 from quiver.loader.encode import ViewEncoder
 from quiver.loader.normalize import normalize
-from quiver.loader.wire import varint
 from quiver.snapshot import EntityDef, FeatureDef, ViewDef
+from quiver.snapshot.values import varint
 from quiver.v1 import quiver_pb2
 from support.canon import canon_column
 from support.datasets import generated_column
