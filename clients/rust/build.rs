@@ -12,6 +12,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // SAFETY: build scripts are single-threaded; prost-build reads PROTOC from the environment.
         unsafe { std::env::set_var("PROTOC", protoc) };
     }
-    tonic_prost_build::configure().build_server(false).compile_protos(&[proto], &[proto_root])?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        // Re-exported as quiver_client::FeatureType: a type added to the contract must not break a
+        // caller's match (the crate's other public enums are non_exhaustive too).
+        .enum_attribute("quiver.v1.FeatureType", "#[non_exhaustive]")
+        .compile_protos(&[proto], &[proto_root])?;
     Ok(())
 }

@@ -56,7 +56,7 @@ pub struct QuiverClient {
 /// Builds the endpoint for `http://host:port`, `https://host:port` (with [`ClientOptions::tls`])
 /// or `unix:///path/to.sock`. Checks the TLS settings (files parse, key fits certificate) and that
 /// they agree with the address, without connecting.
-pub fn endpoint(addr: &str, options: &ClientOptions) -> Result<Endpoint> {
+fn endpoint(addr: &str, options: &ClientOptions) -> Result<Endpoint> {
     let connect_err = |source| Error::Connect { addr: addr.to_owned(), source };
     let mut ep = Endpoint::from_shared(addr.to_owned())
         .map_err(connect_err)?
@@ -139,7 +139,9 @@ impl QuiverClient {
         Ok(client)
     }
 
-    /// Wraps an existing channel (e.g. one built with [`endpoint`] and `connect_lazy`).
+    /// Wraps a channel built with tonic (`Endpoint::connect_lazy`, say). Only
+    /// [`ClientOptions::max_response_bytes`] applies here: the channel already has its address,
+    /// timeouts and TLS.
     pub fn from_channel(channel: Channel, options: &ClientOptions) -> Self {
         let grpc = FeatureStoreClient::new(channel).max_decoding_message_size(options.max_response_bytes);
         QuiverClient { grpc, schemas: Arc::default() }
@@ -198,7 +200,7 @@ impl QuiverClient {
 }
 
 /// The wire request for typed ids; every id must have the same type.
-pub fn build_request(ids: &[EntityId], views: &[&str], version: &str) -> Result<GetFeaturesRequest> {
+pub(crate) fn build_request(ids: &[EntityId], views: &[&str], version: &str) -> Result<GetFeaturesRequest> {
     let mut request = GetFeaturesRequest {
         views: views.iter().map(|v| (*v).to_owned()).collect(),
         version: version.to_owned(),

@@ -1,4 +1,8 @@
 //! ViewRow bytes -> typed values by feature name (the layout is defined in quiver.proto).
+//!
+//! The one decoder of values: the gRPC client decodes a whole response here
+//! ([`decode_response`]); the embedded reader decodes each stored ViewRow straight into a
+//! [`ViewValues`] ([`ViewValues::decode`]), with no response built in between.
 
 use std::sync::Arc;
 
@@ -41,6 +45,11 @@ impl FeatureBatch {
     pub fn into_rows(self) -> Vec<EntityFeatures> {
         self.rows
     }
+
+    /// `views`: every row's views, in response order.
+    pub(crate) fn new(version: String, views: Arc<[Arc<ViewSchema>]>, rows: Vec<EntityFeatures>) -> Self {
+        FeatureBatch { version, views, rows }
+    }
 }
 
 /// One entity's features in every response view.
@@ -74,6 +83,11 @@ impl EntityFeatures {
     pub fn views(&self) -> &[Option<ViewValues>] {
         &self.views
     }
+
+    /// `views[j]` is the entity's row of `schemas[j]`, `None` where it has none.
+    pub(crate) fn new(views: Vec<Option<ViewValues>>, schemas: Arc<[Arc<ViewSchema>]>) -> Self {
+        EntityFeatures { views, schemas }
+    }
 }
 
 /// One entity's row of one view, decoded.
@@ -101,10 +115,17 @@ impl ViewValues {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
         self.schema.features.iter().map(|f| f.name.as_str()).zip(&self.values)
     }
+
+    /// Entity `row`'s stored ViewRow of `schema`, decoded; the ViewRow's vectors are emptied.
+    /// A ViewRow that does not fit the schema is a [`Error::Protocol`] naming the row.
+    pub(crate) fn decode(schema: &Arc<ViewSchema>, stored: &mut ViewRow, row: usize) -> Result<ViewValues> {
+        let values = decode_view_row(schema, stored).map_err(|m| Error::Protocol(format!("row {row}, {m}")))?;
+        Ok(ViewValues { schema: Arc::clone(schema), values })
+    }
 }
 
 /// Decodes a response with the schema of the version that answered it.
-pub fn decode_response(schema: &Schema, response: GetFeaturesResponse) -> Result<FeatureBatch> {
+pub(crate) fn decode_response(schema: &Schema, response: GetFeaturesResponse) -> Result<FeatureBatch> {
     if response.version != schema.version {
         return Err(Error::Protocol(format!(
             "decoding a response of version {} with the schema of {}",
@@ -135,17 +156,16 @@ pub fn decode_response(schema: &Schema, response: GetFeaturesResponse) -> Result
             let stored = row.views.get_mut(j).ok_or_else(|| {
                 Error::Protocol(format!("row {i}: found in view {} but only {n} ViewRows", view.name))
             })?;
-            let values = decode_view_row(view, stored).map_err(|m| Error::Protocol(format!("row {i}, {m}")))?;
-            decoded.push(Some(ViewValues { schema: Arc::clone(view), values }));
+            decoded.push(Some(ViewValues::decode(view, stored, i)?));
         }
-        rows.push(EntityFeatures { views: decoded, schemas: Arc::clone(&views) });
+        rows.push(EntityFeatures::new(decoded, Arc::clone(&views)));
     }
-    Ok(FeatureBatch { version: response.version, views, rows })
+    Ok(FeatureBatch::new(response.version, views, rows))
 }
 
 /// Values of one ViewRow in the view's schema order. Takes the group vectors' contents instead of
 /// cloning them (each slot belongs to exactly one feature).
-pub fn decode_view_row(view: &ViewSchema, row: &mut ViewRow) -> Result<Vec<Value>, String> {
+fn decode_view_row(view: &ViewSchema, row: &mut ViewRow) -> Result<Vec<Value>, String> {
     let mut values = Vec::with_capacity(view.features.len());
     for f in &view.features {
         let pos = f.position as usize;

@@ -21,6 +21,7 @@ use std::fmt;
 /// INVALID_ARGUMENT (no ids, ids of the wrong key type, a view named twice), NOT_FOUND (unknown view),
 /// FAILED_PRECONDITION (a pin to a version it has not open), and `Request` for mixed id types.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Error {
     Connect { addr: String, source: tonic::transport::Error },
     Tls(String),
@@ -34,6 +35,7 @@ pub enum Error {
 /// the path at fault. Opening a root fails with it; a refresh that meets it keeps serving the
 /// version already open.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SnapshotError {
     /// `ROOT/CURRENT` is missing or empty: nothing has been published (or synced) there yet.
     NoCurrent { path: std::path::PathBuf },

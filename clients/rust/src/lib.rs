@@ -23,6 +23,11 @@
 //! With the cargo feature `embedded`, [`EmbeddedReader`] reads a snapshot root on local disk
 //! in-process instead (no gRPC hop), returning the same rows; [`FeatureSource`] is implemented by
 //! both, and [`AnySource`] picks one from a setting.
+//!
+//! Public enums are `#[non_exhaustive]` (a match needs a `_` arm), and so are the structs this
+//! crate hands out or builds with methods ([`Schema`], [`TlsOptions`], `ReaderStats`, ...), so a
+//! new variant or field breaks no caller. Option structs with public fields and a `Default`
+//! ([`ClientOptions`], `EmbeddedOptions`, `ReadTuning`) stay open to `..Default::default()`.
 
 mod client;
 mod decode;
@@ -39,12 +44,12 @@ pub mod proto {
     tonic::include_proto!("quiver.v1");
 }
 
-pub use client::{ClientOptions, QuiverClient, build_request, endpoint};
-pub use decode::{EntityFeatures, FeatureBatch, ViewValues, decode_response, decode_view_row};
+pub use client::{ClientOptions, QuiverClient};
+pub use decode::{EntityFeatures, FeatureBatch, ViewValues};
 #[cfg(feature = "embedded")]
 pub use embedded::{EmbeddedOptions, EmbeddedReader, FORMAT_VERSION, ReadTuning, ReaderStats};
 pub use error::{Error, Result, SnapshotError};
-pub use schema::{FeatureSchema, FeatureType, KeyType, Schema, ViewSchema, group_field_of};
+pub use schema::{FeatureSchema, FeatureType, KeyType, Schema, ViewSchema};
 pub use source::{AnySource, FeatureSource};
 pub use tls::{ClientIdentity, Pem, TlsOptions};
 pub use value::{EntityId, Value};

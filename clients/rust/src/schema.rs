@@ -10,6 +10,7 @@ pub use crate::proto::FeatureType;
 
 /// The entity's key type, which decides `int64_ids` or `string_ids` in a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum KeyType {
     Int64,
     String,
@@ -17,6 +18,7 @@ pub enum KeyType {
 
 /// Where one feature sits in a ViewRow.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct FeatureSchema {
     pub name: String,
     pub ty: FeatureType,
@@ -54,6 +56,7 @@ impl ViewSchema {
 
 /// The schema of one snapshot version.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Schema {
     pub version: String,
     pub entity_name: String,
@@ -88,7 +91,7 @@ impl Schema {
 }
 
 /// The ViewRow field number that holds a type's values.
-pub fn group_field_of(ty: FeatureType) -> Option<u32> {
+pub(crate) fn group_field_of(ty: FeatureType) -> Option<u32> {
     Some(match ty {
         FeatureType::Bool => 2,
         FeatureType::Int32 => 3,

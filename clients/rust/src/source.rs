@@ -68,6 +68,7 @@ impl FeatureSource for crate::embedded::EmbeddedReader {
 /// `https://...` or `unix:///path.sock` for a quiver server, and (feature `embedded`) a snapshot
 /// root as an absolute path or `file:///path`.
 #[derive(Clone)]
+#[non_exhaustive]
 pub enum AnySource {
     Grpc(QuiverClient),
     #[cfg(feature = "embedded")]

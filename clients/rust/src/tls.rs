@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 /// PEM text and where it came from (a file path, or a label of the caller's choosing), which
 /// errors name. `Debug` shows the origin and size only, never the bytes (one may be a key).
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct Pem {
     pub origin: String,
     pub bytes: Vec<u8>,
@@ -41,6 +42,7 @@ impl fmt::Debug for Pem {
 
 /// A client certificate (chain, leaf first) and its private key, for mutual TLS.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientIdentity {
     pub cert: Pem,
     pub key: Pem,
@@ -63,6 +65,7 @@ pub struct ClientIdentity {
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct TlsOptions {
     /// CA certificate(s) that signed the server's certificate: the only roots trusted.
     pub ca: Pem,

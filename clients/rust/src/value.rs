@@ -2,6 +2,7 @@
 
 /// An entity key, in the entity's key type (`GetSchemaResponse.entity_key_type`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum EntityId {
     Int64(i64),
     String(String),
@@ -27,6 +28,7 @@ impl From<String> for EntityId {
 
 /// One feature's value, decoded from a ViewRow by the schema of the version that answered.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Value {
     Bool(bool),
     Int32(i32),

@@ -115,6 +115,7 @@ fn type_name(t: FeatureType) -> &'static str {
         FeatureType::Float32List => "list<float32>",
         FeatureType::Int64List => "list<int64>",
         FeatureType::Unspecified => "unspecified",
+        other => panic!("{other:?}: a feature type this test does not know"),
     }
 }
 

@@ -233,6 +233,13 @@ fn the_embedded_reader_answers_what_the_server_answers() {
                         root.display(),
                         &chunk[..chunk.len().min(5)]
                     );
+                    // typed rows: the embedded reader decodes stored rows itself, with no response
+                    let typed_ids = ids_of(chunk, strings);
+                    let local = reader.get_features(&typed_ids, views).unwrap();
+                    let remote = client.get_features(&typed_ids, views).await.unwrap();
+                    let mut bad = Vec::new();
+                    same_rows(&local, &remote, &mut bad);
+                    assert_none(&bad, &format!("{}: typed rows of views {views:?}", root.display()));
                 }
                 // typed rows, through the one trait, chosen by a setting
                 let chunk = &ids[..50];
@@ -272,6 +279,39 @@ fn the_embedded_reader_answers_what_the_server_answers() {
             drop(server);
         }
     });
+}
+
+/// Pushes every difference between two typed answers: version, views, rows, found, and each
+/// value by its bits.
+fn same_rows(x: &FeatureBatch, y: &FeatureBatch, bad: &mut Vec<String>) {
+    let names = |b: &FeatureBatch| b.views().iter().map(|v| v.name.clone()).collect::<Vec<_>>();
+    if (x.version(), names(x), x.len()) != (y.version(), names(y), y.len()) {
+        bad.push(format!(
+            "{} {:?} {} rows / {} {:?} {} rows",
+            x.version(),
+            names(x),
+            x.len(),
+            y.version(),
+            names(y),
+            y.len()
+        ));
+        return;
+    }
+    for (i, (a, b)) in x.rows().iter().zip(y.rows()).enumerate() {
+        for (view, (va, vb)) in names(x).iter().zip(a.views().iter().zip(b.views())) {
+            match (va, vb) {
+                (None, None) => {}
+                (Some(va), Some(vb)) => {
+                    let same = va.iter().count() == vb.iter().count()
+                        && va.iter().zip(vb.iter()).all(|((n, p), (m, q))| n == m && p.bit_eq(q));
+                    if !same {
+                        bad.push(format!("row {i}, {view}: {:?} / {:?}", va.values(), vb.values()));
+                    }
+                }
+                _ => bad.push(format!("row {i}, {view}: found {} / {}", va.is_some(), vb.is_some())),
+            }
+        }
+    }
 }
 
 /// Everything GetSchema carries, as text (Schema holds maps, so no derived Debug comparison).
@@ -433,11 +473,13 @@ fn loadgen_reads_a_root_in_process() {
     let _one_at_a_time = serial();
     let root = &roots().grouped;
     let out = root.with_file_name("loadgen-embedded.json");
-    for k in ["1", "100"] {
+    // the raw API, then typed values (--decode)
+    for (k, decode) in [("1", None), ("100", None), ("100", Some("--decode"))] {
         let status = Command::new(env!("CARGO_BIN_EXE_quiver-loadgen"))
             .args(["--target", "embedded", "--root", root.to_str().unwrap(), "--rate", "200", "--duration", "1"])
             .args(["--warmup", "0.2", "--entities-per-request", k, "--users", &USERS.to_string(), "--pin-cpus", "0"])
             .args(["--cache-mb", "8", "--read-option", "no-verify-checksums", "--json-out", out.to_str().unwrap()])
+            .args(decode)
             .status()
             .unwrap();
         assert!(status.success());

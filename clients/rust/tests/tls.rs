@@ -221,16 +221,20 @@ fn loadgen_over_mutual_tls(https: &str, pki: &Pki) {
 }
 
 /// Settings that cannot work are refused before connecting, naming the file or address at fault.
+/// Nothing listens on port 1: settings that pass the checks fail to connect instead.
 #[test]
 fn unusable_tls_settings_are_refused_naming_the_culprit() {
     let pki = pki();
     let addr = "https://127.0.0.1:1";
-    let tls_err = |options: &ClientOptions, addr: &str| match quiver_client::endpoint(addr, options) {
+    let rt = runtime();
+    let connect = |options: &ClientOptions, addr: &str| rt.block_on(QuiverClient::connect_with(addr, options));
+    let tls_err = |options: &ClientOptions, addr: &str| match connect(options, addr) {
         Err(Error::Tls(m)) => m,
         Err(e) => panic!("{addr}: expected a TLS error, got {e}"),
-        Ok(_) => panic!("{addr}: endpoint accepted {options:?}"),
+        Ok(_) => panic!("{addr}: connected with {options:?}"),
     };
-    assert!(quiver_client::endpoint(addr, &with_tls(trusting(&pki.ca))).is_ok());
+    let good = connect(&with_tls(trusting(&pki.ca)), addr);
+    assert!(matches!(good, Err(Error::Connect { .. })), "{:?}", good.err());
 
     let missing = pki.ca.with_file_name("no-such-ca.pem");
     let err = TlsOptions::from_files(&missing).unwrap_err().to_string();

@@ -20,7 +20,7 @@ use rocksdb::Cache;
 use tonic::Status;
 
 use crate::client::build_request;
-use crate::decode::{FeatureBatch, decode_response};
+use crate::decode::FeatureBatch;
 use crate::error::{Error, Result, SnapshotError};
 use crate::proto::{GetFeaturesRequest, GetFeaturesResponse, GetSnapshotInfoResponse, VersionInfo};
 use crate::schema::Schema;
@@ -76,6 +76,7 @@ impl Default for EmbeddedOptions {
 
 /// What the reader serves and what it refused, for metrics and health checks.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ReaderStats {
     pub current: String,
     pub previous: Option<String>,
@@ -197,8 +198,7 @@ impl EmbeddedReader {
     pub fn get_features_at(&self, ids: &[EntityId], views: &[&str], version: &str) -> Result<FeatureBatch> {
         let request = build_request(ids, views, version)?;
         let v = self.inner.pick(version)?;
-        let response = read::get_features(&request, &v)?;
-        decode_response(&v.schema, response)
+        read::get_batch(&request, &v)
     }
 
     /// The undecoded response, exactly what a server would send for `request`.

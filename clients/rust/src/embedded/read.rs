@@ -1,15 +1,18 @@
 //! GetFeatures in-process, as the server answers it (service/reader.py): validate the request,
-//! encode keys, one lookup per entity and storage group (batched for a batch), and lay each
-//! stored EntityRow's ViewRows out in the requested view order. The result is the
-//! `GetFeaturesResponse` a server would send, decoded by the same code as the gRPC client's.
+//! encode keys, one lookup per entity and storage group (batched for a batch), and decode each
+//! stored EntityRow once. Its ViewRows then go either into the `GetFeaturesResponse` a server
+//! would send (the raw API), or straight into typed values by the decoder the gRPC client uses.
+
+use std::sync::Arc;
 
 use prost::Message;
 use tonic::Status;
 
+use crate::decode::{EntityFeatures, FeatureBatch, ViewValues};
 use crate::embedded::store::{OpenVersion, Slot};
 use crate::error::{Error, Result};
 use crate::proto::{EntityRow, GetFeaturesRequest, GetFeaturesResponse, ViewRow};
-use crate::schema::KeyType;
+use crate::schema::{KeyType, ViewSchema};
 
 /// int64 ids: 8 bytes big-endian with the sign bit flipped, so byte order is numeric order.
 pub fn int64_key(id: i64) -> Vec<u8> {
@@ -36,8 +39,19 @@ fn keys(request: &GetFeaturesRequest, version: &OpenVersion) -> Result<Vec<Vec<u
     }
 }
 
-/// Where each requested view's ViewRow comes from; `views` empty means all, in schema order.
-fn plan(request: &GetFeaturesRequest, version: &OpenVersion) -> Result<(Vec<String>, Vec<Slot>)> {
+/// Where each requested view's ViewRow comes from.
+struct Plan<'v> {
+    /// Requested views (all, in schema order, when the request names none), each named once.
+    names: Vec<String>,
+    slots: Vec<&'v Slot>,
+    /// The groups to look up, in order of first use; `group_of[j]`: the position of view j's.
+    groups: Vec<usize>,
+    group_of: Vec<usize>,
+    /// Every view of one group in stored order: each entity's stored row is its response row.
+    whole_group: bool,
+}
+
+fn plan<'v>(request: &GetFeaturesRequest, version: &'v OpenVersion) -> Result<Plan<'v>> {
     let names: Vec<String> = if request.views.is_empty() {
         version.schema.views.iter().map(|v| v.name.clone()).collect()
     } else {
@@ -64,65 +78,96 @@ fn plan(request: &GetFeaturesRequest, version: &OpenVersion) -> Result<(Vec<Stri
         ))
         .into());
     }
-    let slots = names.iter().map(|v| version.slots[v]).collect();
-    Ok((names, slots))
-}
-
-/// The response for `request` from `version`.
-pub fn get_features(request: &GetFeaturesRequest, version: &OpenVersion) -> Result<GetFeaturesResponse> {
-    let (views, slots) = plan(request, version)?;
-    let keys = keys(request, version)?;
-    // Groups in order of first use; one lookup (batch) per group.
+    let slots: Vec<&Slot> = names.iter().map(|v| &version.slots[v]).collect();
     let mut groups: Vec<usize> = Vec::new();
-    for s in &slots {
-        if !groups.contains(&s.group) {
-            groups.push(s.group);
-        }
-    }
-    let stored = groups.iter().map(|&g| version.get(g, &keys)).collect::<Result<Vec<_>, _>>()?;
-    // The common case, every view of one group in stored order: each value is the row itself.
+    let group_of = slots
+        .iter()
+        .map(|s| {
+            groups.iter().position(|&g| g == s.group).unwrap_or_else(|| {
+                groups.push(s.group);
+                groups.len() - 1
+            })
+        })
+        .collect();
     let whole_group = groups.len() == 1
         && slots.len() == version.group_views[groups[0]]
         && slots.iter().enumerate().all(|(i, s)| s.index == i);
+    Ok(Plan { names, slots, groups, group_of, whole_group })
+}
+
+/// Looks every key up in each group of the plan, decodes each stored EntityRow once (`None`:
+/// the entity is in no view of that group), and makes entity `i`'s result with `row(i, rows)`.
+fn read_rows<T>(
+    plan: &Plan,
+    keys: &[Vec<u8>],
+    version: &OpenVersion,
+    mut row: impl FnMut(usize, &mut [Option<EntityRow>]) -> Result<T>,
+) -> Result<Vec<T>> {
+    let stored = plan.groups.iter().map(|&g| version.get(g, keys)).collect::<Result<Vec<_>, _>>()?;
     let mut rows = Vec::with_capacity(keys.len());
-    let mut decoded: Vec<Option<EntityRow>> = Vec::with_capacity(groups.len());
-    for i in 0..keys.len() {
+    let mut decoded: Vec<Option<EntityRow>> = Vec::with_capacity(plan.groups.len());
+    for (i, key) in keys.iter().enumerate() {
         decoded.clear();
-        for (gi, &g) in groups.iter().enumerate() {
-            decoded.push(match &stored[gi][i] {
+        for (values, &g) in stored.iter().zip(&plan.groups) {
+            decoded.push(match &values[i] {
                 None => None,
-                Some(bytes) => Some(entity_row(bytes, version, g, &keys[i])?),
+                Some(bytes) => Some(entity_row(bytes, version, g, key)?),
             });
         }
-        if whole_group {
-            let n = slots.len();
-            rows.push(
-                decoded[0]
-                    .take()
-                    .unwrap_or_else(|| EntityRow { views: vec![ViewRow::default(); n], found: vec![false; n] }),
-            );
-            continue;
+        rows.push(row(i, &mut decoded)?);
+    }
+    Ok(rows)
+}
+
+/// The response a server would send for `request` from `version`.
+pub fn get_features(request: &GetFeaturesRequest, version: &OpenVersion) -> Result<GetFeaturesResponse> {
+    let plan = plan(request, version)?;
+    let keys = keys(request, version)?;
+    let n = plan.slots.len();
+    let rows = read_rows(&plan, &keys, version, |_, stored| {
+        if plan.whole_group {
+            return Ok(stored[0]
+                .take()
+                .unwrap_or_else(|| EntityRow { views: vec![ViewRow::default(); n], found: vec![false; n] }));
         }
-        let mut row = EntityRow { views: Vec::with_capacity(slots.len()), found: Vec::with_capacity(slots.len()) };
-        for (j, s) in slots.iter().enumerate() {
-            let gi = groups.iter().position(|&g| g == s.group).expect("every slot's group is looked up");
-            match &mut decoded[gi] {
+        let mut row = EntityRow { views: Vec::with_capacity(n), found: Vec::with_capacity(n) };
+        for (s, &gi) in plan.slots.iter().zip(&plan.group_of) {
+            match &mut stored[gi] {
                 None => {
                     row.views.push(ViewRow::default());
                     row.found.push(false);
                 }
+                // each view is named once (plan), so its ViewRow moves
                 Some(stored_row) => {
-                    // A view asked for twice gets a copy; otherwise the ViewRow moves.
-                    let again = slots[j + 1..].iter().any(|o| o.group == s.group && o.index == s.index);
-                    let view = &mut stored_row.views[s.index];
-                    row.views.push(if again { view.clone() } else { std::mem::take(view) });
+                    row.views.push(std::mem::take(&mut stored_row.views[s.index]));
                     row.found.push(stored_row.found[s.index]);
                 }
             }
         }
-        rows.push(row);
-    }
-    Ok(GetFeaturesResponse { version: version.id.clone(), views, rows })
+        Ok(row)
+    })?;
+    Ok(GetFeaturesResponse { version: version.id.clone(), views: plan.names, rows })
+}
+
+/// The typed rows for `request` from `version`: what [`crate::decode::decode_response`] makes of
+/// the response [`get_features`] returns, without making that response.
+pub fn get_batch(request: &GetFeaturesRequest, version: &OpenVersion) -> Result<FeatureBatch> {
+    let plan = plan(request, version)?;
+    let keys = keys(request, version)?;
+    let views: Arc<[Arc<ViewSchema>]> = plan.slots.iter().map(|s| Arc::clone(&s.view)).collect();
+    let rows = read_rows(&plan, &keys, version, |i, stored| {
+        let mut values = Vec::with_capacity(views.len());
+        for ((s, &gi), view) in plan.slots.iter().zip(&plan.group_of).zip(views.iter()) {
+            values.push(match &mut stored[gi] {
+                Some(stored_row) if stored_row.found[s.index] => {
+                    Some(ViewValues::decode(view, &mut stored_row.views[s.index], i)?)
+                }
+                _ => None,
+            });
+        }
+        Ok(EntityFeatures::new(values, Arc::clone(&views)))
+    })?;
+    Ok(FeatureBatch::new(version.id.clone(), views, rows))
 }
 
 /// A stored value, checked to be an EntityRow of the group's views (FORMAT.md).

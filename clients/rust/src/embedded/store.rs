@@ -14,7 +14,7 @@ use rocksdb::{
 use crate::embedded::manifest::Manifest;
 use crate::embedded::{EmbeddedOptions, ReadTuning};
 use crate::error::SnapshotError;
-use crate::schema::Schema;
+use crate::schema::{Schema, ViewSchema};
 
 /// The table options the loader writes (snapshot/rocks.py `table_options`), on the read side:
 /// the reader must name the filter policy for RocksDB to use the files' bloom filters.
@@ -60,11 +60,13 @@ struct Group {
     db: DB,
 }
 
-/// Where a view's ViewRow sits: its group, and its index among the group's views.
-#[derive(Debug, Clone, Copy)]
+/// Where a view's ViewRow sits: its group, and its index among the group's views; with the
+/// view's schema, which decodes it.
+#[derive(Debug)]
 pub struct Slot {
     pub group: usize,
     pub index: usize,
+    pub view: Arc<ViewSchema>,
 }
 
 pub struct OpenVersion {
@@ -158,8 +160,10 @@ pub fn open_version(
     }
     let mut slots = HashMap::new();
     for (gi, g) in manifest.groups.iter().enumerate() {
-        for (index, view) in g.views.iter().enumerate() {
-            slots.insert(view.clone(), Slot { group: gi, index });
+        for (index, name) in g.views.iter().enumerate() {
+            // manifest.rs makes the groups from the schema's views, so each is there
+            let view = Arc::clone(manifest.schema.view(name).expect("a group's views are the schema's"));
+            slots.insert(name.clone(), Slot { group: gi, index, view });
         }
     }
     Ok(OpenVersion {

@@ -26,8 +26,9 @@ USAGE: quiver-loadgen [FLAGS]
   --connections C              connections used round-robin (default 1); use at least the
                                number of SO_REUSEPORT server processes
   --views a,b                  quiver and embedded: views to request (default: all)
-  --decode                     quiver and embedded: also decode each response into typed values
-                               (what get_features returns); default: the raw response only
+  --decode                     quiver and embedded: typed values, what get_features returns
+                               (quiver: each response decoded; embedded: get_features itself,
+                               which decodes stored rows directly); default: the raw response
   --root PATH                  embedded only: the snapshot root (follows PATH/CURRENT)
   --cache-mb MB                embedded only: block cache size (default 256)
   --read-option OPT            embedded only, repeatable: no-verify-checksums, no-fill-cache

@@ -1,5 +1,7 @@
 //! The systems under load, behind one `send` so the runner treats them alike.
 
+#[cfg(feature = "embedded")]
+use quiver_client::EntityId;
 use quiver_client::proto::GetFeaturesRequest;
 use quiver_client::{ClientOptions, KeyType, QuiverClient, TlsOptions};
 
@@ -14,7 +16,8 @@ pub enum Target {
     /// One multiplexed connection per `--connections`.
     Redis { connections: Vec<redis::aio::MultiplexedConnection> },
     /// The snapshot root read in this process; the raw API too (lookups and the response a
-    /// server would send, decoded from protobuf as a gRPC client does, but not into values).
+    /// server would send, decoded from protobuf as a gRPC client does, but not into values), or
+    /// with `decode` the typed `get_features`.
     #[cfg(feature = "embedded")]
     Embedded { reader: Arc<quiver_client::EmbeddedReader>, key_type: KeyType, views: Vec<String>, decode: bool },
 }
@@ -53,7 +56,7 @@ impl Target {
                 }
                 Ok(Target::Quiver {
                     clients,
-                    key_type: schema.key_type,
+                    key_type: sendable(schema.key_type)?,
                     views: args.views.clone(),
                     decode: args.decode,
                 })
@@ -95,7 +98,7 @@ impl Target {
                 }
                 Ok(Target::Embedded {
                     reader: Arc::new(reader),
-                    key_type: schema.key_type,
+                    key_type: sendable(schema.key_type)?,
                     views: args.views.clone(),
                     decode: args.decode,
                 })
@@ -149,13 +152,31 @@ pub enum Handle {
     },
 }
 
+/// The key types quiver-loadgen makes ids of (id `n` is `n`, or its decimal string).
+fn sendable(key_type: KeyType) -> Result<KeyType, String> {
+    match key_type {
+        KeyType::Int64 | KeyType::String => Ok(key_type),
+        other => Err(format!("entity key type {other:?}: quiver-loadgen sends int64 or string ids only")),
+    }
+}
+
 fn request(ids: Vec<u64>, key_type: KeyType, views: Vec<String>) -> GetFeaturesRequest {
     let mut request = GetFeaturesRequest { views, ..Default::default() };
     match key_type {
         KeyType::Int64 => request.int64_ids = ids.into_iter().map(|id| id as i64).collect(),
         KeyType::String => request.string_ids = ids.into_iter().map(|id| id.to_string()).collect(),
+        _ => unreachable!("checked by sendable"),
     }
     request
+}
+
+#[cfg(feature = "embedded")]
+fn entity_ids(ids: Vec<u64>, key_type: KeyType) -> Vec<EntityId> {
+    match key_type {
+        KeyType::Int64 => ids.into_iter().map(|id| EntityId::Int64(id as i64)).collect(),
+        KeyType::String => ids.into_iter().map(|id| EntityId::String(id.to_string())).collect(),
+        _ => unreachable!("checked by sendable"),
+    }
 }
 
 impl Handle {
@@ -211,16 +232,18 @@ impl Handle {
             return Err("call() reads the embedded target only".into());
         };
         let n = ids.len();
-        let response = reader.get_features_raw(&request(ids, key_type, views)).map_err(|e| match e.code() {
+        let failed = |e: quiver_client::Error| match e.code() {
             Some(code) => format!("status {code:?}"),
             None => e.to_string(),
-        })?;
-        if response.rows.len() != n {
-            return Err(format!("{} rows for {n} ids", response.rows.len()));
-        }
-        if decode {
-            let schema = reader.schema(&response.version).map_err(|e| e.to_string())?;
-            quiver_client::decode_response(&schema, response).map_err(|e| e.to_string())?;
+        };
+        let rows = if decode {
+            let views: Vec<&str> = views.iter().map(String::as_str).collect();
+            reader.get_features(&entity_ids(ids, key_type), &views).map_err(failed)?.len()
+        } else {
+            reader.get_features_raw(&request(ids, key_type, views)).map_err(failed)?.rows.len()
+        };
+        if rows != n {
+            return Err(format!("{rows} rows for {n} ids"));
         }
         Ok(())
     }
