@@ -7,7 +7,7 @@ import time
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from quiver.service.reader import ViewStats
+from quiver.service.reader import RequestCounts
 from quiver.service.store import LoadedVersion
 
 LATENCY_BUCKETS = (0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025,
@@ -57,10 +57,10 @@ def on_swap(version: LoadedVersion, previous: LoadedVersion | None) -> None:
     SWAPS.inc()
 
 
-def flush(stats: ViewStats, current: LoadedVersion | None) -> None:
+def flush(counts: RequestCounts, current: LoadedVersion | None) -> None:
     if current is not None:
         SNAPSHOT_AGE.set(time.time() - as_of_seconds(current))
-    requested, found = stats.take()
+    requested, found = counts.take()
     for view, n in requested.items():
         f = found.get(view, 0)
         ENTITIES_REQUESTED.labels(view).inc(n)

@@ -21,33 +21,38 @@ from quiver.service.errors import InvalidRequest, UnknownView
 from quiver.service.snapshots import Snapshots
 from quiver.service.store import LoadedVersion
 from quiver.snapshot.keys import encode_int64_keys
-from quiver.snapshot.values import entry_spans
+from quiver.snapshot.values import FOUND_TAG, VIEWS_TAG, entry_spans, varint
 from quiver.v1.quiver_pb2 import GetFeaturesRequest
 
-_VARINT_TABLE: list[bytes] = []
-
-
-def varint(n: int) -> bytes:
-    if n < 16384:
-        return _VARINT_TABLE[n]
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_VARINT_TABLE.extend(bytes([n]) if n < 0x80 else bytes([(n & 0x7F) | 0x80, n >> 7]) for n in range(16384))
+# Reads expected to take longer than this run on a reader thread; why 150 us: bench/README.md, "The offload line".
+OFFLOAD_SECONDS = 150e-6
 KEY_EWMA = 0.02           # weight of the newest call in the mean time per key (about the last 50 calls)
-_NOT_FOUND = b"\x0a\x00"   # EntityRow.views entry: an empty ViewRow
+_NOT_FOUND = bytes([VIEWS_TAG, 0])   # EntityRow.views entry: an empty ViewRow
+_FOUND = bytes([FOUND_TAG])
 
 
 def _field(tag: bytes, data: bytes) -> bytes:
     return tag + varint(len(data)) + data
 
 
-class ViewStats:
+class Offload:
+    """Whether a call is read on a reader thread: when its RocksDB reads are expected (its keys x the recent
+    mean time per key) to take longer than `seconds`, so the event loop never waits on the disk or a long
+    multi-get; shorter calls are read inline. The servicer asks; the reader measures."""
+
+    def __init__(self, seconds: float = OFFLOAD_SECONDS) -> None:
+        self.seconds = seconds
+        # recent mean RocksDB time per key looked up (page cache hits and misses); starts at a warm cache's
+        self.key_seconds = 20e-6
+
+    def wanted(self, keys: int) -> bool:
+        return keys * self.key_seconds > self.seconds
+
+    def observe(self, seconds: float, keys: int) -> None:
+        self.key_seconds += KEY_EWMA * (seconds / keys - self.key_seconds)
+
+
+class RequestCounts:
     """Entities requested and found per view, counted on the hot path with plain ints and
     published to Prometheus off it (metrics.flush)."""
 
@@ -67,7 +72,7 @@ class ViewStats:
 
 def _absent(views: int) -> bytes:
     """A group value for an entity none of its views holds: empty ViewRows, found all false."""
-    return _NOT_FOUND * views + b"\x12" + varint(views) + bytes(views)
+    return _NOT_FOUND * views + _FOUND + varint(views) + bytes(views)
 
 
 @dataclass(frozen=True)
@@ -84,12 +89,12 @@ class Run:
             return value
         spans = entry_spans(value, self.group_views)
         flags = value[len(value) - self.group_views:]
-        return b"".join([value[s:e] for s, e in (spans[i] for i in self.picks)]) + b"\x12" + varint(
+        return b"".join([value[s:e] for s, e in (spans[i] for i in self.picks)]) + _FOUND + varint(
             len(self.picks)) + bytes(flags[i] for i in self.picks)
 
 
 @dataclass(frozen=True)
-class Plan:
+class ResponsePlan:
     """How one version answers one list of views: the response header, the runs, the groups to read."""
 
     header: bytes
@@ -99,7 +104,8 @@ class Plan:
     counted: tuple[tuple[str, int, tuple[tuple[str, int], ...]], ...]
 
 
-def plan(version: LoadedVersion, views: tuple[str, ...]) -> Plan:
+def plan_response(version: LoadedVersion, views: tuple[str, ...]) -> ResponsePlan:
+    """How `version` answers `views` (cached per version and list of views by the reader)."""
     twice = [v for v in dict.fromkeys(views) if views.count(v) > 1]
     if twice:  # answering it twice would hide a client bug and double the response for nothing
         raise InvalidRequest(f"view(s) {twice} named more than once in the request; name each view once")
@@ -125,27 +131,50 @@ def plan(version: LoadedVersion, views: tuple[str, ...]) -> Plan:
     counted = tuple((g, len(version.groups[g]), tuple((v, version.groups[g].index(v)) for v in dict.fromkeys(views)
                                                       if version.group_of[v] == g)) for g in groups)
     header = _field(b"\x0a", version.version.encode()) + b"".join(_field(b"\x12", v.encode()) for v in views)
-    return Plan(header, tuple(runs), groups, counted)
+    return ResponsePlan(header, tuple(runs), groups, counted)
 
 
 class FeatureReader:
     def __init__(self, snapshots: Snapshots, max_entities: int) -> None:
         self.snapshots = snapshots
         self.max_entities = max_entities
-        self.stats = ViewStats()
-        # recent mean RocksDB time per key looked up (page cache hits and misses); starts at a warm cache's
-        self.key_seconds = 20e-6
-        self._plans: dict[tuple[str, tuple[str, ...]], Plan] = {}
+        self.counts = RequestCounts()
+        self.offload = Offload()
+        self._plans: dict[tuple[str, tuple[str, ...]], ResponsePlan] = {}
 
-    def _plan(self, version: LoadedVersion, views: tuple[str, ...]) -> Plan:
+    def get_features(self, req: GetFeaturesRequest) -> bytes:
+        """The serialized GetFeaturesResponse; raises ServiceError subclasses."""
+        with self.snapshots.reading(req.version) as version:
+            p = self._plan(version, tuple(req.views) or version.view_names)
+            keys = self._keys(req, version)
+            t = time.perf_counter()
+            stored = {g: version.get(g, keys) for g in p.groups}
+            self.offload.observe(time.perf_counter() - t, len(keys) * len(p.groups))
+        self._count(p, stored, len(keys))
+        if len(p.runs) == 1 and p.runs[0].picks is None:  # the default: every view, one group
+            absent = p.runs[0].absent
+            values = [absent if v is None else v for v in stored[p.runs[0].group]]
+        else:
+            values = [b"".join([r.cut(stored[r.group][i]) for r in p.runs]) for i in range(len(keys))]
+        return p.header + b"".join([b"\x1a" + varint(len(v)) + v for v in values])   # 0x1A: rows (3)
+
+    @staticmethod
+    def parse(raw: bytes) -> GetFeaturesRequest:
+        try:
+            return GetFeaturesRequest.FromString(raw)
+        except DecodeError as e:
+            raise InvalidRequest(f"malformed GetFeaturesRequest: {e}") from None
+
+    def _plan(self, version: LoadedVersion, views: tuple[str, ...]) -> ResponsePlan:
         key = (version.version, views)
         p = self._plans.get(key)
         if p is None:
-            p = plan(version, views)
+            p = plan_response(version, views)
             if len(self._plans) > 256:
                 self._plans.clear()
             self._plans[key] = p
         return p
+
     def _keys(self, req: GetFeaturesRequest, version: LoadedVersion) -> list[bytes]:
         ints, strs = req.int64_ids, req.string_ids
         n = len(ints) + len(strs)
@@ -163,40 +192,10 @@ class FeatureReader:
                                  "send string_ids, not int64_ids")
         return [s.encode() for s in strs]
 
-    @staticmethod
-    def parse(raw: bytes) -> GetFeaturesRequest:
-        try:
-            return GetFeaturesRequest.FromString(raw)
-        except DecodeError as e:
-            raise InvalidRequest(f"malformed GetFeaturesRequest: {e}") from None
-
-    def get_features(self, req: GetFeaturesRequest, off_loop: bool = False) -> bytes:
-        """The serialized GetFeaturesResponse; raises ServiceError subclasses. `off_loop`: running on a
-        reader thread, where even a single key is read with the GIL released."""
-        version = self.snapshots.pick(req.version)
-        while not version.acquire():  # retired by a swap since the pick (this may run on a thread): pick again
-            version = self.snapshots.pick(req.version)
-        try:
-            p = self._plan(version, tuple(req.views) or version.view_names)
-            keys = self._keys(req, version)
-            t = time.perf_counter()
-            stored = {g: version.get(g, keys, off_loop) for g in p.groups}
-            per_key = (time.perf_counter() - t) / (len(keys) * len(p.groups))
-            self.key_seconds += KEY_EWMA * (per_key - self.key_seconds)
-        finally:
-            version.release()
-        self._count(p, stored, len(keys))
-        if len(p.runs) == 1 and p.runs[0].picks is None:  # the default: every view, one group
-            absent = p.runs[0].absent
-            values = [absent if v is None else v for v in stored[p.runs[0].group]]
-        else:
-            values = [b"".join([r.cut(stored[r.group][i]) for r in p.runs]) for i in range(len(keys))]
-        return p.header + b"".join([b"\x1a" + varint(len(v)) + v for v in values])
-
-    def _count(self, p: Plan, stored: dict[str, list[bytes | None]], n: int) -> None:
+    def _count(self, p: ResponsePlan, stored: dict[str, list[bytes | None]], n: int) -> None:
         """Entities found per view, from the found flags that end each stored value."""
         for g, width, views in p.counted:
             col = stored[g]
             tails = b"".join([v[-width:] for v in col if v is not None])
             for view, i in views:
-                self.stats.add(view, n, tails[i::width].count(1))
+                self.counts.add(view, n, tails[i::width].count(1))

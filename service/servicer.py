@@ -16,17 +16,6 @@ from quiver.service.store import LoadedVersion
 from quiver.v1 import quiver_pb2 as pb
 
 SERVICE = "quiver.v1.FeatureStore"
-# A call whose RocksDB reads are expected to take longer than this (its keys x the recent mean time per
-# key) is read on a thread, so the event loop never waits on the disk or a long multi-get; shorter ones
-# run inline. The hop is not free: asyncio.to_thread took 39 us of CPU (98 us wall) on a fast day, and on
-# a slower day of the same 2-core VM a 1-entity call cost ~300 us more CPU on a thread (870-1,060 us
-# against 606-612 us inline, bench/README "Read path"). With the page cache warm one key costs 5-50 us
-# (more between sparse calls, when the CPU's caches have gone cold), so the line sits well above that:
-# 1-entity calls stay inline, 100-entity calls (~1 ms of reads) move off the loop, and when reads miss
-# the page cache (a node holding a quarter of its data in memory) a key costs hundreds of us and even
-# 1-entity calls move off the loop. A call read inline holds the loop for less than the gRPC work of
-# one call.
-OFFLOAD_SECONDS = 150e-6
 SERVICE_EWMA = 0.05   # weight of the newest call in the mean service time (about the last 20 calls)
 _TYPES = {"bool": pb.BOOL, "int32": pb.INT32, "int64": pb.INT64, "float32": pb.FLOAT32, "float64": pb.FLOAT64,
           "string": pb.STRING, "bytes": pb.BYTES, "list<float32>": pb.FLOAT32_LIST, "list<int64>": pb.INT64_LIST}
@@ -77,7 +66,7 @@ class FeatureStoreServicer:
         try:
             self._admit(context)
             req = self.reader.parse(raw)
-            if (len(req.int64_ids) + len(req.string_ids)) * self.reader.key_seconds > OFFLOAD_SECONDS:
+            if self.reader.offload.wanted(len(req.int64_ids) + len(req.string_ids)):
                 body = await asyncio.to_thread(self._read_after_queue, req, time.perf_counter(),
                                                context.time_remaining(), self.active > 1)
             else:
@@ -103,9 +92,9 @@ class FeatureStoreServicer:
             raise Overloaded(f"~{ahead * 1000:.0f} ms of calls queued ahead on this worker (limit "
                              f"{self.max_queue * 1000:.0f} ms); retry with backoff or on another replica")
 
-    def _read(self, req: pb.GetFeaturesRequest, off_loop: bool = False) -> bytes:
+    def _read(self, req: pb.GetFeaturesRequest) -> bytes:
         t = time.perf_counter()
-        body = self.reader.get_features(req, off_loop)
+        body = self.reader.get_features(req)
         self.service_time += SERVICE_EWMA * (time.perf_counter() - t - self.service_time)
         return body
 
@@ -121,7 +110,7 @@ class FeatureStoreServicer:
         if self.max_queue and behind_others and waited > self.max_queue:
             raise Overloaded(f"waited {waited * 1000:.0f} ms for a reader thread on this worker (limit "
                              f"{self.max_queue * 1000:.0f} ms); retry with backoff or on another replica")
-        return self._read(req, off_loop=True)
+        return self._read(req)
 
     async def get_schema(self, req: pb.GetSchemaRequest, context: grpc.aio.ServicerContext) -> pb.GetSchemaResponse:
         try:

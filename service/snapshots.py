@@ -38,7 +38,18 @@ class Snapshots:
         # the refused CURRENT while serving a fallback instead of it, else None
         self.fallback_from: str | None = None
 
+    def reading(self, pin: str) -> LoadedVersion:
+        """The version `pin` names (empty: the current one), retained for reading until the `with` ends:
+        `with snapshots.reading(pin) as version:`. Retain-then-recheck, as Venice's ConcurrentRef: a
+        version retired by a swap between the pick and the retain (this may run on a reader thread) is
+        not read; the pick is made again and names the version now served, or raises."""
+        version = self.pick(pin)
+        while not version._retain():
+            version = self.pick(pin)
+        return version
+
     def pick(self, pin: str) -> LoadedVersion:
+        """The version `pin` names, not retained: for what a closed version still answers (its manifest)."""
         cur = self.current
         if cur is None:
             raise NotReady("no snapshot loaded yet")
@@ -84,9 +95,9 @@ class Snapshots:
 
     def _swap(self, new: LoadedVersion) -> None:
         cur = self.current
-        # The swap is these assignments, done on the event loop between requests: a request holds
-        # the version it picked (acquire/release), so the one retired here closes only after the
-        # last in-flight read on it has finished.
+        # The swap is these assignments, done on the event loop between requests: a request reads
+        # inside `with self.reading(pin)`, so the version retired here closes only after the last
+        # in-flight read on it has finished.
         old_previous = self.previous
         self.previous, self.current = cur, new
         self._refused = None
@@ -125,14 +136,6 @@ class Snapshots:
             log.info("fallback over: serving CURRENT %s", self.current.version if self.current else "?")
             self.fallback_from = None
             self._on_fallback(False)
-
-    async def watch(self, poll_seconds: float) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception:  # keep serving whatever happens to one refresh
-                log.exception("refresh failed")
-            await asyncio.sleep(poll_seconds)
 
     def close(self) -> None:
         for v in self.loaded():

@@ -1,28 +1,33 @@
 """The one module that touches RocksDB. A LoadedVersion is one immutable snapshot version, opened
-read-only (one RocksDB per storage group), checked against its manifest, and closed once nothing reads it."""
+read-only (one RocksDB per storage group) once snapshot/integrity.py has checked it, and closed once
+nothing reads it."""
 
 import logging
-import os
+import shutil
 import tempfile
 import threading
+from types import TracebackType
 
 from rocksdict import AccessType, Cache, Rdict
 
 from quiver.service.errors import VersionRefused
 from quiver.snapshot import rocks
+from quiver.snapshot.integrity import check_version
 from quiver.snapshot.layout import SnapshotRoot
 from quiver.snapshot.manifest import Manifest, ManifestError
 from quiver.snapshot.schema import FeatureSet
 
 log = logging.getLogger("quiver.store")
-# RocksDB's info logs go here, not into the version folders, whose files the manifest checksums.
-_LOG_DIR = tempfile.mkdtemp(prefix=f"quiver-rocksdb-log-{os.getpid()}-")
+# The event loop's thread (worker.py runs the loop on the main thread); every other thread is a reader's.
+_LOOP_THREAD = threading.main_thread().ident
 
 
 class LoadedVersion:
-    """An open version. `get` is the hot path: one batched multi-get for one storage group."""
+    """An open version. `get` is the hot path: one batched multi-get for one storage group. Read it
+    inside `with snapshots.reading(pin) as version:` (Snapshots), which retains it for the block: a
+    retired version closes once the last such block has ended."""
 
-    def __init__(self, version: str, manifest: Manifest, dbs: dict[str, Rdict]) -> None:
+    def __init__(self, version: str, manifest: Manifest, dbs: dict[str, Rdict], log_dir: str) -> None:
         self.version = version
         self.manifest = manifest
         self.schema: FeatureSet = manifest.schema
@@ -32,32 +37,38 @@ class LoadedVersion:
         self.groups: dict[str, tuple[str, ...]] = {g: tuple(s.views) for g, s in manifest.groups.items()}
         self.group_of: dict[str, str] = {v: g for g, views in self.groups.items() for v in views}
         self._dbs = dbs
+        self._log_dir = log_dir
         self._lock = threading.Lock()
         self._readers = 0
         self._retired = False
         self._closed = False
 
-    def get(self, group: str, keys: list[bytes], off_loop: bool = False) -> list[bytes | None]:
-        """Stored EntityRow bytes of one group per key (None when absent). Callers hold a reader (acquire).
-        Off the event loop every read is a batched one, which releases the GIL while RocksDB works (a
-        page-cache miss waits on the disk without stopping the loop)."""
+    def get(self, group: str, keys: list[bytes]) -> list[bytes | None]:
+        """Stored EntityRow bytes of one group per key (None when absent). On a reader thread every read
+        is a batched one, which releases the GIL while RocksDB works (a page-cache miss waits on the
+        disk without stopping the event loop)."""
         if self._closed:  # the guard: never touch a closed handle
             raise RuntimeError(f"version {self.version} is closed")
         db = self._dbs[group]
-        if len(keys) == 1 and not off_loop:
+        if len(keys) == 1 and threading.get_ident() == _LOOP_THREAD:
             # a single get keeps the GIL: cheaper than the batched call's release and re-acquire
             return [db.get(keys[0])]
         return db.get(keys)  # type: ignore[arg-type, return-value]
 
-    def acquire(self) -> bool:
-        """Registers a reader; False when the version is already retired (its handles may be closed)."""
+    def _retain(self) -> bool:
+        """Registers a reader; False when the version is already retired (its handles may be closed).
+        Called by Snapshots.reading only; the `with` block's end lets go."""
         with self._lock:
             if self._retired:
                 return False
             self._readers += 1
             return True
 
-    def release(self) -> None:
+    def __enter__(self) -> "LoadedVersion":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: TracebackType | None) -> None:
         with self._lock:
             self._readers -= 1
             close = self._retired and self._readers == 0
@@ -76,36 +87,32 @@ class LoadedVersion:
         if self._closed:
             return
         self._closed = True
-        for db in self._dbs.values():
-            db.close()
+        _close_all(self._dbs, self._log_dir)
         log.info("closed version %s", self.version)
 
 
+def _close_all(dbs: dict[str, Rdict], log_dir: str) -> None:
+    for db in dbs.values():
+        db.close()
+    shutil.rmtree(log_dir, ignore_errors=True)
+
+
 def open_version(root: SnapshotRoot, version: str, cache: Cache, verify: str) -> LoadedVersion:
-    """Opens and checks a version; raises VersionRefused naming what is wrong. Blocking: run it
-    off the event loop."""
-    vdir = root.version_dir(version)
+    """Opens and checks a version (check_version at level `verify`, then what only the open RocksDB can
+    tell); raises VersionRefused naming what is wrong. Blocking: run it off the event loop."""
     try:
-        manifest = Manifest.load(vdir / "manifest.json")
+        # the server reads only the online form: checking the offline Parquet would double the work
+        manifest = check_version(root, version, verify, prefix="online/")
     except ManifestError as e:
-        raise VersionRefused(f"version {version}: {e}") from None
-    if manifest.version != version:
-        raise VersionRefused(f"version {version}: its manifest names {manifest.version}")
-    # the server reads only the online form: checking the offline Parquet would double the work
-    problems = manifest.verify_files(vdir, full=(verify == "full"), prefix="online/")
-    if problems:
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise VersionRefused(f"version {version}: {shown}")
-    grouped = {v: g for g, s in manifest.groups.items() for v in s.views}
-    stray = [(v.name, v.group) for v in manifest.schema.views if grouped.get(v.name) != v.group]
-    if stray or len(grouped) != len(manifest.schema.views):
-        raise VersionRefused(f"version {version}: the manifest's groups do not hold its views as the schema says "
-                             f"(views and groups: {stray or sorted(grouped.items())})")
+        raise VersionRefused(str(e)) from None
+    # RocksDB's info logs go here, not into the version folders, whose files the manifest checksums;
+    # removed when the version closes.
+    log_dir = tempfile.mkdtemp(prefix=f"quiver-rocksdb-log-{version}-")
     dbs: dict[str, Rdict] = {}
     try:
         for group, stats in manifest.groups.items():
             opts = rocks.reader_options(cache)
-            opts.set_db_log_dir(_LOG_DIR)
+            opts.set_db_log_dir(log_dir)
             # The default column family's options must be passed explicitly: otherwise rocksdict takes
             # them from the OPTIONS file on disk (the loader's, without this process's block cache), and
             # the shared cache configured here would never be used.
@@ -124,11 +131,9 @@ def open_version(root: SnapshotRoot, version: str, cache: Cache, verify: str) ->
                 raise VersionRefused(f"version {version}: group {group!r} holds {entries} entities, "
                                      f"the manifest says {stats.rows}")
     except VersionRefused:
-        for db in dbs.values():
-            db.close()
+        _close_all(dbs, log_dir)
         raise
     except Exception as e:  # RocksDB reports corruption as plain exceptions
-        for db in dbs.values():
-            db.close()
+        _close_all(dbs, log_dir)
         raise VersionRefused(f"version {version}: cannot open: {e}") from None
-    return LoadedVersion(version, manifest, dbs)
+    return LoadedVersion(version, manifest, dbs, log_dir)

@@ -1,7 +1,6 @@
 """Feature definitions as the snapshot records them: entity, views, features, and where each
 feature sits in a stored ViewRow (proto/quiver/v1/quiver.proto)."""
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,10 +18,6 @@ FEATURE_TYPES: dict[str, int] = {
 }
 KEY_TYPES = ("int64", "string")
 DEFAULT_GROUP = "default"   # the storage group of every view that names none
-
-
-class SchemaError(ValueError):
-    """A feature definition that cannot be used; the message names file, view and feature."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +154,3 @@ class FeatureSet:
     def from_json(cls, d: dict[str, Any]) -> "FeatureSet":
         e = d["entity"]
         return cls(EntityDef(e["name"], e["key_type"]), tuple(ViewDef.from_json(v) for v in d["views"]))
-
-    def fingerprint(self) -> str:
-        return json.dumps(self.to_json(), sort_keys=True)

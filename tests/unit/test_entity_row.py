@@ -10,7 +10,7 @@ import pytest
 
 from quiver.loader.entity_row import assemble, split
 from quiver.service.errors import InvalidRequest
-from quiver.service.reader import plan
+from quiver.service.reader import plan_response
 from quiver.snapshot.values import view_rows
 from quiver.v1 import quiver_pb2 as pb
 
@@ -57,7 +57,7 @@ def test_any_order_and_subset_is_cut_out_of_the_stored_bytes(views: tuple[str, .
     x = [pb.ViewRow(bools=[True]).SerializeToString() if i % 4 else None for i in range(12)]
     g2 = assemble([pa.array(x, pa.large_binary())]).to_pylist()  # group g2 holds x
     g2[3] = None                                            # an entity the group lacks has no key
-    p = plan(version({"g1": ("a", "b", "c"), "g2": ("x",)}), views)  # type: ignore[arg-type]
+    p = plan_response(version({"g1": ("a", "b", "c"), "g2": ("x",)}), views)  # type: ignore[arg-type]
     column = {"a": stored[0], "b": stored[1], "c": stored[2], "x": pa.array(x, pa.large_binary())}
     for i in range(12):
         value = b"".join(r.cut({"g1": g1, "g2": g2}[r.group][i]) for r in p.runs)
@@ -67,13 +67,13 @@ def test_any_order_and_subset_is_cut_out_of_the_stored_bytes(views: tuple[str, .
             want = None if (v == "x" and i == 3) else column[v][i].as_py()
             assert row.found[j] == (want is not None), (i, v)
             assert row.views[j].SerializeToString() == (want or b""), (i, v)
-    whole = plan(version({"g1": ("a", "b", "c")}), ("a", "b", "c"))  # type: ignore[arg-type]
+    whole = plan_response(version({"g1": ("a", "b", "c")}), ("a", "b", "c"))  # type: ignore[arg-type]
     assert [r.picks for r in whole.runs] == [None]  # a whole group in stored order: spliced as stored
 
 
 def test_a_view_named_twice_is_refused() -> None:
     with pytest.raises(InvalidRequest, match=r"\['x', 'a'\] named more than once"):
-        plan(version({"g1": ("a", "b", "c"), "g2": ("x",)}), ("x", "a", "b", "a", "x"))  # type: ignore[arg-type]
+        plan_response(version({"g1": ("a", "b", "c"), "g2": ("x",)}), ("x", "a", "b", "a", "x"))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("key_type", ["int64", "string"])

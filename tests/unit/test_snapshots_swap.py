@@ -1,13 +1,17 @@
 """service/snapshots.py's Snapshots, the versions one worker serves, driven in-process with a fake opener:
 the root is a real SnapshotRoot in tmp_path (CURRENT and PREVIOUS written through its own API); only the
-RocksDB open and its checks (store.open_version) are replaced by a table of versions that pass or fail.
-The process-level behaviour (health, metrics, logs of a running `quiver serve`) is in
+RocksDB open and its checks (store.open_version) are replaced by a table of versions that pass or fail,
+and the versions opened are real LoadedVersions over fake database handles, so `reading` (retain, recheck,
+release) and the close after the last reader are the real code. Reads on real RocksDB are in
+test_service_reader.py. The process-level behaviour (health, metrics, logs of a running `quiver serve`) is in
 tests/e2e/test_server_swaps.py and test_server_fallback.py."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -27,15 +31,47 @@ SCHEMA = FeatureSet.from_json({"entity": {"name": "user_id", "key_type": "int64"
 A, B, C, D, E = (f"2026010{d}T000000Z-{str(d) * 12}" for d in range(1, 6))
 
 
-class FakeVersion:
-    """What Snapshots uses of a LoadedVersion: its id, and retire() (counted)."""
+def manifest(vid: str) -> Manifest:
+    as_of = f"{vid[0:4]}-{vid[4:6]}-{vid[6:8]}T00:00:00Z"
+    return Manifest(vid, as_of, as_of, SCHEMA, {}, {}, [])
+
+
+class FakeDB:
+    """Stands in for one group's Rdict: counts its closes."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+class FakeVersion(LoadedVersion):
+    """A real LoadedVersion over a fake handle and a real (empty) RocksDB log folder; retire() is counted, and
+    `before_retain` lets a test land a swap between a reader's pick and its retain."""
 
     def __init__(self, version: str) -> None:
-        self.version = version
+        self.db = FakeDB()
+        self.log_dir = Path(tempfile.mkdtemp(prefix="quiver-test-log-"))
+        super().__init__(version, manifest(version), {"default": self.db}, str(self.log_dir))  # type: ignore[dict-item]
         self.retired = 0
+        self.before_retain: Callable[[], None] | None = None   # runs once, just before the next retain
 
     def retire(self) -> None:
         self.retired += 1
+        super().retire()
+
+    def _retain(self) -> bool:
+        hook, self.before_retain = self.before_retain, None
+        if hook is not None:
+            hook()
+        return super()._retain()
+
+    @property
+    def closed(self) -> bool:
+        """Its handle closed (once at most) and its log folder removed."""
+        assert self.db.closed <= 1
+        return self.db.closed == 1 and not self.log_dir.exists()
 
     def __repr__(self) -> str:
         return f"FakeVersion({self.version})"
@@ -57,7 +93,7 @@ class FakeOpener:
             raise VersionRefused(f"version {version}: {self.bad[version]}")
         v = FakeVersion(version)
         self.opened.setdefault(version, []).append(v)
-        return cast(LoadedVersion, v)
+        return v
 
 
 @dataclass
@@ -75,11 +111,21 @@ class World:
         for vid in versions:
             d = self.root.version_dir(vid)
             d.mkdir(parents=True)
-            as_of = f"{vid[0:4]}-{vid[4:6]}-{vid[6:8]}T00:00:00Z"
-            (d / "manifest.json").write_bytes(Manifest(vid, as_of, as_of, SCHEMA, {}, {}, []).dumps())
+            (d / "manifest.json").write_bytes(manifest(vid).dumps())
 
     def refresh(self) -> bool:
         return asyncio.run(self.snapshots.refresh())
+
+    def serve(self, *versions: str) -> None:
+        """CURRENT names each version in turn, each followed by a refresh."""
+        for vid in versions:
+            self.root.set_current(vid)
+            self.refresh()
+
+    def opened(self, vid: str) -> FakeVersion:
+        """The one time `vid` was opened."""
+        [v] = self.opener.opened[vid]
+        return v
 
     def served(self) -> tuple[str | None, str | None]:
         s = self.snapshots
@@ -127,8 +173,7 @@ def test_first_open_serves_current_and_passes_the_root_cache_and_verify_mode(wor
 
 def test_a_new_current_is_swapped_in_and_the_old_one_kept_for_pinned_reads(world: World) -> None:
     world.publish(A, B, C)
-    world.root.set_current(A)
-    world.refresh()
+    world.serve(A)
     world.root.set_current(B)
     assert world.refresh() is True
     assert world.served() == (B, A)
@@ -152,8 +197,7 @@ def test_a_new_current_is_swapped_in_and_the_old_one_kept_for_pinned_reads(world
 
 def test_a_pin_to_an_unknown_version_is_version_not_loaded(world: World) -> None:
     world.publish(A)
-    world.root.set_current(A)
-    world.refresh()
+    world.serve(A)
     unknown = "20990101T000000Z-000000000000"
     with pytest.raises(VersionNotLoaded, match=rf"version '{unknown}' is not loaded on this replica \(loaded: {A}\)"):
         world.snapshots.pick(unknown)
@@ -162,10 +206,7 @@ def test_a_pin_to_an_unknown_version_is_version_not_loaded(world: World) -> None
 
 def test_rollback_to_previous_swaps_without_reopening_or_retiring(world: World) -> None:
     world.publish(A, B)
-    world.root.set_current(A)
-    world.refresh()
-    world.root.set_current(B)
-    world.refresh()
+    world.serve(A, B)
     world.root.set_current(A)   # the rollback: A is still open as the previous version
     assert world.refresh() is True
     assert world.served() == (A, B)
@@ -179,8 +220,7 @@ def test_rollback_to_previous_swaps_without_reopening_or_retiring(world: World) 
 def test_a_refused_current_keeps_the_old_version_serving_and_is_not_retried(world: World) -> None:
     world.publish(A, B, C, D)
     world.opener.bad[B] = "online/default/000012.sst: size 100, manifest: 200"
-    world.root.set_current(A)
-    world.refresh()
+    world.serve(A)
     world.root.set_current(B)
     assert world.refresh() is False
     assert world.served() == (A, None)
@@ -311,19 +351,17 @@ def test_nothing_passes_serves_nothing_until_a_good_current(world: World, caplog
 
 def test_close_retires_every_loaded_version(world: World) -> None:
     world.publish(A, B)
-    world.root.set_current(A)
-    world.refresh()
-    world.root.set_current(B)
-    world.refresh()
+    world.serve(A, B)
     world.snapshots.close()
-    assert [v.retired for v in (world.opener.opened[A][0], world.opener.opened[B][0])] == [1, 1]
+    assert [(v.retired, v.closed) for v in (world.opened(A), world.opened(B))] == [(1, True), (1, True)]
     assert world.snapshots.loaded() == []
     with pytest.raises(NotReady):
         world.snapshots.pick("")
 
 
-def test_watch_keeps_polling_after_a_refresh_fails(world: World) -> None:
-    """An unexpected error (not a refusal) in one refresh is logged; the version is tried again next poll."""
+def test_a_refresh_that_fails_is_not_a_refusal_and_the_next_one_opens_the_version(world: World) -> None:
+    """An unexpected error (not a refusal) leaves one refresh (the worker logs it and polls on); the version
+    is not marked refused, so the next poll opens it."""
     world.publish(A)
     world.root.set_current(A)
     real, failures = world.opener, []
@@ -334,18 +372,65 @@ def test_watch_keeps_polling_after_a_refresh_fails(world: World) -> None:
             raise OSError("too many open files")
         return real(root, version, cache, verify)
 
-    snapshots = Snapshots(world.root, world.cache, "size", on_refused=lambda v, why: world.refused.append((v, why)),
-                          opener=flaky)
+    world.snapshots._opener = flaky
+    with pytest.raises(OSError, match="too many open files"):
+        world.refresh()
+    assert world.served() == (None, None) and world.refused == []
+    assert world.refresh() is True
+    assert failures == [A] and world.served() == (A, None) and real.calls == [A]
 
-    async def run() -> None:
-        task = asyncio.create_task(snapshots.watch(0.005))
-        try:
-            for _ in range(400):
-                if snapshots.current is not None:
-                    return
-                await asyncio.sleep(0.005)
-        finally:
-            task.cancel()
-    asyncio.run(run())
-    assert failures == [A] and snapshots.current is not None and snapshots.current.version == A
-    assert world.refused == [] and real.calls == [A]
+
+# ---------------------------------------------------------------------------------------------
+# reading(pin): retain, recheck, released by the `with`
+# ---------------------------------------------------------------------------------------------
+
+def test_a_version_retired_while_read_closes_when_the_with_ends(world: World) -> None:
+    world.publish(A, B, C)
+    world.serve(A)
+    a = world.opened(A)
+    with world.snapshots.reading("") as first, world.snapshots.reading(A) as second:
+        assert first is a and second is a
+        world.serve(B, C)                      # the swap to C retires A while two reads hold it
+        assert a.retired == 1 and not a.closed
+    assert a.closed                            # the last reader's `with` closed it
+    with world.snapshots.reading("") as c:
+        assert c is world.opened(C)
+    assert not c.closed and not world.opened(B).closed
+
+
+def test_a_with_that_raises_still_lets_the_version_go(world: World) -> None:
+    world.publish(A, B, C)
+    world.serve(A)
+    with pytest.raises(KeyError), world.snapshots.reading(""):
+        raise KeyError("a bad request")
+    world.serve(B, C)
+    assert world.opened(A).closed              # no reader was left behind: retire closed it at once
+
+
+def test_reading_with_nothing_served_or_an_unknown_pin_raises_and_holds_nothing(world: World) -> None:
+    with pytest.raises(NotReady):
+        world.snapshots.reading("")
+    world.publish(A, B, C)
+    world.serve(A)
+    with pytest.raises(VersionNotLoaded):
+        world.snapshots.reading(B)
+    world.serve(B, C)
+    assert world.opened(A).closed
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+def test_a_version_retired_between_pick_and_retain_is_never_read(world: World, pinned: bool) -> None:
+    """Retain-then-recheck: the retired version is let go and picked again, which names the version now
+    current, or for a pin to the retired one raises VersionNotLoaded."""
+    world.publish(A, B, C)
+    world.serve(*((A, B) if pinned else (A,)))
+    a = world.opened(A)
+    # the event loop's refresh runs between the pick and the retain, as it may for a read on a thread
+    a.before_retain = lambda: world.serve(*((C,) if pinned else (B, C)))   # either way A is retired
+    if pinned:
+        with pytest.raises(VersionNotLoaded, match=A):
+            world.snapshots.reading(A)
+    else:
+        with world.snapshots.reading("") as v:
+            assert v is world.opened(C)
+    assert world.served() == (C, B) and a.closed
