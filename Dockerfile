@@ -18,6 +18,7 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY proto/ proto/
 COPY quiver/ quiver/
+COPY base/ base/
 COPY snapshot/ snapshot/
 COPY loader/ loader/
 COPY service/ service/

@@ -45,7 +45,7 @@ proto: $(STAMP)
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy quiver snapshot loader service distribution quality
+	$(VENV)/bin/mypy quiver base snapshot loader service distribution quality
 
 # The inner loop (<= 5 min with a warm .venv): lint, then every test that needs no Spark, no browser and
 # is not marked slow (pyproject.toml lists the markers); tools for the reflection tests (ghz, grpcurl). No Rust,

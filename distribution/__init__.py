@@ -4,27 +4,13 @@
     transfer.py   one file's bytes moved and verified; many on a few threads
     publish.py    root -> store: data files, then the manifest, then LATEST (point_latest: a rollback)
     sync.py       store -> root: download, verify, one rename, move CURRENT, then the retention rule
-    errors.py     the tree below, and the one place foreign errors become it
+    errors.py     the one place foreign errors become classes of the error tree (base/errors.py)
     commands.py   `quiver publish`, `quiver sync`
 
 A reader that follows LATEST only ever finds complete versions; a replica's CURRENT moves only after
 every file of the version it names matched its checksum. Versions share files: a view the loader reused
 keeps its files' paths and checksums, so `publish` copies it inside the store and `sync` hard-links it
 from a version the replica holds; a change to one view moves that view's bytes only.
-
-Errors (each class carries its exit code; `quiver --help` has the table for every command)::
-
-    DistributionError              1
-    ├── StorageError              11  object storage refused, for another reason
-    │   ├── StorageUnreachable    12  endpoint cannot be reached
-    │   ├── AccessDenied           5  wrong or missing credentials
-    │   ├── BucketNotFound         6
-    │   └── ObjectNotFound         7  nothing published, or a manifest/file missing
-    ├── IntegrityError             8  size or checksum differs from the manifest
-    ├── LocalSnapshotError         9  the local root has no such version (also a RootError)
-    └── DiskFull                  10  ENOSPC on the local root
-
-A busy root (another sync holds its lock) is the snapshot's RootBusy, also 9. Exit code 2 is a usage error.
 """
 
 from quiver.distribution.commands import register
@@ -32,7 +18,6 @@ from quiver.distribution.errors import (
     AccessDenied,
     BucketNotFound,
     DiskFull,
-    DistributionError,
     IntegrityError,
     LocalSnapshotError,
     ObjectNotFound,
@@ -49,7 +34,6 @@ __all__ = [
     "AccessDenied",
     "BucketNotFound",
     "DiskFull",
-    "DistributionError",
     "IntegrityError",
     "LocalSnapshotError",
     "ObjectNotFound",

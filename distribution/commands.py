@@ -7,10 +7,10 @@ import signal
 import threading
 import time
 
-from quiver.args import at_least, positive_float
+from quiver.base.args import at_least, positive_float
+from quiver.base.errors import UsageError
 from quiver.distribution.publish import point_latest, publish
 from quiver.distribution.sync import sync, watch
-from quiver.errors import UsageError
 
 __all__ = ["register"]
 

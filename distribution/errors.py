@@ -1,5 +1,6 @@
-"""Distribution's errors (the tree, with exit codes, is drawn in the package docstring) and the one
-place where foreign errors (pyarrow, the AWS SDK, the OS) become them."""
+"""Distribution's errors and the one place where foreign errors (pyarrow, the AWS SDK, the OS) become them.
+The classes are those of their meaning (base/errors.py draws the one tree, with exit codes), plus
+LocalSnapshotError, distribution's name for a RootError."""
 
 from __future__ import annotations
 
@@ -7,46 +8,24 @@ import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from quiver.errors import QuiverError, RootError
+from quiver.base.errors import (
+    AccessDenied,
+    BucketNotFound,
+    DiskFull,
+    IntegrityError,
+    ObjectNotFound,
+    QuiverError,
+    RootError,
+    StorageError,
+    StorageUnreachable,
+)
 
-__all__ = ["AccessDenied", "BucketNotFound", "DiskFull", "DistributionError", "IntegrityError",
-           "LocalSnapshotError", "ObjectNotFound", "StorageError", "StorageUnreachable", "translate", "translated"]
-
-
-class DistributionError(QuiverError):
-    exit_code = 1
-
-
-class StorageError(DistributionError):
-    exit_code = 11
-
-
-class StorageUnreachable(StorageError):
-    exit_code = 12
+__all__ = ["AccessDenied", "BucketNotFound", "DiskFull", "IntegrityError", "LocalSnapshotError", "ObjectNotFound",
+           "StorageError", "StorageUnreachable", "translate", "translated"]
 
 
-class AccessDenied(StorageError):
-    exit_code = 5
-
-
-class BucketNotFound(StorageError):
-    exit_code = 6
-
-
-class ObjectNotFound(StorageError):
-    exit_code = 7
-
-
-class IntegrityError(DistributionError):
-    exit_code = 8
-
-
-class LocalSnapshotError(DistributionError, RootError):
-    exit_code = 9
-
-
-class DiskFull(DistributionError):
-    exit_code = 10
+class LocalSnapshotError(RootError):
+    """publish or sync found no such version (or an unreadable manifest) in the local snapshot root."""
 
 
 # Markers in pyarrow's OSError messages (they embed the AWS SDK's error name), most specific first.
@@ -61,7 +40,7 @@ _AWS_MARKERS: list[tuple[tuple[str, ...], type[StorageError], str]] = [
 ]
 
 
-def translate(exc: OSError, what: str, local: bool = False) -> DistributionError:
+def translate(exc: OSError, what: str, local: bool = False) -> QuiverError:
     """The one place where foreign errors (pyarrow, the AWS SDK, the OS) become ours. `local`: the error
     came from the local snapshot root, not object storage."""
     if exc.errno == errno.ENOSPC:
@@ -79,10 +58,8 @@ def translate(exc: OSError, what: str, local: bool = False) -> DistributionError
 
 @contextmanager
 def translated(what: str, local: bool = False) -> Iterator[None]:
-    """OSErrors raised in the block become DistributionErrors about `what` (see `translate`)."""
+    """OSErrors raised in the block become our errors about `what` (see `translate`)."""
     try:
         yield
-    except DistributionError:
-        raise
     except OSError as e:
         raise translate(e, what, local) from e

@@ -16,10 +16,10 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from quiver.base.errors import QuiverError, UsageError
 from quiver.distribution import transfer
 from quiver.distribution.errors import DiskFull, LocalSnapshotError, translated
 from quiver.distribution.store import MANIFEST, RemoteStore, open_store, remote_manifest
-from quiver.errors import QuiverError, UsageError
 from quiver.snapshot import FileEntry, Manifest, ManifestError, SnapshotRoot
 from quiver.snapshot.layout import fsync_dir, write_atomic
 from quiver.snapshot.lifecycle import clean_staging, empty_trash, lock, stage_dir, to_trash

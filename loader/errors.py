@@ -1,45 +1,24 @@
-"""The loader's exception tree; each class carries the exit code `quiver load` ends with (a QuiverError:
-`quiver`'s main maps it, quiver/errors.py has the table). A busy root is the snapshot's RootBusy (9).
-
-    LoadError (1)
-    ├── DefinitionError (2)   features.yaml is wrong: file, view and feature named
-    ├── SourceError (3)       a source file is missing, unreadable, truncated or empty
-    ├── DataError (4)         the data breaks the definitions: view, column and an example key named
-    ├── LoadDiskFull (10)     no space left on the device while staging the version; staging removed
-    └── ChecksFailed (13)     the version's feature checks failed: each named with feature, measured
-                              value, limit and example keys; nothing published (--accept-failed-checks
-                              publishes anyway). 13: codes up to 12 are taken by the CLI's table.
-"""
+"""The errors a load ends with: the classes for their meaning (base/errors.py draws the one tree, with
+exit codes) and the loader's own names for two of them. Each carries the note that nothing was published.
+A busy root is the snapshot's RootBusy (9)."""
 
 import errno
 
-from quiver.errors import QuiverError
-from quiver.snapshot.schema import SchemaError
+from quiver.base.errors import NOT_PUBLISHED, ChecksFailed, DataError, DiskFull, SourceError, UsageError
+
+__all__ = ["ChecksFailed", "DataError", "DefinitionError", "LoadDiskFull", "SourceError", "disk_full"]
 
 
-class LoadError(QuiverError):
-    exit_code = 1
-    note = "nothing was published; CURRENT is unchanged"
+class DefinitionError(UsageError):
+    """features.yaml is wrong: the message names file, view and feature."""
+
+    note = NOT_PUBLISHED
 
 
-class DefinitionError(LoadError, SchemaError):
-    exit_code = 2
+class LoadDiskFull(DiskFull):
+    """No space left on the device while staging the version; the staging folder is removed."""
 
-
-class SourceError(LoadError):
-    exit_code = 3
-
-
-class DataError(LoadError):
-    exit_code = 4
-
-
-class LoadDiskFull(LoadError):
-    exit_code = 10
-
-
-class ChecksFailed(LoadError):
-    exit_code = 13
+    note = NOT_PUBLISHED
 
 
 def disk_full(e: BaseException) -> bool:

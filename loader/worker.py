@@ -7,7 +7,7 @@ import resource
 
 import pyarrow as pa
 
-from quiver.process import die_with_parent
+from quiver.base.process import die_with_parent
 
 
 def return_memory() -> None:

@@ -1,12 +1,12 @@
 """CLI: `quiver diff` (the drift table between two versions) and `quiver report` (one HTML page of a
 version's statistics and checks).
 
-Exit codes (quiver/errors.py): 0 done; 9 no such root or version, or a version without statistics."""
+Exit codes (base/errors.py): 0 done; 9 no such root or version, or a version without statistics."""
 
 import argparse
 from pathlib import Path
 
-from quiver.errors import RootError
+from quiver.base.errors import RootError
 from quiver.quality.drift import compare, compared_against, format_table, versions_to_compare
 from quiver.quality.report import page_data, render
 from quiver.quality.statistics import read_statistics

@@ -9,19 +9,23 @@ version it is compared against (CURRENT, read by the plan: the rule is in qualit
 refuses the version when a check fails.
 """
 
-from pathlib import Path
-from typing import Any
+from __future__ import annotations
 
-from quiver.loader.errors import ChecksFailed
-from quiver.loader.plan import GroupPlan
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from quiver.base.errors import ChecksFailed
 from quiver.quality.checks import evaluate_view
 from quiver.quality.statistics import StatisticsMissing, ViewAccumulator, read_statistics, write_statistics
 from quiver.snapshot.layout import SnapshotRoot
 from quiver.snapshot.manifest import CheckResult, CheckSummary, Manifest, ViewStats
 from quiver.snapshot.schema import FeatureSet
 
+if TYPE_CHECKING:   # the load's plan, passed in: quality imports nothing of the loader
+    from quiver.loader.plan import GroupPlan
 
-def check(root: SnapshotRoot, prev: Manifest | None, current: Manifest | None, features: FeatureSet,
+
+def check(root: SnapshotRoot, reuse_from: Manifest | None, current: Manifest | None, features: FeatureSet,
           groups: list[GroupPlan], partials: dict[str, list[ViewAccumulator]], per_view: dict[str, ViewStats],
           out: Path, accept_failed: bool) -> CheckSummary:
     """The stage, for both engines (loader/load.py, loader/spark/build.py): statistics of every view
@@ -29,7 +33,7 @@ def check(root: SnapshotRoot, prev: Manifest | None, current: Manifest | None, f
     so both engines merge the same partials in the same order; reused views' carried from the version
     they come from), written into the version; the checks' verdict, which raises ChecksFailed unless
     accept_failed. `current` is the version this one is compared against: CURRENT, which it replaces."""
-    carried_from = views_of(root, prev)
+    carried_from = views_of(root, reuse_from)
     statistics = {}
     for g in groups:
         for v in g.views:

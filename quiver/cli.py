@@ -1,8 +1,8 @@
 """The `quiver` command: a thin wrapper over the Python API.
 
 Each command module registers its subcommands with `register(subparsers)`; a handler returns 0 or raises
-a QuiverError (quiver/errors.py), which `main` maps to its message and exit code, here and nowhere else.
-Logging is set up here too, once per command (quiver/logs.py).
+a QuiverError (base/errors.py), which `main` maps to its message and exit code, here and nowhere else.
+Logging is set up here too, once per command (base/logs.py).
 """
 
 import argparse
@@ -10,8 +10,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from quiver.errors import QuiverError, exit_code_table
-from quiver.logs import LOG_LEVEL_ENV, setup_logging
+from quiver.base.errors import QuiverError, exit_code_table
+from quiver.base.logs import LOG_LEVEL_ENV, setup_logging
 
 COMMAND_MODULES = [
     "quiver.loader.commands",

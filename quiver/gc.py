@@ -8,7 +8,7 @@ A lease file that cannot be parsed stops gc before anything is removed (Unreadab
 import os
 from dataclasses import dataclass, field
 
-from quiver.errors import RootError, UnreadableLease
+from quiver.base.errors import RootError, UnreadableLease
 from quiver.snapshot import SnapshotRoot
 from quiver.snapshot.lifecycle import clean_staging, empty_trash, lock_if_free
 from quiver.snapshot.retention import apply, plan

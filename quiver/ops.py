@@ -3,8 +3,8 @@
 import argparse
 import sys
 
-from quiver.args import at_least
-from quiver.errors import RootError
+from quiver.base.args import at_least
+from quiver.base.errors import RootError
 from quiver.snapshot import ManifestError, SnapshotRoot
 
 

@@ -4,8 +4,8 @@ import argparse
 
 import grpc
 
-from quiver.args import positive_float
-from quiver.errors import QuiverError, UsageError
+from quiver.base.args import positive_float
+from quiver.base.errors import QuiverError, UsageError
 from quiver.service.config import add_arguments, from_sources
 
 

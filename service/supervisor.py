@@ -17,7 +17,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from quiver.errors import AddressInUse, RootError, UsageError
+from quiver.base.errors import AddressInUse, RootError, UsageError
 from quiver.service.config import ServeConfig
 from quiver.service.worker import run_worker
 

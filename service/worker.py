@@ -19,9 +19,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from rocksdict import Cache
 
-from quiver.errors import AddressInUse
-from quiver.logs import setup_logging
-from quiver.process import die_with_parent
+from quiver.base.errors import AddressInUse
+from quiver.base.logs import setup_logging
+from quiver.base.process import die_with_parent
 from quiver.service import metrics
 from quiver.service.config import ServeConfig
 from quiver.service.reader import FeatureReader
@@ -139,7 +139,7 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
                 log.exception("refresh failed; serving continues on the loaded version")
             if snapshots.current is not None:
                 await _set_health(hs, health_pb2.HealthCheckResponse.SERVING)
-            metrics.flush(reader.stats, snapshots.current)
+            metrics.flush(reader.counts, snapshots.current)
             lease.refresh()
             try:
                 await asyncio.wait_for(stop.wait(), config.poll_seconds)
@@ -154,7 +154,7 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
     await _settle(servicer, deadline - config.drain_seconds / 2)
     await server.stop(max(deadline - asyncio.get_running_loop().time(), 0.1))
     follower.cancel()
-    metrics.flush(reader.stats, None)
+    metrics.flush(reader.counts, None)
     snapshots.close()
     lease.release()
 

@@ -27,7 +27,6 @@ from quiver.snapshot.schema import (
     EntityDef,
     FeatureDef,
     FeatureSet,
-    SchemaError,
     ViewDef,
 )
 
@@ -42,7 +41,6 @@ __all__ = [
     "GroupStats",
     "Manifest",
     "ManifestError",
-    "SchemaError",
     "SnapshotRoot",
     "ViewDef",
     "decode_int64_key",

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-from quiver.errors import RootBusy, RootError
+from quiver.base.errors import RootBusy, RootError
 from quiver.snapshot.layout import SnapshotRoot, fsync_dir
 
 __all__ = ["Lock", "clean_staging", "empty_trash", "lock", "lock_if_free", "lock_path", "remove_version",

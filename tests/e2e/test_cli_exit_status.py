@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from quiver.errors import EXIT_CODES
+from quiver.base.errors import EXIT_CODES
 from support.processes import run_quiver
 
 USAGE, ROOT = 2, 9

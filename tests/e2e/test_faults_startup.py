@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from quiver.errors import AddressInUse, RootError, UsageError
+from quiver.base.errors import AddressInUse, RootError, UsageError
 from support.processes import SERVING, ServerProcess, UsersSnapshots, free_port, run_quiver, short_tmpdir, wait_for
 
 

@@ -1,5 +1,5 @@
 """Every command, given a missing root, an unreadable file, a bad flag value, a busy lock or bad load input
-found before any work starts, exits with the code the table in quiver/errors.py gives that failure, its
+found before any work starts, exits with the code the table in base/errors.py gives that failure, its
 message names the path (or the flag), and a refused load publishes nothing.
 
 These run `quiver.cli.main` in the test process (support.inprocess: it fails a case that would start a
@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from quiver.errors import EXIT_CODES
+from quiver.base.errors import EXIT_CODES
 from quiver.snapshot import SnapshotRoot
 from support.inprocess import run_in_process
 from support.loads import assert_load_rejected

@@ -1,5 +1,6 @@
-"""One failure shape for the CLI: every error class carries an exit code from the one table, the table in
-README and `quiver --help` is that table, and `quiver`'s main maps each class to its code and message."""
+"""One failure shape for the CLI: one error tree by meaning (base/errors.py), one class per exit code, the
+tree in its docstring is the tree in the code, the table in README and `quiver --help` is EXIT_CODES, and
+`quiver`'s main maps each class to its code and message."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-import quiver.distribution  # noqa: F401  (registers its error classes)
-import quiver.loader.errors  # noqa: F401
-from quiver import cli, errors
-from quiver.errors import EXIT_CODES, QuiverError
+import quiver.distribution.errors  # noqa: F401  (defines LocalSnapshotError)
+import quiver.loader.errors  # noqa: F401  (defines DefinitionError, LoadDiskFull)
+from quiver import cli
+from quiver.base import errors
+from quiver.base.errors import EXIT_CODES, QuiverError
 
 README = Path(__file__).parents[2] / "README.md"
 
@@ -20,35 +22,52 @@ def _all(cls: type[QuiverError]) -> list[type[QuiverError]]:
     return [cls] + [c for sub in cls.__subclasses__() for c in _all(sub)]
 
 
+cli.build_parser()  # imports every command module, so a class defined in any of them is in the walk
 CLASSES = sorted(set(_all(QuiverError)), key=lambda c: (c.exit_code, c.__name__))
 
 
-def test_every_error_class_has_a_code_from_the_table() -> None:
-    names = {c.__name__ for c in CLASSES}
-    assert {"LoadError", "DefinitionError", "SourceError", "DataError",
-            "UsageError", "RootError", "RootBusy", "UnreadableLease", "DistributionError", "StorageError",
-            "StorageUnreachable", "AccessDenied", "BucketNotFound", "ObjectNotFound", "IntegrityError",
-            "LocalSnapshotError", "DiskFull", "AddressInUse"} <= names
+def _meaning(c: type[QuiverError]) -> bool:
+    """The class of its code's meaning: the root, or a class that sets its own exit code."""
+    return c is QuiverError or "exit_code" in vars(c)
+
+
+def test_every_code_has_exactly_one_meaning_class_defined_in_base() -> None:
+    meanings = [c for c in CLASSES if _meaning(c)]
+    assert sorted(c.exit_code for c in meanings) == list(range(1, 15))
+    assert {c.__module__ for c in meanings} == {"quiver.base.errors"}
+    assert sorted(EXIT_CODES) == list(range(15)) and EXIT_CODES[0] == "success"
+
+
+def test_no_class_has_two_bases_and_every_class_is_only_a_quiver_error() -> None:
+    """One tree: a class that is also a ValueError, or a LoadError and a UsageError, has two meanings."""
     for c in CLASSES:
-        assert c.exit_code in EXIT_CODES and c.exit_code != 0, c
+        assert len(c.__bases__) == 1, c
+        assert [b for b in c.__mro__ if b not in CLASSES] == [Exception, BaseException, object], c
 
 
 def test_codes_are_pinned() -> None:
     """Scripts and alerts match on these numbers: changing one is a breaking change, made here on purpose."""
     pinned = {
-        "QuiverError": 1, "UsageError": 2, "RootError": 9, "RootBusy": 9, "UnreadableLease": 1,
-        "LoadError": 1, "DefinitionError": 2, "SourceError": 3, "DataError": 4,
-        "DistributionError": 1, "AccessDenied": 5, "BucketNotFound": 6, "ObjectNotFound": 7, "IntegrityError": 8,
-        "LocalSnapshotError": 9, "DiskFull": 10, "StorageError": 11, "StorageUnreachable": 12, "ChecksFailed": 13,
-        "LoadDiskFull": 10, "AddressInUse": 14}
-    assert {c.__name__: c.exit_code for c in CLASSES if c.__name__ in pinned} == pinned
-    assert sorted(EXIT_CODES) == list(range(15))
+        "QuiverError": 1, "UnreadableLease": 1, "UsageError": 2, "DefinitionError": 2, "SourceError": 3,
+        "DataError": 4, "AccessDenied": 5, "BucketNotFound": 6, "ObjectNotFound": 7, "IntegrityError": 8,
+        "RootError": 9, "RootBusy": 9, "LocalSnapshotError": 9, "DiskFull": 10, "LoadDiskFull": 10,
+        "StorageError": 11, "StorageUnreachable": 12, "ChecksFailed": 13, "AddressInUse": 14}
+    assert {c.__name__: c.exit_code for c in CLASSES} == pinned
 
 
-def test_the_docstring_tree_names_every_base_class_with_its_code() -> None:
-    documented = dict(re.findall(r"^ {4}(?:[│├└─ ]+)?(\w+)\s+(\d+)  ", errors.__doc__ or "", flags=re.M))
-    assert documented == {c.__name__: str(c.exit_code) for c in _all(QuiverError)
-                          if c.__module__ == "quiver.errors"}
+def test_the_docstring_tree_is_the_tree_in_the_code() -> None:
+    """Each line `<branches><Name> <code>`: the branches' width is the depth, the parent the last line above
+    one level up; every class of the tree is drawn once, under its base, with its code."""
+    drawn: dict[str, tuple[str | None, int]] = {}
+    parents: list[str] = []
+    for prefix, name, code in re.findall(r"^ {4}([│├└─ ]*)(\w+) +(\d+)  ", errors.__doc__ or "", flags=re.M):
+        depth = len(prefix) // 4
+        del parents[depth:]
+        assert name not in drawn, f"{name} is drawn twice"
+        drawn[name] = (parents[-1] if parents else None, int(code))
+        parents.append(name)
+    assert drawn == {c.__name__: (None if c is QuiverError else c.__bases__[0].__name__, c.exit_code)
+                     for c in CLASSES}
 
 
 def test_readme_and_help_show_the_table() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from quiver.errors import RootBusy, RootError
+from quiver.base.errors import RootBusy, RootError
 from quiver.snapshot.layout import SnapshotRoot
 from quiver.snapshot.lifecycle import (
     Lock,
