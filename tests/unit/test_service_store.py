@@ -1,11 +1,15 @@
-"""store.open_version: the configured block cache is the one RocksDB reads through."""
+"""store.open_version: the configured block cache is the one RocksDB reads through; RocksDB's log folder
+lives and dies with the version."""
 
+import tempfile
 from pathlib import Path
 
+import pytest
 from rocksdict import Cache
 
 from quiver.loader.generate import generate
 from quiver.loader.load import LoadOptions, load
+from quiver.service.errors import VersionRefused
 from quiver.service.store import open_version
 from quiver.snapshot.keys import encode_int64_keys
 from quiver.snapshot.layout import SnapshotRoot
@@ -40,3 +44,23 @@ def test_a_group_of_many_sst_files_opens_with_every_row_counted(tmp_path: Path) 
         assert all(v is not None for v in loaded.get("default", encode_int64_keys(range(3000))))
     finally:
         loaded.retire()
+
+
+def test_rocksdb_logs_go_to_a_folder_of_the_version_removed_when_it_closes(tmp_path: Path) -> None:
+    """Never into the version (its files are checksummed), never left behind; a refused version's too."""
+    features = generate(100, tmp_path / "src", seed=5)
+    version = load(features, tmp_path / "root", LoadOptions(workers=1)).version
+    root = SnapshotRoot(tmp_path / "root")
+    before = set(Path(tempfile.gettempdir()).glob(f"quiver-rocksdb-log-{version}-*"))
+    loaded = open_version(root, version, Cache(1 << 20), "full")
+    [logs] = set(Path(tempfile.gettempdir()).glob(f"quiver-rocksdb-log-{version}-*")) - before
+    assert logs.is_dir()
+    loaded.retire()
+    assert not logs.exists()
+    sst = next(root.online_dir(version, "default").glob("*.sst"))
+    with open(sst, "r+b") as f:                     # same size, no footer: passes "size", fails to open
+        f.seek(-64, 2)
+        f.write(b"\0" * 64)
+    with pytest.raises(VersionRefused):
+        open_version(root, version, Cache(1 << 20), "size").retire()
+    assert set(Path(tempfile.gettempdir()).glob(f"quiver-rocksdb-log-{version}-*")) == before
