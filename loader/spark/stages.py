@@ -3,7 +3,7 @@ per EncodeTask or DataFrame partition) -> rows (range, view, task, seq, the spil
 partition per key range, sorted by (range, view, task, seq) -> the loader's own sst stage (sst.write_range)
 per range, handed each view's rows per encode task in read order, exactly as the local engine reads its
 spill files. So the version is the local engine's byte for byte (but for the SST files' own properties).
-Reports (rows read, checksums, statistics, results, a LoadError: the job never retries a bad row) travel
+Reports (rows read, checksums, statistics, results, a QuiverError: the job never retries a bad row) travel
 pickled; the driver unpickles only what its own job's tasks sent.
 """
 
