@@ -224,8 +224,13 @@ class LocalEngine(Engine):
     staging folder (one per key range, view and encode task)."""
 
     def __init__(self, workers: int) -> None:
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+        self.workers = workers
+
+    def __enter__(self) -> Self:
+        # started under the load's lock, after the definitions are read: bad input costs no processes
+        self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"),
                                         initializer=worker_init, initargs=(os.getpid(),))
+        return self
 
     def __exit__(self, kind: object, *exc: object) -> None:
         # the first bad batch ends the load: queued tasks are dropped, not run to completion
@@ -289,10 +294,10 @@ def run(engine: Engine, features_path: str | os.PathLike[str], root: SnapshotRoo
     features_path = Path(features_path)
     features = load_definitions(features_path)
     phases = Phases()
+    files = engine.inputs(features, features_path.parent)   # bad sources cost no lock and no processes
     with load_lock(root), staging_removed_on_failure(root), engine:
         clean_staging(root)
         # plan
-        files = engine.inputs(features, features_path.parent)
         sources = _sources(engine, features, files)
         late = any(f.size < 0 for fs in files.values() for f in fs)   # identified once read
         as_of = opts.as_of or datetime.now(UTC).replace(microsecond=0)

@@ -35,13 +35,13 @@ def staging_removed_on_failure(root: SnapshotRoot) -> Iterator[None]:
         raise
 
 
-def link_files(root: SnapshotRoot, prev: Manifest, prefix: str, dest: Path) -> dict[str, str]:
+def link_files(root: SnapshotRoot, reuse_from: Manifest, prefix: str, dest: Path) -> dict[str, str]:
     """Links the previous version's files under `prefix` (`online/<group>/` or `offline/<view>/`) into the
     new version; returns their checksums. Immutable data files are hard-linked (copied across
     filesystems); small metadata is copied."""
-    src = root.version_dir(prev.version)
+    src = root.version_dir(reuse_from.version)
     known = {}
-    for f in prev.files:
+    for f in reuse_from.files:
         if not f.path.startswith(prefix):
             continue
         target = dest / f.path
