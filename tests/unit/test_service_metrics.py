@@ -11,7 +11,7 @@ from quiver.snapshot.manifest import CheckResult, CheckSummary
 def version(name: str, summary: CheckSummary) -> LoadedVersion:
     m = Manifest(name, "2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z", FeatureSet(EntityDef("u", "int64"), ()), {},
                  {}, checks=summary)
-    return LoadedVersion(name, m, {})
+    return LoadedVersion(name, m, {}, "")
 
 
 def gauge(name: str) -> float | None:
