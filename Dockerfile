@@ -23,6 +23,7 @@ COPY snapshot/ snapshot/
 COPY loader/ loader/
 COPY service/ service/
 COPY distribution/ distribution/
+COPY quality/ quality/
 
 # Every dependency as a wheel first, then an offline install from that wheelhouse only: a
 # dependency without a wheel for this platform fails here, not at run time.
