@@ -1,8 +1,10 @@
-"""Child-process hygiene shared by the loader's and the server's worker processes."""
+"""Child-process and thread hygiene shared by the loader's and the server's workers."""
 
 import ctypes
 import os
+import platform
 import signal
+import threading
 
 PR_SET_PDEATHSIG = 1
 
@@ -19,3 +21,23 @@ def die_with_parent(parent_pid: int | None = None) -> None:
         pass
     if parent_pid is not None and os.getppid() != parent_pid:
         os._exit(1)
+
+
+# ioprio_set(2): no libc wrapper; the syscall number by architecture
+_SYS_IOPRIO_SET = {"x86_64": 251, "aarch64": 30}
+_IOPRIO_WHO_PROCESS, _IOPRIO_CLASS_IDLE, _IOPRIO_CLASS_SHIFT = 1, 3, 13
+
+
+def background_thread() -> None:
+    """Call first in a thread whose work may wait: this thread only (Linux schedules threads as tasks)
+    gets nice 19 and the idle IO class, so on a shared core it runs when the serving thread does not.
+    The IO class is honoured by the BFQ scheduler only; elsewhere the nice value is what counts."""
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, 19)
+    except OSError:
+        pass
+    number = _SYS_IOPRIO_SET.get(platform.machine())
+    if number is not None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall(number, _IOPRIO_WHO_PROCESS, tid, _IOPRIO_CLASS_IDLE << _IOPRIO_CLASS_SHIFT)

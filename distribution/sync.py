@@ -21,6 +21,7 @@ from quiver.distribution import transfer
 from quiver.distribution.errors import DiskFull, LocalSnapshotError, translated
 from quiver.distribution.store import MANIFEST, RemoteStore, open_store, remote_manifest
 from quiver.snapshot import FileEntry, Manifest, ManifestError, SnapshotRoot
+from quiver.snapshot.integrity import proven_of, write_record
 from quiver.snapshot.layout import fsync_dir, write_atomic
 from quiver.snapshot.lifecycle import clean_staging, empty_trash, lock, stage_dir, to_trash
 from quiver.snapshot.retention import apply, plan
@@ -87,6 +88,7 @@ def _download_version(store: RemoteStore, snap: SnapshotRoot, version: str, resu
     empty_trash(snap)
     todo: list[FileEntry] = []
     held = _held_locally(snap)
+    linked: dict[Path, list[FileEntry]] = {}   # the version each linked file comes from -> those files
     for f in manifest.files:
         if online_only and not f.path.startswith(ONLINE):
             result.left_out.append(f.path)
@@ -97,6 +99,7 @@ def _download_version(store: RemoteStore, snap: SnapshotRoot, version: str, resu
             result.resumed.append(f.path)
         elif (src := held.get((f.path, f.size, f.checksum))) is not None and _link(src, done, f.size):
             result.linked.append(f.path)
+            linked.setdefault(src.parents[len(Path(f.path).parts) - 1], []).append(f)
         else:
             todo.append(f)
     result.downloaded = _fetch(store, snap, version, todo, stage, workers)
@@ -104,6 +107,13 @@ def _download_version(store: RemoteStore, snap: SnapshotRoot, version: str, resu
     with translated(f"publishing {version} into {snap.versions_dir}", local=True):
         for p in stage.rglob("*.part"):
             p.unlink()
+        # what this sync verified (downloaded, or resumed: verified before it took its name) and the
+        # linked files their versions' records prove; a server reads none of them again (integrity.py)
+        by_path = {f.path: f for f in manifest.files}
+        proven = {p: by_path[p].checksum for p in result.downloaded + result.resumed}
+        for vdir, files in linked.items():
+            proven |= proven_of([vdir], files, stage)
+        write_record(stage, proven)
         write_atomic(stage / MANIFEST, manifest_bytes)
         dest = snap.version_dir(version)
         # left over without a manifest (never visible): moved out of the way

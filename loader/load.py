@@ -42,7 +42,15 @@ from quiver.loader.definitions import load_definitions
 from quiver.loader.ingest import ingest_group
 from quiver.loader.pause import pause_point
 from quiver.loader.plan import GroupPlan
-from quiver.loader.publish import checksums, clean_staging, link_files, load_lock, publish, staging_removed_on_failure
+from quiver.loader.publish import (
+    checksums,
+    clean_staging,
+    link_files,
+    load_lock,
+    publish,
+    record_proven,
+    staging_removed_on_failure,
+)
 from quiver.loader.sources import SourceFile, inspect
 from quiver.loader.spill import EncodeTask, encode_task, encode_tasks, spills_all_columns
 from quiver.loader.sst import KeptViews, PartitionResult, PartitionTask, partition_task
@@ -341,6 +349,7 @@ def run(engine: Engine, features_path: str | os.PathLike[str], root: SnapshotRoo
         written = [b.files for b in built.values()] + [r.checksums for rs in results.values() for r in rs] + ingested
         known = linked | {Path(p).relative_to(out).as_posix(): c for sums in written for p, c in sums.items()}
         entries = checksums(engine.map_here, out, known)
+        record_proven(root, reuse_from, out, entries, linked)
         manifest = Manifest(vid, planning.utc_text(datetime.now(UTC)), planning.utc_text(as_of), features,
                             per_view, group_stats(reuse_from, groups, results), entries, checks=summary)
         publish(root, stage, out, manifest)

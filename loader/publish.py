@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from quiver.snapshot import lifecycle
+from quiver.snapshot.integrity import proven_of, write_record
 from quiver.snapshot.layout import SnapshotRoot, fsync_dir
 from quiver.snapshot.manifest import FileEntry, Manifest, data_files, file_checksum
 
@@ -68,6 +69,17 @@ def checksums(map_fn: Callable[[Callable[[Path], str], list[Path]], list[str]], 
     todo = [p for p, _ in listed if p not in known]
     sums = dict(zip(todo, map_fn(file_checksum, [out / p for p in todo]), strict=True))
     return [FileEntry(p, size, known.get(p) or sums[p]) for p, size in listed]
+
+
+def record_proven(root: SnapshotRoot, reuse_from: Manifest | None, out: Path, entries: list[FileEntry],
+                  linked: dict[str, str]) -> int:
+    """The version's record of proven checksums (snapshot/integrity.py): every file this load wrote or
+    hashed, and each linked file a record of the version it comes from proves, so that a server opening
+    the version with --verify full reads none of them again. Returns how many files it names."""
+    proven = {f.path: f.checksum for f in entries if f.path not in linked}
+    if reuse_from is not None and linked:
+        proven |= proven_of([root.version_dir(reuse_from.version)], [f for f in entries if f.path in linked], out)
+    return write_record(out, proven)
 
 
 def publish(root: SnapshotRoot, stage: Path, out: Path, manifest: Manifest) -> None:

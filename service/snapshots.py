@@ -8,10 +8,12 @@ version that passes, which is swapped in as usual. Health stays NOT_SERVING only
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 
 from rocksdict import Cache
 
+from quiver.base.process import background_thread
 from quiver.service.errors import NotReady, VersionNotLoaded, VersionRefused
 from quiver.service.store import LoadedVersion, open_version
 from quiver.snapshot.layout import SnapshotRoot
@@ -91,7 +93,32 @@ class Snapshots:
         return True
 
     async def _open(self, version: str) -> LoadedVersion:
-        return await asyncio.to_thread(self._opener, self.root, version, self.cache, self.verify)
+        """Opens and checks `version` on a thread of its own at background priority (nice 19, idle IO):
+        hashing what is not yet proven and opening RocksDB compete with nothing the served version
+        answers, which keeps serving until this returns."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[LoadedVersion] = loop.create_future()
+
+        def hand_over(opened: LoadedVersion | None, error: BaseException | None) -> None:
+            if done.cancelled():   # the worker is stopping: nobody will serve it
+                if opened is not None:
+                    opened.retire()
+            elif error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(opened)  # type: ignore[arg-type]
+
+        def run() -> None:
+            background_thread()
+            try:
+                opened = self._opener(self.root, version, self.cache, self.verify)
+            except BaseException as e:  # handed to the awaiting coroutine, which raises it
+                loop.call_soon_threadsafe(hand_over, None, e)
+            else:
+                loop.call_soon_threadsafe(hand_over, opened, None)
+
+        threading.Thread(target=run, name=f"quiver-open-{version}", daemon=True).start()
+        return await done
 
     def _swap(self, new: LoadedVersion) -> None:
         cur = self.current

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from quiver.snapshot.schema import FeatureSet
 _CHUNK = 4 << 20
 # Files RocksDB or rocksdict may rewrite when a version is merely opened: never checksummed.
 VOLATILE_PREFIXES = ("LOG", "LOCK", "rocksdict-config.json")
+# Beside the data, never listed: the manifest itself, and the record of proven checksums (integrity.py)
+UNLISTED = ("manifest.json", "verified.json", "verified.json.tmp")
 
 
 class ManifestError(ValueError):
@@ -238,9 +241,10 @@ class Manifest:
         except (KeyError, TypeError) as e:
             raise ManifestError(f"{path}: malformed, missing {e}") from None
 
-    def verify_files(self, version_dir: str | os.PathLike[str], full: bool = True, prefix: str = "") -> list[str]:
+    def verify_files(self, version_dir: str | os.PathLike[str], full: bool = True, prefix: str = "",
+                     proven: Callable[[Path, "FileEntry"], bool] = lambda path, f: False) -> list[str]:
         """Problems with the files beside this manifest (those under `prefix`): missing, wrong size,
-        or (full) wrong checksum."""
+        or (full) wrong checksum, for the files `proven` does not vouch for (snapshot/integrity.py)."""
         base = Path(version_dir)
         problems = []
         for f in self.files:
@@ -257,7 +261,7 @@ class Manifest:
                 continue
             if size != f.size:
                 problems.append(f"{f.path}: {size} bytes, manifest says {f.size}")
-            elif full and file_checksum(p) != f.checksum:
+            elif full and not proven(p, f) and file_checksum(p) != f.checksum:
                 problems.append(f"{f.path}: checksum differs from the manifest")
         return problems
 
@@ -266,5 +270,5 @@ def data_files(version_dir: str | os.PathLike[str]) -> list[tuple[str, int]]:
     """(relative path, size) of every file a manifest lists: all but volatile ones and itself."""
     base = Path(version_dir)
     return [(p.relative_to(base).as_posix(), p.stat().st_size) for p in sorted(base.rglob("*"))
-            if p.is_file() and p.name != "manifest.json" and not is_volatile(p.name)]
+            if p.is_file() and p.name not in UNLISTED and not is_volatile(p.name)]
 

@@ -30,7 +30,8 @@ from rocksdict import Cache
 from quiver import distribution as dist
 from quiver.distribution import transfer
 from quiver.service.store import open_version
-from quiver.snapshot import FileEntry, Manifest, SnapshotRoot, encode_int64_key, file_checksum
+from quiver.snapshot import FileEntry, Manifest, SnapshotRoot, encode_int64_key, file_checksum, integrity
+from quiver.snapshot.integrity import check_version
 from quiver.snapshot.layout import write_atomic
 from quiver.snapshot.manifest import data_files
 from quiver.training import TrainingDataError, training_frame
@@ -176,12 +177,13 @@ def test_the_entry_point_and_its_help_work() -> None:
 
 def same_version(a: SnapshotRoot, b: SnapshotRoot, v: str) -> None:
     """Every file the manifest lists, and the manifest itself, byte for byte (RocksDB's LOCK, LOG and
-    rocksdict's config are rewritten on open, so they are not part of a version)."""
+    rocksdict's config are rewritten on open, so they are not part of a version); beside them, b's own
+    record of the files its sync proved (inodes of b's disk, so never copied)."""
     files = [f.path for f in Manifest.load(a.manifest_path(v)).files] + ["manifest.json"]
     for rel in files:
         assert filecmp.cmp(a.version_dir(v) / rel, b.version_dir(v) / rel, shallow=False), rel
     extra = {p.relative_to(b.version_dir(v)).as_posix() for p in b.version_dir(v).rglob("*") if p.is_file()}
-    assert extra == set(files)
+    assert extra == set(files) | {"verified.json"}
 
 
 @pytest.fixture
@@ -236,7 +238,8 @@ def test_round_trip_file_uri(make_version, tmp_path: Path, pub: Path, rep: Path)
 
 @pytest.mark.parametrize("store", ["s3", "file"])
 def test_changing_one_view_moves_only_its_files(store: str, s3_endpoint: str, request: pytest.FixtureRequest,
-                                                tmp_path: Path, pub: Path, rep: Path) -> None:
+                                                tmp_path: Path, pub: Path, rep: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A feature added to one view: publish copies the other views' files inside the store and sync
     hard-links them from the version the replica has; only the changed view's bytes travel."""
     if store == "s3":
@@ -289,6 +292,13 @@ def test_changing_one_view_moves_only_its_files(store: str, s3_endpoint: str, re
     for p in shared - {lost}:
         assert (SnapshotRoot(rep).version_dir(v2) / p).stat().st_ino == \
             (SnapshotRoot(rep).version_dir(v1) / p).stat().st_ino
+    # what the loader wrote or linked and what sync downloaded or linked is proven by their records:
+    # a server's full check reads none of it again, on either root (this process hashed nothing)
+    monkeypatch.setattr(integrity, "SEEN", integrity.Proven())
+    read: list[tuple[int, int]] = []
+    for root in (pub, rep):
+        check_version(SnapshotRoot(root), v2, "full", on_hashed=lambda files, size: read.append((files, size)))
+    assert read == [(0, 0), (0, 0)]
 
 
 def test_online_only_sync_serves_and_training_reads_the_store(make_version, tmp_path: Path, pub: Path,

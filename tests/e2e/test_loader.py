@@ -22,6 +22,7 @@ import pytest
 
 from quiver.loader.pause import PAUSE_AT, PAUSE_FILE
 from quiver.snapshot import Manifest, SnapshotRoot, encode_int64_key, encode_string_key, file_checksum
+from quiver.snapshot.integrity import file_key, read_record
 from support.loads import AS_OF, assert_load_rejected
 from support.oracle import decode_view_row
 from support.processes import QUIVER, run_quiver, wait_for
@@ -232,7 +233,10 @@ def test_manifest_lists_every_file_and_source(every_type: Any, tmp_path: Path) -
     listed = {f.path for f in m.files}
     on_disk = {p.relative_to(vdir).as_posix() for p in vdir.rglob("*") if p.is_file()}
     volatile = {p for p in on_disk - listed if p.rsplit("/", 1)[-1].startswith(("LOG", "LOCK", "rocksdict-config"))}
-    assert on_disk - listed - volatile == {"manifest.json"}
+    assert on_disk - listed - volatile == {"manifest.json", "verified.json"}
+    # the loader's record proves every listed file, by the inode it wrote
+    proven = read_record(vdir)
+    assert all(proven.holds(file_key(vdir / f.path), f.checksum) for f in m.files)
     assert listed <= on_disk
     assert any(p.startswith(f"online/{m.schema.view('every').group}/") and p.endswith(".sst") for p in listed)
     assert any(p.startswith("offline/events/") and p.endswith(".parquet") for p in listed)

@@ -80,6 +80,13 @@ def test_hot_swap_under_load_drops_nothing(start_server: Any, users: UsersSnapsh
     assert all(len(answers) == 1 for answers in by_version.values())
     check_against_source(users, next(iter(by_version[users.v1])), ids, users.v1)
     check_against_source(users, next(iter(by_version[new])), ids, users.v2)
+    # v1 was copied into place (other inodes than its record names): read whole before it served; the new
+    # version was loaded here, and its loader's record proves every file: nothing of it was read again
+    log = s.logs()
+    v1_files = Manifest.load(SnapshotRoot(root).manifest_path(users.v1)).files
+    online = [f for f in v1_files if f.path.startswith("online/")]
+    assert f"version {users.v1}: hashed {len(online)} online files" in log, log
+    assert f"version {new}: hashed 0 online files" in log, log
     print(f"{sum(responses.values())} responses: " + ", ".join(
         f"{v}: {sum(n for r, n in responses.items() if r in by_version[v])}" for v in by_version))
 
