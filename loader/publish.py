@@ -38,8 +38,9 @@ def staging_removed_on_failure(root: SnapshotRoot) -> Iterator[None]:
 
 def link_files(root: SnapshotRoot, reuse_from: Manifest, prefix: str, dest: Path) -> dict[str, str]:
     """Links the previous version's files under `prefix` (`online/<group>/` or `offline/<view>/`) into the
-    new version; returns their checksums. Immutable data files are hard-linked (copied across
-    filesystems); small metadata is copied."""
+    new version; returns the checksums of those hard-linked, the same inodes as the previous version's.
+    Immutable data files are hard-linked (copied across filesystems); small metadata is copied. A copy is
+    a new file, which the publish stage hashes like any file this load wrote."""
     src = root.version_dir(reuse_from.version)
     known = {}
     for f in reuse_from.files:
@@ -47,10 +48,10 @@ def link_files(root: SnapshotRoot, reuse_from: Manifest, prefix: str, dest: Path
             continue
         target = dest / f.path
         target.parent.mkdir(parents=True, exist_ok=True)
-        known[f.path] = f.checksum
         if f.path.endswith((".sst", ".parquet")):
             try:
                 os.link(src / f.path, target)
+                known[f.path] = f.checksum
                 continue
             except OSError:
                 pass
