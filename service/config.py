@@ -33,7 +33,12 @@ class ServeConfig:
     max_queue_ms: float = field(default=50.0, metadata=_help(
         "more queued work than this ahead of a call, in ms: RESOURCE_EXHAUSTED at once; 0: off"))
     verify: str = field(default="full", metadata=_help(
-        "checks before a version is swapped in: full (every file's checksum) or size (sizes and row counts)"))
+        "checks before a version is swapped in: full (every file's checksum not already proven: README, "
+        "Trust model) or size (sizes and row counts)"))
+    warm_mb: int = field(default=-1, metadata=_help(
+        "before a new version takes traffic, read up to this many MB of its online files not shared with the "
+        "served one into the page cache, at background priority; -1: half the memory available then (the "
+        "machine's or the memory cgroup's, whichever is less); 0: off"))
     poll_seconds: float = field(default=1.0, metadata=_help("how often each worker reads CURRENT, in seconds"))
     drain_seconds: float = field(default=10.0, metadata=_help(
         "after SIGTERM, how long in-flight calls may finish, in seconds"))
@@ -57,6 +62,8 @@ class ServeConfig:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         if self.workers < 1 or self.max_entities < 1 or self.max_concurrent < 1 or self.cache_mb < 1:
             raise ValueError("workers, max-entities, max-concurrent and cache-mb must be positive")
+        if self.warm_mb < -1:
+            raise ValueError(f"warm-mb {self.warm_mb}: expected -1 (half the available memory), 0 (off) or MB")
         if not self.poll_seconds > 0:  # 0 would spin the follow loop; `not >` also refuses NaN
             raise ValueError(f"poll-seconds {self.poll_seconds}: must be positive")
         if not self.max_queue_ms >= 0:

@@ -22,7 +22,7 @@ from rocksdict import Cache
 from quiver.base.errors import AddressInUse
 from quiver.base.logs import setup_logging
 from quiver.base.process import die_with_parent
-from quiver.service import metrics
+from quiver.service import metrics, warm
 from quiver.service.config import ServeConfig
 from quiver.service.reader import FeatureReader
 from quiver.service.reflection import enable_reflection
@@ -120,9 +120,19 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
         metrics.on_swap(new, old)
         lease.hold([v.version for v in snapshots.loaded()])
 
+    def prepare(new: LoadedVersion, served: LoadedVersion) -> None:
+        budget = warm.available_bytes() // 2 if config.warm_mb < 0 else config.warm_mb << 20
+        if budget > 0:
+            w = warm.warm(root.version_dir(new.version), new.manifest, root.version_dir(served.version),
+                          served.manifest, budget)
+            log.info("version %s: warmed %.1f MB of %d online files in %.1f s (budget %.0f MB); %d files shared "
+                     "with %s left as they are", new.version, w.bytes / 1e6, w.files, w.seconds, budget / 1e6,
+                     w.shared, served.version)
+
     snapshots = Snapshots(root, Cache(config.cache_bytes_per_worker), config.verify,
                           on_swap=on_swap, on_refused=lambda v, why: metrics.REFUSED.inc(),
-                          on_fallback=lambda serving_fallback: metrics.FALLBACK.set(int(serving_fallback)))
+                          on_fallback=lambda serving_fallback: metrics.FALLBACK.set(int(serving_fallback)),
+                          prepare=prepare)
     reader = FeatureReader(snapshots, config.max_entities)
     servicer = FeatureStoreServicer(reader, snapshots, config.max_concurrent, config.max_queue_ms / 1000)
     server, hs, port = create_server(config, servicer, worker)

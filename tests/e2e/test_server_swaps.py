@@ -16,6 +16,7 @@ import pytest
 from quiver.snapshot import Manifest, SnapshotRoot
 from quiver.v1 import quiver_pb2 as pb
 from support.oracle import decode_view_row, wire_fields
+from support.pagecache import evict, resident
 from support.processes import SERVICE, SERVING, UsersSnapshots, quiver_load, short_tmpdir, wait_for
 from support.stored import online_files, rewrite_manifest
 
@@ -89,6 +90,29 @@ def test_hot_swap_under_load_drops_nothing(start_server: Any, users: UsersSnapsh
     assert f"version {new}: hashed 0 online files" in log, log
     print(f"{sum(responses.values())} responses: " + ", ".join(
         f"{v}: {sum(n for r, n in responses.items() if r in by_version[v])}" for v in by_version))
+
+
+@pytest.mark.parametrize("warm_mb", ["-1", "0"], ids=["warm", "cold"])
+def test_a_new_version_is_warmed_before_it_serves(start_server: Any, users: UsersSnapshots, tmp_path: Path,
+                                                   warm_mb: str) -> None:
+    """The next version's SST files, out of the page cache, are read into it before the version answers
+    (--warm-mb, default: half the available memory); --warm-mb 0 reads nothing more than RocksDB's open.
+    (At this size the open alone caches nearly all: tests/unit/test_warm.py shows what warming reads.)"""
+    root = users.root(tmp_path / "root")
+    s = start_server(root, "--warm-mb", warm_mb)
+    s.wait_health(SERVING)
+    ssts = sorted(SnapshotRoot(root).version_dir(users.v2).glob("online/*/*.sst"))
+    total = sum(p.stat().st_size for p in ssts)
+    evict(ssts)
+    SnapshotRoot(root).set_current(users.v2)
+    wait_for(lambda: current_version(s.stub()) == users.v2, what="the swap")
+    cached = sum(resident(ssts))
+    log = s.logs()
+    if warm_mb == "0":
+        assert f"version {users.v2}: warmed" not in log, log
+    else:
+        assert cached >= total * 0.99, (cached, total)
+        assert f"version {users.v2}: warmed {total / 1e6:.1f} MB of {len(ssts)} online files" in log, log
 
 
 def flip_bytes(path: Path) -> None:

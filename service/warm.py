@@ -1,0 +1,142 @@
+"""Warm before swap: a new version's online files are read into the page cache before it takes traffic,
+so that its first requests do not all wait on the disk (the server reads SST blocks through mmap, straight
+from the page cache).
+
+Runs on the thread that opened and checked the version (nice 19, idle IO class; snapshots.py), while the
+served version keeps answering. Two passes over the files not shared with the served version (a file
+hard-linked from it is the same inode, whose pages are as warm as they will get):
+  1. each file's tail, where a block-based SST keeps its filter and index partitions (TAIL_FRACTION of the
+     file; at 10 bits a key and 8 KB blocks they are well under 1%), so every lookup finds them cached;
+  2. whole files in order, until the budget is spent.
+The budget (--warm-mb) defaults to half the memory available at the swap: the machine's, or the memory
+cgroup's limit when that is less. A budget smaller than the version warms part of it; the rest comes
+from the disk on first read, as without warming."""
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from quiver.snapshot.manifest import Manifest
+
+log = logging.getLogger("quiver.warm")
+
+TAIL_FRACTION = 0.02
+_CHUNK = 4 << 20
+
+
+@dataclass
+class Warmed:
+    files: int = 0      # files read, in part or whole
+    shared: int = 0     # files the served version holds too (same inode): not read
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+def available_bytes() -> int:
+    """Memory the page cache may use now: MemAvailable, or the memory cgroup's limit when that is less."""
+    avail = _meminfo("MemAvailable")
+    limit = _cgroup_limit()
+    return min(avail, limit) if limit else avail
+
+
+def _meminfo(field: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _cgroup_limit() -> int:
+    """This process's memory cgroup limit in bytes (v1 or v2); 0 when there is none."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            candidates = [Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.limit_in_bytes"]
+        elif controllers == "":
+            candidates = [Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.max"]
+        else:
+            continue
+        for c in candidates:
+            try:
+                text = c.read_text().strip()
+            except OSError:
+                continue
+            # v1 writes a huge number for "no limit", v2 writes "max"
+            if text.isdigit() and int(text) < 1 << 60:
+                return int(text)
+    return 0
+
+
+def warm(version_dir: Path, manifest: Manifest, served_dir: Path | None, served: Manifest | None,
+         budget: int) -> Warmed:
+    """Reads up to `budget` bytes of the version's online SST files not shared with the served version."""
+    started = time.monotonic()
+    out = Warmed()
+    shared_inodes = set()
+    if served_dir is not None and served is not None:
+        for f in served.files:
+            if f.path.startswith("online/"):
+                try:
+                    st = (served_dir / f.path).stat()
+                except OSError:
+                    continue
+                shared_inodes.add((st.st_dev, st.st_ino))
+    todo: list[tuple[Path, int]] = []
+    for f in manifest.files:
+        if not (f.path.startswith("online/") and f.path.endswith(".sst")):
+            continue
+        p = version_dir / f.path
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in shared_inodes:
+            out.shared += 1
+        else:
+            todo.append((p, st.st_size))
+    left = budget
+    buf = bytearray(_CHUNK)
+    tails = {p: min(size, max(256 << 10, int(size * TAIL_FRACTION))) for p, size in todo}
+    for p, size in todo:                                   # 1: filter and index partitions
+        if left <= 0:
+            break
+        n = _read(p, size - tails[p], min(tails[p], left), buf)
+        left -= n
+        out.bytes += n
+        out.files += 1
+    for p, size in todo:                                   # 2: the data blocks, file by file
+        if left <= 0:
+            break
+        n = _read(p, 0, min(size - tails[p], left), buf)
+        left -= n
+        out.bytes += n
+    out.seconds = time.monotonic() - started
+    return out
+
+
+def _read(path: Path, offset: int, length: int, buf: bytearray) -> int:
+    """Reads `length` bytes at `offset` into the page cache (and a scratch buffer); returns bytes read."""
+    done = 0
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return 0
+    try:
+        # no readahead past what is asked for: the budget is what the page cache gets (a 4 MB read is
+        # one large IO already)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        view = memoryview(buf)
+        while done < length:
+            n = os.preadv(fd, [view[:min(_CHUNK, length - done)]], offset + done)
+            if n <= 0:
+                break
+            done += n
+    finally:
+        os.close(fd)
+    return done
