@@ -37,8 +37,9 @@ class ServeConfig:
         "Trust model) or size (sizes and row counts)"))
     warm_mb: int = field(default=-1, metadata=_help(
         "before a new version takes traffic, read up to this many MB of its online files not shared with the "
-        "served one into the page cache, at background priority; -1: half the memory available then (the "
-        "machine's or the memory cgroup's, whichever is less); 0: off"))
+        "served one into the page cache, at background priority; -1: their filter and index tails, plus half "
+        "the memory available then (the machine's or the memory cgroup's) beyond the served version's online "
+        "files; 0: off"))
     poll_seconds: float = field(default=1.0, metadata=_help("how often each worker reads CURRENT, in seconds"))
     drain_seconds: float = field(default=10.0, metadata=_help(
         "after SIGTERM, how long in-flight calls may finish, in seconds"))
@@ -63,7 +64,7 @@ class ServeConfig:
         if self.workers < 1 or self.max_entities < 1 or self.max_concurrent < 1 or self.cache_mb < 1:
             raise ValueError("workers, max-entities, max-concurrent and cache-mb must be positive")
         if self.warm_mb < -1:
-            raise ValueError(f"warm-mb {self.warm_mb}: expected -1 (half the available memory), 0 (off) or MB")
+            raise ValueError(f"warm-mb {self.warm_mb}: expected -1 (the default budget), 0 (off) or MB")
         if not self.poll_seconds > 0:  # 0 would spin the follow loop; `not >` also refuses NaN
             raise ValueError(f"poll-seconds {self.poll_seconds}: must be positive")
         if not self.max_queue_ms >= 0:

@@ -8,9 +8,10 @@ hard-linked from it is the same inode, whose pages are as warm as they will get)
   1. each file's tail, where a block-based SST keeps its filter and index partitions (TAIL_FRACTION of the
      file; at 10 bits a key and 8 KB blocks they are well under 1%), so every lookup finds them cached;
   2. whole files in order, until the budget is spent.
-The budget (--warm-mb) defaults to half the memory available at the swap: the machine's, or the memory
-cgroup's limit when that is less. A budget smaller than the version warms part of it; the rest comes
-from the disk on first read, as without warming."""
+The budget (--warm-mb) defaults to every tail, plus half of the memory available at the swap (the
+machine's, or the memory cgroup's limit when that is less) beyond the served version's online files, so that
+warming the next version does not push the served one's pages out while it still answers. A budget smaller
+than the version warms part of it; the rest comes from the disk on first read, as without warming."""
 
 import logging
 import os
@@ -32,6 +33,7 @@ class Warmed:
     shared: int = 0     # files the served version holds too (same inode): not read
     bytes: int = 0
     seconds: float = 0.0
+    budget: int = 0
 
 
 def available_bytes() -> int:
@@ -74,11 +76,13 @@ def _cgroup_limit() -> int:
 
 
 def warm(version_dir: Path, manifest: Manifest, served_dir: Path | None, served: Manifest | None,
-         budget: int) -> Warmed:
-    """Reads up to `budget` bytes of the version's online SST files not shared with the served version."""
+         budget: int | None = None) -> Warmed:
+    """Reads up to `budget` bytes (None: the default above) of the version's online SST files not shared
+    with the served version."""
     started = time.monotonic()
     out = Warmed()
     shared_inodes = set()
+    served_bytes = 0
     if served_dir is not None and served is not None:
         for f in served.files:
             if f.path.startswith("online/"):
@@ -87,6 +91,7 @@ def warm(version_dir: Path, manifest: Manifest, served_dir: Path | None, served:
                 except OSError:
                     continue
                 shared_inodes.add((st.st_dev, st.st_ino))
+                served_bytes += st.st_size
     todo: list[tuple[Path, int]] = []
     for f in manifest.files:
         if not (f.path.startswith("online/") and f.path.endswith(".sst")):
@@ -100,9 +105,12 @@ def warm(version_dir: Path, manifest: Manifest, served_dir: Path | None, served:
             out.shared += 1
         else:
             todo.append((p, st.st_size))
+    tails = {p: min(size, max(256 << 10, int(size * TAIL_FRACTION))) for p, size in todo}
+    if budget is None:
+        budget = sum(tails.values()) + max(0, available_bytes() - served_bytes) // 2
+    out.budget = budget
     left = budget
     buf = bytearray(_CHUNK)
-    tails = {p: min(size, max(256 << 10, int(size * TAIL_FRACTION))) for p, size in todo}
     for p, size in todo:                                   # 1: filter and index partitions
         if left <= 0:
             break

@@ -121,13 +121,13 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
         lease.hold([v.version for v in snapshots.loaded()])
 
     def prepare(new: LoadedVersion, served: LoadedVersion) -> None:
-        budget = warm.available_bytes() // 2 if config.warm_mb < 0 else config.warm_mb << 20
-        if budget > 0:
-            w = warm.warm(root.version_dir(new.version), new.manifest, root.version_dir(served.version),
-                          served.manifest, budget)
-            log.info("version %s: warmed %.1f MB of %d online files in %.1f s (budget %.0f MB); %d files shared "
-                     "with %s left as they are", new.version, w.bytes / 1e6, w.files, w.seconds, budget / 1e6,
-                     w.shared, served.version)
+        if config.warm_mb == 0:
+            return
+        w = warm.warm(root.version_dir(new.version), new.manifest, root.version_dir(served.version),
+                      served.manifest, None if config.warm_mb < 0 else config.warm_mb << 20)
+        log.info("version %s: warmed %.1f MB of %d online files in %.1f s (budget %.0f MB); %d files shared "
+                 "with %s left as they are", new.version, w.bytes / 1e6, w.files, w.seconds, w.budget / 1e6,
+                 w.shared, served.version)
 
     snapshots = Snapshots(root, Cache(config.cache_bytes_per_worker), config.verify,
                           on_swap=on_swap, on_refused=lambda v, why: metrics.REFUSED.inc(),

@@ -51,9 +51,19 @@ def test_files_the_served_version_shares_are_not_read(tmp_path: Path) -> None:
     assert resident([tmp_path / "v2/online/g/a.sst", tmp_path / "v2/online/g/c.sst"]) == [0, 8 * MB]
 
 
-def test_the_default_budget_is_half_of_what_the_cgroup_or_machine_allows(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every tail, plus half the available memory beyond the served version's online files; available is
+    the machine's or the memory cgroup's limit, whichever is less."""
     monkeypatch.setattr(warm, "_meminfo", lambda field: 8 << 30)
     monkeypatch.setattr(warm, "_cgroup_limit", lambda: 0)
     assert warm.available_bytes() == 8 << 30
     monkeypatch.setattr(warm, "_cgroup_limit", lambda: 3 << 30)
     assert warm.available_bytes() == 3 << 30
+    served = version(tmp_path / "v1", {"online/g/a.sst": 8 * MB})
+    new = version(tmp_path / "v2", {f"online/g/{i}.sst": 16 * MB for i in range(2)})
+    tail = int(16 * MB * warm.TAIL_FRACTION)
+    monkeypatch.setattr(warm, "available_bytes", lambda: 12 * MB)
+    assert warm.warm(tmp_path / "v2", new, tmp_path / "v1", served).budget == 2 * tail + 2 * MB
+    monkeypatch.setattr(warm, "available_bytes", lambda: 4 * MB)    # less than the served version: tails only
+    w = warm.warm(tmp_path / "v2", new, tmp_path / "v1", served)
+    assert w.budget == w.bytes == 2 * tail
