@@ -30,13 +30,17 @@ _IOPRIO_WHO_PROCESS, _IOPRIO_CLASS_IDLE, _IOPRIO_CLASS_SHIFT = 1, 3, 13
 
 def background_thread() -> None:
     """Call first in a thread whose work may wait: this thread only (Linux schedules threads as tasks)
-    gets nice 19 and the idle IO class, so on a shared core it runs when the serving thread does not.
-    The IO class is honoured by the BFQ scheduler only; elsewhere the nice value is what counts."""
+    runs under SCHED_IDLE, which any normal thread that wakes on its core preempts at once (a nice value
+    only shares the core in proportion), and in the idle IO class. The IO class is honoured by the BFQ
+    scheduler only; elsewhere the CPU policy is what counts."""
     tid = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, tid, 19)
-    except OSError:
-        pass
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError):
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, 19)
+        except OSError:
+            pass
     number = _SYS_IOPRIO_SET.get(platform.machine())
     if number is not None:
         libc = ctypes.CDLL(None, use_errno=True)

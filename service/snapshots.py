@@ -98,7 +98,7 @@ class Snapshots:
 
     async def _open(self, version: str) -> LoadedVersion:
         """Opens, checks and (while another version is served) warms `version` on a thread of its own at
-        background priority (nice 19, idle IO): hashing what is not yet proven, opening RocksDB and reading
+        background priority (SCHED_IDLE, idle IO): hashing what is not yet proven, opening RocksDB and reading
         its files compete with nothing the served version answers, which keeps serving until this returns."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[LoadedVersion] = loop.create_future()

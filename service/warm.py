@@ -2,7 +2,7 @@
 so that its first requests do not all wait on the disk (the server reads SST blocks through mmap, straight
 from the page cache).
 
-Runs on the thread that opened and checked the version (nice 19, idle IO class; snapshots.py), while the
+Runs on the thread that opened and checked the version (SCHED_IDLE, idle IO class; snapshots.py), while the
 served version keeps answering. Two passes over the files not shared with the served version (a file
 hard-linked from it is the same inode, whose pages are as warm as they will get):
   1. each file's tail, where a block-based SST keeps its filter and index partitions (TAIL_FRACTION of the
@@ -24,7 +24,7 @@ from quiver.snapshot.manifest import Manifest
 log = logging.getLogger("quiver.warm")
 
 TAIL_FRACTION = 0.02
-_CHUNK = 4 << 20
+_CHUNK = 1 << 20   # one read syscall's worth: short, so a serving thread waking on the core waits little
 
 
 @dataclass
@@ -136,8 +136,7 @@ def _read(path: Path, offset: int, length: int, buf: bytearray) -> int:
     except OSError:
         return 0
     try:
-        # no readahead past what is asked for: the budget is what the page cache gets (a 4 MB read is
-        # one large IO already)
+        # no readahead past what is asked for: the budget is what the page cache gets
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         view = memoryview(buf)
         while done < length:
