@@ -435,6 +435,33 @@ fn roots_that_cannot_be_served_are_typed_errors_naming_the_path() {
 }
 
 /// Every file under the root, with size and modification time.
+#[test]
+fn files_the_loader_proved_are_not_hashed_again() {
+    let _one_at_a_time = serial();
+    let roots = roots();
+    let full = EmbeddedOptions { verify_checksums: true, ..options() };
+    // as the loader left it: its verified.json proves every online file, so none is read
+    let reader = EmbeddedReader::open(&roots.single, full.clone()).unwrap();
+    assert_eq!(reader.stats().current_files_hashed, 0);
+    // a copy has other inodes than the record names: every online file is read
+    let copy = copy_root(&roots.single, "root-copied");
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(copy.join("versions").join(current(&copy)).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let online = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["path"].as_str().unwrap().starts_with("online/"))
+        .count();
+    assert!(online > 0);
+    let reader = EmbeddedReader::open(&copy, full).unwrap();
+    assert_eq!(reader.stats().current_files_hashed, online);
+    drop(reader);
+    let _ = std::fs::remove_dir_all(&copy);
+}
+
 fn tree(root: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_owned()];

@@ -89,6 +89,9 @@ pub struct ReaderStats {
     pub refused: u64,
     /// Why the last refused version was refused.
     pub last_refusal: Option<String>,
+    /// Online files of the current version that its check hashed (with `verify_checksums`): the
+    /// files its verified.json did not prove, as written by the loader or sync (FORMAT.md).
+    pub current_files_hashed: usize,
 }
 
 /// The versions a reader serves. Replaced as a whole on a swap.
@@ -245,6 +248,7 @@ impl EmbeddedReader {
             swaps: self.inner.swaps.load(Ordering::Relaxed),
             refused: self.inner.refused.load(Ordering::Relaxed),
             last_refusal: state.last_refusal.clone(),
+            current_files_hashed: served.current.files_hashed,
         }
     }
 

@@ -76,6 +76,9 @@ pub struct OpenVersion {
     /// Views per group, in the order of their ViewRows in the stored value.
     pub group_views: Vec<usize>,
     pub slots: HashMap<String, Slot>,
+    /// Online files its check had to hash: those its verified.json did not prove (0 without
+    /// `verify_checksums`).
+    pub files_hashed: usize,
     groups: Vec<Group>,
     read: ReadOptions,
 }
@@ -120,7 +123,8 @@ pub fn open_version(
         return Err(mismatch(vec![format!("its manifest names version {}", manifest.version)]));
     }
     // only the online form is read here: checking the offline Parquet would double the work
-    let problems = manifest.verify_files(&vdir, options.verify_checksums, "online/");
+    // files the loader or sync proved (verified.json) are not hashed again
+    let (problems, hashed) = manifest.verify_files(&vdir, options.verify_checksums, "online/");
     if !problems.is_empty() {
         return Err(mismatch(problems));
     }
@@ -171,6 +175,7 @@ pub fn open_version(
         schema: Arc::clone(&manifest.schema),
         group_views: manifest.groups.iter().map(|g| g.views.len()).collect(),
         slots,
+        files_hashed: hashed,
         groups,
         read: read_options(&options.read),
         manifest,
