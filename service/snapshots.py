@@ -27,7 +27,7 @@ class Snapshots:
                  on_refused: Callable[[str, str], None] = lambda v, why: None,
                  on_fallback: Callable[[bool], None] = lambda serving_fallback: None,
                  opener: Callable[[SnapshotRoot, str, Cache, str], LoadedVersion] = open_version,
-                 prepare: Callable[[LoadedVersion, LoadedVersion], None] = lambda new, served: None) -> None:
+                 prepare: Callable[[str, LoadedVersion], None] = lambda version, served: None) -> None:
         self.root = root
         self.cache = cache
         self.verify = verify
@@ -37,8 +37,9 @@ class Snapshots:
         self._on_refused = on_refused
         self._on_fallback = on_fallback
         self._opener = opener  # opens and checks one version (blocking); tests pass a fake
-        # readies an opened version for traffic while another is served (blocking; warm.py): not at start,
-        # when serving at once beats serving warm
+        # readies a version for traffic while another is served (blocking; warm.py), before it is opened:
+        # RocksDB's open holds the GIL (rocksdict) while it reads each SST's footer, index and filter, so
+        # those reads should hit the page cache. Not at start, when serving at once beats serving warm.
         self._prepare = prepare
         self._refused: str | None = None
         # the refused CURRENT while serving a fallback instead of it, else None
@@ -97,7 +98,7 @@ class Snapshots:
         return True
 
     async def _open(self, version: str) -> LoadedVersion:
-        """Opens, checks and (while another version is served) warms `version` on a thread of its own at
+        """Warms (while another version is served), checks and opens `version` on a thread of its own at
         background priority (SCHED_IDLE, idle IO): hashing what is not yet proven, opening RocksDB and reading
         its files compete with nothing the served version answers, which keeps serving until this returns."""
         loop = asyncio.get_running_loop()
@@ -114,17 +115,17 @@ class Snapshots:
 
         def run() -> None:
             background_thread()
+            served = self.current
+            if served is not None:
+                try:
+                    self._prepare(version, served)
+                except Exception:  # a version that cannot be warmed is served cold, never refused for it
+                    log.exception("preparing %s failed; it is opened as it is", version)
             try:
                 opened = self._opener(self.root, version, self.cache, self.verify)
             except BaseException as e:  # handed to the awaiting coroutine, which raises it
                 loop.call_soon_threadsafe(hand_over, None, e)
                 return
-            served = self.current
-            if served is not None:
-                try:
-                    self._prepare(opened, served)
-                except Exception:  # a version that cannot be warmed is served cold, never refused
-                    log.exception("preparing %s failed; it is swapped in as it is", version)
             loop.call_soon_threadsafe(hand_over, opened, None)
 
         threading.Thread(target=run, name=f"quiver-open-{version}", daemon=True).start()

@@ -31,6 +31,7 @@ from quiver.service.snapshots import Snapshots
 from quiver.service.store import LoadedVersion
 from quiver.snapshot.layout import SnapshotRoot
 from quiver.snapshot.leases import ServerLease
+from quiver.snapshot.manifest import Manifest, ManifestError
 
 log = logging.getLogger("quiver.server")
 MAX_MESSAGE = 64 << 20
@@ -120,13 +121,17 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
         metrics.on_swap(new, old)
         lease.hold([v.version for v in snapshots.loaded()])
 
-    def prepare(new: LoadedVersion, served: LoadedVersion) -> None:
+    def prepare(version: str, served: LoadedVersion) -> None:
         if config.warm_mb == 0:
             return
-        w = warm.warm(root.version_dir(new.version), new.manifest, root.version_dir(served.version),
-                      served.manifest, None if config.warm_mb < 0 else config.warm_mb << 20)
+        try:
+            manifest = Manifest.load(root.manifest_path(version))
+        except ManifestError:
+            return   # the check that follows refuses it, naming what is wrong
+        w = warm.warm(root.version_dir(version), manifest, root.version_dir(served.version), served.manifest,
+                      None if config.warm_mb < 0 else config.warm_mb << 20)
         log.info("version %s: warmed %.1f MB of %d online files in %.1f s (budget %.0f MB); %d files shared "
-                 "with %s left as they are", new.version, w.bytes / 1e6, w.files, w.seconds, w.budget / 1e6,
+                 "with %s left as they are", version, w.bytes / 1e6, w.files, w.seconds, w.budget / 1e6,
                  w.shared, served.version)
 
     snapshots = Snapshots(root, Cache(config.cache_bytes_per_worker), config.verify,
