@@ -112,7 +112,7 @@ def _download_version(store: RemoteStore, snap: SnapshotRoot, version: str, resu
         by_path = {f.path: f for f in manifest.files}
         proven = {p: by_path[p].checksum for p in result.downloaded + result.resumed}
         for vdir, files in linked.items():
-            proven |= proven_of([vdir], files, stage)
+            proven |= proven_of(vdir, files, stage)
         write_record(stage, proven)
         write_atomic(stage / MANIFEST, manifest_bytes)
         dest = snap.version_dir(version)

@@ -79,7 +79,7 @@ def record_proven(root: SnapshotRoot, reuse_from: Manifest | None, out: Path, en
     the version with --verify full reads none of them again. Returns how many files it names."""
     proven = {f.path: f.checksum for f in entries if f.path not in linked}
     if reuse_from is not None and linked:
-        proven |= proven_of([root.version_dir(reuse_from.version)], [f for f in entries if f.path in linked], out)
+        proven |= proven_of(root.version_dir(reuse_from.version), [f for f in entries if f.path in linked], out)
     return write_record(out, proven)
 
 

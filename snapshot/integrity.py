@@ -23,13 +23,12 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from quiver.snapshot.layout import SnapshotRoot
-from quiver.snapshot.manifest import FileEntry, Manifest, ManifestError
+from quiver.snapshot.manifest import RECORD, FileEntry, Manifest, ManifestError
 
 __all__ = ["LEVELS", "RECORD", "Proven", "check_version", "proven_of", "read_record", "write_record"]
 
 LEVELS = ("none", "size", "full")
 SHOWN = 5   # damaged files named in one message; the rest are counted
-RECORD = "verified.json"
 RACY_NS = 2_000_000_000   # above any filesystem's timestamp granularity (ext4, xfs: one jiffy; FAT: 2 s)
 
 FileKey = tuple[int, int, int, int]   # st_dev, st_ino, st_size, st_mtime_ns
@@ -95,14 +94,14 @@ def write_record(version_dir: Path, checksums: Mapping[str, str]) -> int:
     return len(files)
 
 
-def proven_of(version_dirs: Iterable[Path], entries: Iterable[FileEntry], at: Path) -> dict[str, str]:
-    """Of `entries` (files under `at` hard-linked from those versions), those a record of
-    `version_dirs` or this process proves: path -> checksum, for the new version's record."""
-    records = [read_record(d) for d in version_dirs]
+def proven_of(version_dir: Path, entries: Iterable[FileEntry], at: Path) -> dict[str, str]:
+    """Of `entries` (files under `at` hard-linked from the version in `version_dir`), those its record or
+    this process proves: path -> checksum, for the new version's record."""
+    record = read_record(version_dir)
     out = {}
     for f in entries:
         key = file_key(at / f.path)
-        if SEEN.holds(key, f.checksum) or any(r.holds(key, f.checksum) for r in records):
+        if SEEN.holds(key, f.checksum) or record.holds(key, f.checksum):
             out[f.path] = f.checksum
     return out
 
@@ -123,7 +122,7 @@ def check_version(root: SnapshotRoot, version: str, level: str, prefix: str = ""
     if manifest.version != version:
         raise ManifestError(f"version {version}: its manifest names {manifest.version}")
     if level != "none":
-        record = read_record(vdir)
+        record = read_record(vdir) if level == "full" else Proven()   # "size" reads no file's bytes
         hashed: list[FileEntry] = []
 
         def proven(path: Path, f: FileEntry) -> bool:

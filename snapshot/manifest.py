@@ -14,8 +14,10 @@ from quiver.snapshot.schema import FeatureSet
 _CHUNK = 4 << 20
 # Files RocksDB or rocksdict may rewrite when a version is merely opened: never checksummed.
 VOLATILE_PREFIXES = ("LOG", "LOCK", "rocksdict-config.json")
-# Beside the data, never listed: the manifest itself, and the record of proven checksums (integrity.py)
-UNLISTED = ("manifest.json", "verified.json", "verified.json.tmp")
+# The record of proven checksums beside the manifest (written and read by integrity.py)
+RECORD = "verified.json"
+# Beside the data, never listed: the manifest itself, and the record (with its temporary while written)
+UNLISTED = ("manifest.json", RECORD, RECORD + ".tmp")
 
 
 class ManifestError(ValueError):
