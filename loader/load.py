@@ -309,7 +309,9 @@ def run(engine: Engine, features_path: str | os.PathLike[str], root: SnapshotRoo
         sources = _sources(engine, features, files)
         late = any(f.size < 0 for fs in files.values() for f in fs)   # identified once read
         as_of = opts.as_of or datetime.now(UTC).replace(microsecond=0)
-        vid = planning.version_id(features, sources, as_of)
+        # the changes a reused view carries are part of its data (loader/delta.py)
+        deltas = planning.kept_deltas(planning.current_manifest(root), features, sources) if opts.reuse else {}
+        vid = planning.version_id(features, sources, as_of, deltas)
         if not late and root.manifest_path(vid).is_file():
             return _already(root, vid, started)
         stage = stage_dir(root, "load", f"{vid}-{os.getpid()}")
@@ -327,7 +329,7 @@ def run(engine: Engine, features_path: str | os.PathLike[str], root: SnapshotRoo
         if late:   # identified by their rows: a source of unknown size is one input (a DataFrame)
             sources |= {v: [FileEntry(files[v][0].path, b.rows_read[v], f"rowsum64:{d:016x}")]
                         for b in built.values() for v, d in b.digests.items()}
-            vid = planning.version_id(features, sources, as_of)
+            vid = planning.version_id(features, sources, as_of, deltas)
             if root.manifest_path(vid).is_file():
                 shutil.rmtree(stage, ignore_errors=True)
                 return _already(root, vid, started)
@@ -417,7 +419,7 @@ def view_stats(features: FeatureSet, reuse_from: Manifest | None, groups: list[G
                 old = reuse_from.views[v.name]
                 rows = old.rows if g.linked else sum(r.view_rows.get(v.name, 0) for r in results[g.name])
                 stats[v.name] = ViewStats(rows, sources[v.name], old.definition, old.dropped_duplicates,
-                                          old.reused_from or reuse_from.version)
+                                          old.reused_from or reuse_from.version, old.delta)
             else:
                 stats[v.name] = ViewStats(sum(r.view_rows.get(v.name, 0) for r in results[g.name]), sources[v.name],
                                           planning.definition_hash(v),
@@ -432,7 +434,8 @@ def group_stats(reuse_from: Manifest | None, groups: list[GroupPlan],
         if g.linked:
             assert reuse_from is not None
             old = reuse_from.groups[g.name]
-            out[g.name] = GroupStats(old.views, old.rows, old.definition, old.reused_from or reuse_from.version)
+            out[g.name] = GroupStats(old.views, old.rows, old.definition, old.reused_from or reuse_from.version,
+                                     old.delta)
         else:
             out[g.name] = GroupStats([v.name for v in g.views], sum(r.rows for r in results[g.name]), g.definition)
     return out

@@ -45,12 +45,26 @@ def utc_text(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def version_id(features: FeatureSet, sources: dict[str, list[FileEntry]], as_of: datetime) -> str:
+def version_id(features: FeatureSet, sources: dict[str, list[FileEntry]], as_of: datetime,
+               deltas: dict[str, str] | None = None) -> str:
+    """`deltas`: per view, the digest of the changes (loader/delta.py) its rows carry beyond its sources."""
+    content = {"format": FORMAT_VERSION, "schema": features.to_json(), "as_of": utc_text(as_of),
+               "sources": {v: [(s.size, s.checksum) for s in ss] for v, ss in sources.items()}}
+    if deltas:
+        content["deltas"] = deltas
     h = hashlib.sha256()
-    h.update(json.dumps({"format": FORMAT_VERSION, "schema": features.to_json(), "as_of": utc_text(as_of),
-                         "sources": {v: [(s.size, s.checksum) for s in ss] for v, ss in sources.items()}},
-                        sort_keys=True).encode())
+    h.update(json.dumps(content, sort_keys=True).encode())
     return f"{as_of.astimezone(UTC):%Y%m%dT%H%M%SZ}-{h.hexdigest()[:12]}"
+
+
+def kept_deltas(current: Manifest | None, features: FeatureSet, sources: dict[str, list[FileEntry]]) -> dict[str, str]:
+    """The views a full load takes from `current` with the changes applied to them since their sources
+    (a view whose sources changed is rebuilt from them, and its changes are superseded): view -> digest."""
+    if current is None:
+        return {}
+    return {v.name: current.views[v.name].delta.digest for v in features.views  # type: ignore[union-attr]
+            if v.name in current.views and current.views[v.name].delta is not None
+            and reusable(current, v, sources[v.name])}
 
 
 def definition_hash(view: ViewDef) -> str:

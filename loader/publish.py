@@ -36,15 +36,16 @@ def staging_removed_on_failure(root: SnapshotRoot) -> Iterator[None]:
         raise
 
 
-def link_files(root: SnapshotRoot, reuse_from: Manifest, prefix: str, dest: Path) -> dict[str, str]:
+def link_files(root: SnapshotRoot, reuse_from: Manifest, prefix: str, dest: Path,
+               keep: Callable[[str], bool] = lambda path: True) -> dict[str, str]:
     """Links the previous version's files under `prefix` (`online/<group>/` or `offline/<view>/`) into the
     new version; returns the checksums of those hard-linked, the same inodes as the previous version's.
     Immutable data files are hard-linked (copied across filesystems); small metadata is copied. A copy is
-    a new file, which the publish stage hashes like any file this load wrote."""
+    a new file, which the publish stage hashes like any file this load wrote. `keep`: which of them."""
     src = root.version_dir(reuse_from.version)
     known = {}
     for f in reuse_from.files:
-        if not f.path.startswith(prefix):
+        if not f.path.startswith(prefix) or not keep(f.path):
             continue
         target = dest / f.path
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from quiver.snapshot import FeatureDef, Manifest, ManifestError, ViewDef
+from quiver.snapshot.manifest import DELETED, is_offline_delta
 
 __all__ = ["SEPARATOR", "SnapshotFiles", "TrainingDataError", "arrow_type", "as_of_join", "column_name",
            "training_frame"]
@@ -110,16 +111,31 @@ class SnapshotFiles:
         return m
 
     def offline(self, version: str, view: str, entity: str, ids: pa.Array | None = None) -> pa.Table:
-        """A view's offline rows, only those whose key is in `ids` when given (pushed down to row groups)."""
+        """A view's offline rows, only those whose key is in `ids` when given (pushed down to row groups).
+        A delta version's: the base's rows but those its delta changes, then the delta's rows but the
+        removed ones (snapshot/FORMAT.md "Delta versions")."""
         m = self.manifest(version)
         prefix = f"offline/{view}/"
-        paths = sorted(f"{self.base}/versions/{version}/{f.path}" for f in m.files
-                       if f.path.startswith(prefix) and f.path.endswith(".parquet"))
+        files = [f.path for f in m.files if f.path.startswith(prefix) and f.path.endswith(".parquet")]
+        base = self._offline(m, view, entity, [p for p in files if not is_offline_delta(p)], ids)
+        deltas = [p for p in files if is_offline_delta(p)]
+        if not deltas:
+            return base
+        delta = self._offline(m, view, entity, deltas, ids, [DELETED])
+        base = base.filter(pc.invert(pc.is_in(base.column(entity), value_set=delta.column(entity))))
+        kept = delta.filter(pc.invert(delta.column(DELETED))).drop_columns([DELETED])
+        return pa.concat_tables([base, kept.cast(base.schema)])
+
+    def _offline(self, m: Manifest, view: str, entity: str, files: list[str], ids: pa.Array | None,
+                 extra: Sequence[str] = ()) -> pa.Table:
+        version = m.version
+        paths = sorted(f"{self.base}/versions/{version}/{p}" for p in files)
         vdef = m.schema.view(view)
         columns = [entity] + ([vdef.event_timestamp] if vdef.event_timestamp else []) + [f.name for f in
                                                                                           vdef.features]
         if not paths:
             return pa.table({c: pa.array([], _column_type(m, vdef, entity, c)) for c in columns})
+        columns += list(extra)
         absent = [i.path for i in self.fs.get_file_info(paths) if i.type == pafs.FileType.NotFound]
         if absent:
             raise TrainingDataError(

@@ -131,9 +131,10 @@ def open_version(root: SnapshotRoot, version: str, cache: Cache, verify: str) ->
                 raise VersionRefused(f"version {version}: group {group!r} opens SST files "
                                      f"{sorted(opened ^ listed)[:5]} that differ from the manifest's")
             entries = sum(int(f["num_entries"]) for f in live)
-            if entries != stats.rows:
-                raise VersionRefused(f"version {version}: group {group!r} holds {entries} entities, "
-                                     f"the manifest says {stats.rows}")
+            expected = stats.rows if stats.delta is None else stats.delta.entries   # a delta: base + its keys
+            if entries != expected:
+                raise VersionRefused(f"version {version}: group {group!r} holds {entries} entries, "
+                                     f"the manifest says {expected}")
     except VersionRefused:
         _close_all(dbs, log_dir)
         raise

@@ -20,6 +20,11 @@ RECORD = "verified.json"
 UNLISTED = ("manifest.json", RECORD, RECORD + ".tmp")
 
 
+# A view's offline delta rows live in offline/<view>/DELTA_DIR/, marked removed by DELETED (FORMAT.md)
+DELTA_DIR = "delta"
+DELETED = "_deleted"
+
+
 class ManifestError(ValueError):
     """A manifest that is missing, unreadable, or does not match the files beside it."""
 
@@ -47,21 +52,57 @@ class FileEntry:
 
 
 @dataclass
+class ViewDelta:
+    """A view's offline rows changed since its offline base (FORMAT.md "Delta versions"): one cumulative
+    set of files under offline/<view>/delta/, a row per changed entity, `_deleted` marking removals."""
+
+    upserted: int            # entities whose row the delta sets
+    deleted: int             # entities the delta removes from the view
+    digest: str              # of every change applied since the base, in order: part of later version ids
+
+    def to_json(self) -> dict[str, Any]:
+        return {"upserted": self.upserted, "deleted": self.deleted, "digest": self.digest}
+
+
+@dataclass
 class ViewStats:
     rows: int
     sources: list[FileEntry]
     definition: str          # sha256 of the view's definition JSON: equal means same encoding
     dropped_duplicates: int = 0
     reused_from: str = ""    # the version whose files this view reuses, if any
+    delta: ViewDelta | None = None   # changed since the offline base (None: no delta)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "rows": self.rows,
             "dropped_duplicates": self.dropped_duplicates,
             "definition": self.definition,
             "reused_from": self.reused_from,
             "sources": [s.to_json() for s in self.sources],
         }
+        if self.delta is not None:
+            out["delta"] = self.delta.to_json()
+        return out
+
+
+@dataclass
+class GroupDelta:
+    """A storage group's stored values changed since its base (FORMAT.md "Delta versions"): the base's SST
+    files, the same inodes, and one cumulative delta SST ingested above them."""
+
+    base: str                # the version whose full group the base files are
+    base_rows: int           # entities in the base files
+    files: list[str]         # the delta's SST file(s), relative to the version
+    keys: int                # entities the delta holds (a value or a tombstone)
+
+    @property
+    def entries(self) -> int:
+        """Entries in the group's SST files: the base's and the delta's (tombstones included)."""
+        return self.base_rows + self.keys
+
+    def to_json(self) -> dict[str, Any]:
+        return {"base": self.base, "base_rows": self.base_rows, "files": self.files, "keys": self.keys}
 
 
 @dataclass
@@ -70,10 +111,33 @@ class GroupStats:
     rows: int                # keys in the group's RocksDB: entities present in at least one of its views
     definition: str          # sha256 over the group's name and its views' definitions, in order
     reused_from: str = ""    # the version whose online files this group links, if any
+    delta: GroupDelta | None = None   # base + one cumulative delta (None: written in full)
 
     def to_json(self) -> dict[str, Any]:
-        return {"views": self.views, "rows": self.rows, "definition": self.definition,
-                "reused_from": self.reused_from}
+        out = {"views": self.views, "rows": self.rows, "definition": self.definition,
+               "reused_from": self.reused_from}
+        if self.delta is not None:
+            out["delta"] = self.delta.to_json()
+        return out
+
+
+@dataclass
+class Changes:
+    """What made a delta version: the version it was applied to and, per view, the changes read."""
+
+    previous: str
+    sources: dict[str, list[FileEntry]]
+    upserted: dict[str, int]
+    deleted: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"previous": self.previous, "sources": {v: [s.to_json() for s in ss] for v, ss in self.sources.items()},
+                "upserted": self.upserted, "deleted": self.deleted}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Changes":
+        return cls(d["previous"], {v: [FileEntry(**s) for s in ss] for v, ss in d["sources"].items()},
+                   dict(d["upserted"]), dict(d["deleted"]))
 
 
 @dataclass(frozen=True)
@@ -172,6 +236,17 @@ class Manifest:
     files: list[FileEntry] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
     checks: CheckSummary = field(default_factory=CheckSummary)
+    changes: Changes | None = None     # a delta version: what it applied to which version
+
+    @property
+    def base(self) -> str:
+        """The oldest version whose full group files a delta group of this version stands on ("" if none)."""
+        return min((g.delta.base for g in self.groups.values() if g.delta is not None), default="")
+
+    def delta_bytes(self) -> int:
+        """Bytes of the delta's files: the groups' delta SSTs and the views' offline delta files."""
+        online = {p for g in self.groups.values() if g.delta is not None for p in g.delta.files}
+        return sum(f.size for f in self.files if f.path in online or is_offline_delta(f.path))
 
     @property
     def content_checksum(self) -> str:
@@ -199,6 +274,7 @@ class Manifest:
             "files": [f.to_json() for f in self.files],
             "content_checksum": self.content_checksum,
             "checks": self.checks.to_json(),
+            **({"changes": self.changes.to_json()} if self.changes is not None else {}),
         }
 
     def dumps(self) -> bytes:
@@ -219,13 +295,18 @@ class Manifest:
                 v["definition"],
                 v.get("dropped_duplicates", 0),
                 v.get("reused_from", ""),
+                ViewDelta(**v["delta"]) if v.get("delta") else None,
             )
             for name, v in d["views"].items()
         }
-        groups = {name: GroupStats(list(g["views"]), g["rows"], g["definition"], g.get("reused_from", ""))
+        groups = {name: GroupStats(list(g["views"]), g["rows"], g["definition"], g.get("reused_from", ""),
+                                   GroupDelta(g["delta"]["base"], g["delta"]["base_rows"], list(g["delta"]["files"]),
+                                              g["delta"]["keys"])
+                                   if g.get("delta") else None)
                   for name, g in d["groups"].items()}
         m = cls(d["version"], d["created"], d["as_of"], FeatureSet.from_json(d["schema"]), views, groups,
-                [FileEntry(**f) for f in d["files"]], checks=CheckSummary.from_json(d.get("checks")))
+                [FileEntry(**f) for f in d["files"]], checks=CheckSummary.from_json(d.get("checks")),
+                changes=Changes.from_json(d["changes"]) if d.get("changes") else None)
         if d.get("content_checksum") != m.content_checksum:
             raise ManifestError(f"manifest of {m.version}: content_checksum does not match its file list")
         return m
@@ -266,6 +347,12 @@ class Manifest:
             elif full and not proven(p, f) and file_checksum(p) != f.checksum:
                 problems.append(f"{f.path}: checksum differs from the manifest")
         return problems
+
+
+def is_offline_delta(path: str) -> bool:
+    """A file of a view's offline delta: offline/<view>/delta/..."""
+    parts = path.split("/")
+    return len(parts) > 3 and parts[0] == "offline" and parts[2] == DELTA_DIR
 
 
 def data_files(version_dir: str | os.PathLike[str]) -> list[tuple[str, int]]:

@@ -1,0 +1,161 @@
+"""Delta versions (loader/delta.py): changes to some entities of some views, published on top of CURRENT as
+base files plus one cumulative delta, must equal a full load of the merged data, online and offline.
+
+The oracle: the source Parquet merged with the changes by this test (a changed key's rows replaced, a removed
+key's rows dropped), loaded in full into another root at the same as-of time. Every stored key and value of
+every group, and every offline row read for training, must be equal."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from rocksdict import AccessType, Options, Rdict
+
+from quiver.loader.delta import ChangeOptions, load_changes
+from quiver.loader.generate import generate
+from quiver.loader.load import LoadOptions, load
+from quiver.snapshot import Manifest, SnapshotRoot
+from quiver.training import training_frame
+
+USERS = 3000
+AS_OF = "2026-11-01T00:00:00Z"
+
+
+def _as_of(i: int) -> Any:
+    from datetime import UTC, datetime, timedelta
+
+    return datetime(2026, 11, 1, tzinfo=UTC) + timedelta(hours=i)
+
+
+def stored_pairs(root: Path) -> dict[str, list[tuple[bytes, bytes]]]:
+    """Every (key, value) each group of CURRENT holds, read through RocksDB (delta above base)."""
+    snap = SnapshotRoot(root)
+    m = Manifest.load(snap.manifest_path(snap.current() or ""))
+    out = {}
+    for g in m.groups:
+        db = Rdict(str(snap.online_dir(m.version, g)), Options(raw_mode=True), access_type=AccessType.read_only())
+        try:
+            out[g] = list(db.items())
+        finally:
+            db.close()
+    return out
+
+
+def same_values(x: pa.ChunkedArray, y: pa.ChunkedArray) -> bool:
+    """Equal values and nulls; floats compared by bits (NaN equals the same NaN)."""
+    x, y = x.combine_chunks(), y.combine_chunks()
+    if not pa.types.is_floating(x.type):
+        return bool(x.equals(y))
+    valid = x.is_valid().to_numpy(zero_copy_only=False)
+    if not (valid == y.is_valid().to_numpy(zero_copy_only=False)).all():
+        return False
+    bits = np.uint32 if x.type == pa.float32() else np.uint64
+    xs = x.fill_null(0).to_numpy(zero_copy_only=False).view(bits)
+    ys = y.fill_null(0).to_numpy(zero_copy_only=False).view(bits)
+    return bool((xs[valid] == ys[valid]).all())
+
+
+def frame(root: Path, version: str | None = None) -> pa.Table:
+    return training_frame(root, version)
+
+
+class Sources:
+    """The generated sources, and the same merged with the changes applied so far (the oracle's input)."""
+
+    def __init__(self, d: Path, seed: int = 1) -> None:
+        self.src = d / "src"
+        generate(USERS, self.src, seed)
+        self.features = self.src / "features.yaml"
+        # two storage groups: a change to one view leaves the other group's files linked whole
+        text = self.features.read_text()
+        assert "- name: profile\n" in text
+        self.features.write_text(text.replace("- name: profile\n", "- name: profile\n  group: p\n", 1))
+        self.tables = {v.name: pq.read_table(list((self.src / v.name).glob("*.parquet")))
+                       for v in _views(self.features)}
+        self.rng = np.random.default_rng(seed)
+
+    def change(self, view: str, fraction: float, deleted: float = 0.0) -> pa.Table:
+        """Random rows of `view` for `fraction` of its keys, new values drawn from other rows of the view;
+        `deleted` of them marked removed. Applied to the merged tables."""
+        t = self.tables[view]
+        key = t.column_names[0] if "user_id" not in t.column_names else "user_id"
+        keys = pc.unique(t.column(key)).to_numpy()
+        chosen = self.rng.choice(keys, max(1, int(len(keys) * fraction)), replace=False)
+        donors = t.take(pa.array(self.rng.integers(0, t.num_rows, len(chosen))))
+        rows = donors.set_column(donors.column_names.index(key), key, pa.array(chosen, t.schema.field(key).type))
+        gone = self.rng.random(len(chosen)) < deleted
+        rest = t.filter(pc.invert(pc.is_in(t.column(key), value_set=pa.array(chosen))))
+        self.tables[view] = pa.concat_tables([rest, rows.filter(pa.array(~gone))])
+        return rows.append_column("_deleted", pa.array(gone))
+
+    def merged(self, d: Path) -> Path:
+        """A folder like the source one, holding the merged tables."""
+        out = d
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        shutil.copy(self.features, out / "features.yaml")
+        for name, t in self.tables.items():
+            (out / name).mkdir()
+            pq.write_table(t, out / name / "part-0.parquet")
+        return out / "features.yaml"
+
+
+def _views(features: Path) -> list[Any]:
+    from quiver.loader.definitions import load_definitions
+
+    return list(load_definitions(features).views)
+
+
+def assert_equal_to_full_load(tmp: Path, root: Path, sources: Sources, as_of: Any) -> None:
+    oracle = tmp / "oracle-root"
+    shutil.rmtree(oracle, ignore_errors=True)
+    load(sources.merged(tmp / "merged"), oracle, LoadOptions(workers=2, as_of=as_of))
+    got, want = stored_pairs(root), stored_pairs(oracle)
+    assert got.keys() == want.keys()
+    for g in want:
+        assert len(got[g]) == len(want[g]), g
+        assert got[g] == want[g], f"group {g}: stored pairs differ from a full load of the merged data"
+    a, b = frame(root), frame(oracle)
+    assert a.schema == b.schema and a.num_rows == b.num_rows
+    for name in b.column_names:
+        assert same_values(a.column(name), b.column(name)), f"offline column {name} differs from a full load"
+
+
+def test_a_delta_equals_a_full_load_of_the_merged_data(tmp_path: Path) -> None:
+    s = Sources(tmp_path)
+    root = tmp_path / "root"
+    load(s.features, root, LoadOptions(workers=2, as_of=_as_of(0)))
+    base = SnapshotRoot(root).current()
+    r = load_changes(root, {"activity": s.change("activity", 0.02, deleted=0.2)}, ChangeOptions(as_of=_as_of(1)))
+    assert r.published and SnapshotRoot(root).current() == r.version != base
+    m = r.manifest
+    assert m.changes is not None and m.changes.previous == base
+    assert_equal_to_full_load(tmp_path, root, s, _as_of(1))
+
+
+def test_24_deltas_with_a_rebase_equal_a_full_load_of_the_merged_data(tmp_path: Path) -> None:
+    s = Sources(tmp_path, seed=7)
+    root = tmp_path / "root"
+    load(s.features, root, LoadOptions(workers=2, as_of=_as_of(0)))
+    views = sorted(s.tables)
+    rebased = []
+    for i in range(1, 25):
+        view = views[int(s.rng.integers(0, len(views)))]
+        # step 12 rebases whatever group it touches (a threshold below its delta); the others stay deltas
+        opts = ChangeOptions(as_of=_as_of(i), rebase_fraction=0.001 if i == 12 else 0.9)
+        r = load_changes(root, {view: s.change(view, 0.01, deleted=0.1)}, opts)
+        rebased += r.rebased
+        if i == 12:
+            assert r.rebased, "the forced rebase did not happen"
+            assert all(r.manifest.groups[g].delta is None for g in r.rebased)
+            assert_equal_to_full_load(tmp_path, root, s, _as_of(i))
+    m = Manifest.load(SnapshotRoot(root).manifest_path(SnapshotRoot(root).current() or ""))
+    assert any(g.delta is not None for g in m.groups.values()), "no group carries a delta at the end"
+    assert len(rebased) == 1
+    assert_equal_to_full_load(tmp_path, root, s, _as_of(24))
