@@ -65,7 +65,7 @@ def publish(root: str | os.PathLike[str], uri: str, version: str | None = None, 
         dst = ("versions", version, *f.path.split("/"))
         if f.path in shared:
             try:
-                store.copy(("versions", base, *f.path.split("/")), dst)
+                store.copy(("versions", base, *shared[f.path].split("/")), dst)
                 copied.add(f.path)
                 log.info("copied %s from %s (%d bytes)", f.path, base, f.size)
                 return
@@ -90,18 +90,19 @@ def publish(root: str | os.PathLike[str], uri: str, version: str | None = None, 
     return result
 
 
-def _shared_with_latest(store: RemoteStore, version: str, files: list[FileEntry]) -> tuple[str, set[str]]:
-    """The version LATEST names, and which of `files` it holds byte for byte (same path, size and
-    checksum in its manifest). Nothing when there is no usable LATEST."""
+def _shared_with_latest(store: RemoteStore, version: str, files: list[FileEntry]) -> tuple[str, dict[str, str]]:
+    """The version LATEST names, and which of `files` it holds byte for byte (same size and checksum in
+    its manifest, under any name: a delta version's base files may be named otherwise): path -> its path
+    there. Nothing when there is no usable LATEST."""
     try:
         base = store.latest()
         manifest, _ = remote_manifest(store, base)
     except (ObjectNotFound, IntegrityError):
-        return "", set()
+        return "", {}
     if base == version:
-        return "", set()
-    theirs = {(f.path, f.size, f.checksum) for f in manifest.files}
-    return base, {f.path for f in files if (f.path, f.size, f.checksum) in theirs}
+        return "", {}
+    theirs = {(f.size, f.checksum): f.path for f in manifest.files}
+    return base, {f.path: theirs[(f.size, f.checksum)] for f in files if (f.size, f.checksum) in theirs}
 
 
 def point_latest(uri: str, version: str, *, endpoint: str | None = None) -> bool:

@@ -97,9 +97,9 @@ def _download_version(store: RemoteStore, snap: SnapshotRoot, version: str, resu
         # A file at its final name in staging was verified before it was renamed there.
         if done.is_file() and done.stat().st_size == f.size:
             result.resumed.append(f.path)
-        elif (src := held.get((f.path, f.size, f.checksum))) is not None and _link(src, done, f.size):
+        elif (src := held.get((f.size, f.checksum))) is not None and _link(src, done, f.size):
             result.linked.append(f.path)
-            linked.setdefault(src.parents[len(Path(f.path).parts) - 1], []).append(f)
+            linked.setdefault(_version_dir(snap, src), []).append(f)
         else:
             todo.append(f)
     result.downloaded = _fetch(store, snap, version, todo, stage, workers)
@@ -153,10 +153,11 @@ def _fetch(store: RemoteStore, snap: SnapshotRoot, version: str, files: list[Fil
     return [f.path for f in files]
 
 
-def _held_locally(snap: SnapshotRoot) -> dict[tuple[str, int, str], Path]:
-    """(path, size, checksum) -> file, for every file of the versions this root holds (each was
-    verified when it arrived and is never written again). CURRENT's first."""
-    out: dict[tuple[str, int, str], Path] = {}
+def _held_locally(snap: SnapshotRoot) -> dict[tuple[int, str], Path]:
+    """(size, checksum) -> file, for every file of the versions this root holds (each was verified when it
+    arrived and is never written again), whatever its name: a delta version's base files may be named
+    otherwise than in the version they come from. CURRENT's first."""
+    out: dict[tuple[int, str], Path] = {}
     current = snap.current()
     for v in sorted(snap.versions(), key=lambda v: v != current):
         try:
@@ -164,8 +165,13 @@ def _held_locally(snap: SnapshotRoot) -> dict[tuple[str, int, str], Path]:
         except ManifestError:
             continue
         for f in manifest.files:
-            out.setdefault((f.path, f.size, f.checksum), snap.version_dir(v) / f.path)
+            out.setdefault((f.size, f.checksum), snap.version_dir(v) / f.path)
     return out
+
+
+def _version_dir(snap: SnapshotRoot, path: Path) -> Path:
+    """The folder of the version a held file belongs to."""
+    return snap.versions_dir / path.relative_to(snap.versions_dir).parts[0]
 
 
 def _link(src: Path, dest: Path, size: int) -> bool:

@@ -1,4 +1,5 @@
-"""CLI: `quiver load`, `quiver snapshots`, `quiver generate` (thin wrappers over the Python API)."""
+"""CLI: `quiver load` (in full, or `--changes`: a delta version), `quiver compact`, `quiver rollback`,
+`quiver snapshots`, `quiver generate` (thin wrappers over the Python API)."""
 
 import argparse
 import sys
@@ -6,12 +7,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from quiver.base.args import at_least
-from quiver.base.errors import RootError
+from quiver.base.errors import RootError, UsageError
+from quiver.loader.delta import REBASE_FRACTION, ChangeOptions, compact, load_changes, rollback
 from quiver.loader.errors import LoadDiskFull, disk_full
 from quiver.loader.generate import generate
 from quiver.loader.listing import list_snapshots
 from quiver.loader.load import LoadOptions, LoadResult, load
 from quiver.snapshot import rocks
+from quiver.snapshot.manifest import CheckSummary
 
 
 def _as_of(text: str) -> datetime:
@@ -30,8 +33,18 @@ def _spark_setting(text: str) -> tuple[str, str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("load", help="build a new snapshot version from the Parquet sources in features.yaml")
-    p.add_argument("--features", required=True, help="features.yaml: the entity, views and their sources (required)")
+    p = sub.add_parser("load", help="build a new snapshot version from the Parquet sources in features.yaml, or "
+                       "(--changes) a delta version on top of CURRENT")
+    p.add_argument("--features", default=None,
+                   help="features.yaml: the entity, views and their sources (required, but with --changes, where "
+                   "it is optional and must declare the changed views as CURRENT holds them)")
+    p.add_argument("--changes", action="append", default=[], metavar="VIEW=PATH", type=_change,
+                   help="publish a delta version on top of CURRENT: PATH (a Parquet file, folder or glob) holds "
+                   "changed rows of VIEW, with the entity key and every feature; a bool column _deleted removes "
+                   "the entity from the view (repeatable; local engine only) (default: a full load)")
+    p.add_argument("--rebase-fraction", type=_fraction, default=REBASE_FRACTION, metavar="F",
+                   help="with --changes: a storage group whose cumulative delta holds more than this fraction of "
+                   f"its entities is written in full (default: {REBASE_FRACTION})")
     p.add_argument("--root", required=True,
                    help="snapshot root folder; created if missing (required); or s3://bucket/prefix or "
                    "file:///dir: the version is built in --work-root, then published there as `quiver publish` does")
@@ -64,6 +77,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "failing version is not published and the load exits 13)")
     p.set_defaults(handler=_load)
 
+    p = sub.add_parser("compact", help="write every group and view of CURRENT that carries a delta in full, as a "
+                       "new version (the same rows), while CURRENT serves")
+    p.add_argument("--root", required=True, help="snapshot root folder (required)")
+    p.set_defaults(handler=_compact)
+
+    p = sub.add_parser("rollback", help="move CURRENT back to the previous version (or --to V), atomically")
+    p.add_argument("--root", required=True, help="snapshot root folder (required)")
+    p.add_argument("--to", default=None, metavar="VERSION",
+                   help="the version to serve; refused when absent or when its files fail their checksums "
+                   "(default: PREVIOUS, the version CURRENT named before its last move)")
+    p.set_defaults(handler=_rollback)
+
     p = sub.add_parser("snapshots", help="list the versions under a root")
     p.add_argument("--root", required=True, help="snapshot root folder (required)")
     p.set_defaults(handler=_snapshots)
@@ -77,7 +102,61 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(handler=_generate)
 
 
+def _change(text: str) -> tuple[str, str]:
+    view, eq, path = text.partition("=")
+    if not eq or not view or not path:
+        raise argparse.ArgumentTypeError(f"--changes {text!r}: expected VIEW=PATH")
+    return view, path
+
+
+def _fraction(text: str) -> float:
+    try:
+        f = float(text)
+    except ValueError:
+        f = -1.0
+    if not 0 < f <= 1:
+        raise argparse.ArgumentTypeError(f"--rebase-fraction {text!r}: expected a number in (0, 1]")
+    return f
+
+
+def _load_changes(args: argparse.Namespace) -> int:
+    if args.engine == "spark":
+        raise UsageError("--changes is built by the local engine only (a delta is small by design): drop "
+                         "--engine spark")
+    if "://" in str(args.root):
+        raise UsageError(f"--changes applies to a snapshot root folder, not {args.root}: apply it to the root the "
+                         "store is published from, then `quiver publish`")
+    changes = dict(args.changes)
+    if len(changes) != len(args.changes):
+        raise UsageError("--changes names a view twice; give one VIEW=PATH per view (PATH may be a folder or glob)")
+    r = load_changes(args.root, changes, ChangeOptions(as_of=args.as_of, rebase_fraction=args.rebase_fraction,
+                                                      accept_failed_checks=args.accept_failed_checks,
+                                                      features=args.features, compression=args.compression))
+    _print_checks(r.manifest.checks)
+    if not r.published:
+        print(f"already published; CURRENT points to it: {r.version}", file=sys.stderr)
+    else:
+        assert r.manifest.changes is not None
+        c = r.manifest.changes
+        what = ", ".join(f"{v} {c.upserted[v]} changed, {c.deleted[v]} removed" for v in c.sources)
+        rebased = f"; rebased in full: {', '.join(r.rebased)}" if r.rebased else ""
+        print(f"published delta {r.version} on {c.previous}: {what} in {r.seconds:.1f} s{rebased}", file=sys.stderr)
+    print(r.version)
+    return 0
+
+
+def _print_checks(checks: CheckSummary) -> None:
+    for status in ("failed", "warned", "skipped"):
+        for c in checks.with_status(status):
+            label = "FAILED (accepted with --accept-failed-checks)" if status == "failed" else status.upper()
+            print(f"{label} {c.describe()}", file=sys.stderr)
+
+
 def _load(args: argparse.Namespace) -> int:
+    if args.changes:
+        return _load_changes(args)
+    if args.features is None:
+        raise UsageError("quiver load: --features is required (but with --changes)")
     opts = LoadOptions(workers=args.workers, as_of=args.as_of, compression=args.compression,
                        reuse=not args.no_reuse, allow_type_change=args.allow_type_change,
                        allow_regroup=args.allow_regroup,
@@ -98,10 +177,7 @@ def _load(args: argparse.Namespace) -> int:
         if n:
             print(f"view {name!r}: dropped {n} older row(s) of duplicate keys (latest event timestamp kept)",
                   file=sys.stderr)
-    for status in ("failed", "warned", "skipped"):
-        for c in r.checks.with_status(status):
-            label = "FAILED (accepted with --accept-failed-checks)" if status == "failed" else status.upper()
-            print(f"{label} {c.describe()}", file=sys.stderr)
+    _print_checks(r.checks)
     if r.reused_views:
         print(f"reused unchanged view(s) without re-encoding: {', '.join(r.reused_views)}", file=sys.stderr)
     if r.linked_groups:
@@ -127,6 +203,23 @@ def _load_on_spark(args: argparse.Namespace, opts: LoadOptions) -> LoadResult:
         spark.stop()
 
 
+def _compact(args: argparse.Namespace) -> int:
+    r = compact(args.root)
+    if not r.published:
+        print(f"nothing to compact: CURRENT ({r.version}) carries no delta", file=sys.stderr)
+    else:
+        print(f"published {r.version}: {', '.join(r.rebased)} written in full in {r.seconds:.1f} s", file=sys.stderr)
+    print(r.version)
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    was, now = rollback(args.root, args.to)
+    print(f"CURRENT moved from {was} back to {now}", file=sys.stderr)
+    print(now)
+    return 0
+
+
 def _snapshots(args: argparse.Namespace) -> int:
     if not Path(args.root).is_dir():
         raise RootError(f"{args.root}: no such snapshot root")
@@ -134,10 +227,12 @@ def _snapshots(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no versions under {args.root}")
         return 0
-    print(f"{'':2}{'version':<32}{'created':<22}{'as of':<22}{'size':>12}  rows per view")
+    print(f"{'':2}{'version':<32}{'created':<22}{'as of':<22}{'size':>12}  {'base (of a delta)':<31}"
+          f"{'delta':>11}  rows per view")
     for s in rows:
         views = ", ".join(f"{k}={v}" for k, v in s.rows.items())
-        print(f"{'*' if s.current else ' ':2}{s.version:<32}{s.created:<22}{s.as_of:<22}{s.size_bytes:>12}  {views}")
+        print(f"{'*' if s.current else ' ':2}{s.version:<32}{s.created:<22}{s.as_of:<22}{s.size_bytes:>12}  "
+              f"{s.base or '-':<31}{s.delta_bytes:>11}  {views}")
     return 0
 
 

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rocksdict import AccessType, IngestExternalFileOptions, Options, Rdict, ReadOptions, SstFileWriter
 
-from quiver.base.errors import RootError
+from quiver.base.errors import IntegrityError, RootError
 from quiver.loader import plan as planning
 from quiver.loader.definitions import load_definitions
 from quiver.loader.encode import ViewEncoder
@@ -346,7 +346,7 @@ class _Builder:
                         views[name] = self._view_stats(name, counts[name], offline[name])
             delta = groups[gname].delta if touched else old.delta
             over = touched and delta is not None and delta.keys > self.opts.rebase_fraction * max(groups[gname].rows, 1)
-            if over or (rebase_all and (delta is not None or any(prev.views[v].delta for v in old.views))):
+            if over or (rebase_all and (delta is not None or any(_offline_delta_files(prev, v) for v in old.views))):
                 if over:
                     log.info("group %s: its delta holds %d of %d entities (over %.0f%%): rebasing it in full",
                              gname, delta.keys, groups[gname].rows, 100 * self.opts.rebase_fraction)  # type: ignore[union-attr]
@@ -544,10 +544,14 @@ def offline_key_type(entity: EntityDef) -> pa.DataType:
     return pa.int64() if entity.key_type == "int64" else pa.string()
 
 
+def _offline_delta_files(manifest: Manifest, view: str) -> list[str]:
+    return [f.path for f in manifest.files
+            if f.path.startswith(f"offline/{view}/") and is_offline_delta(f.path) and f.path.endswith(".parquet")]
+
+
 def previous_delta(version_dir: Path, manifest: Manifest, view: str) -> pa.Table | None:
     """A version's cumulative offline delta of one view, or None."""
-    paths = [version_dir / f.path for f in manifest.files
-             if f.path.startswith(f"offline/{view}/") and is_offline_delta(f.path) and f.path.endswith(".parquet")]
+    paths = [version_dir / p for p in _offline_delta_files(manifest, view)]
     if not paths:
         return None
     return pa.concat_tables([pq.read_table(p) for p in sorted(paths)])
@@ -655,3 +659,57 @@ def _ingest(db_dir: Path, base: list[str], delta: str) -> str:
         db.close()
     assert len(added) == 1, added
     return str(added[0]).lstrip("/")
+
+
+def compact(root_dir: str | os.PathLike[str]) -> DeltaResult:
+    """`quiver compact`: CURRENT's groups and views that carry a delta written in full, as a new version of
+    the same rows and as-of time, while CURRENT serves; CURRENT moves to it. Nothing to do: published False."""
+    started = time.monotonic()
+    root = SnapshotRoot(root_dir)
+    if not root.path.is_dir():
+        raise RootError(f"{root.path}: no such snapshot root")
+    with load_lock(root), staging_removed_on_failure(root):
+        clean_staging(root)
+        previous = _previous(root)
+        if not any(g.delta for g in previous.groups.values()) and not any(
+                _offline_delta_files(previous, v) for v in previous.views):
+            return DeltaResult(previous.version, previous, False, seconds=time.monotonic() - started)
+        as_of = datetime.fromisoformat(previous.as_of.replace("Z", "+00:00"))
+        vid = delta_version_id(previous.version, {}, as_of)
+        if root.manifest_path(vid).is_file():
+            root.set_current(vid)
+            return DeltaResult(vid, Manifest.load(root.manifest_path(vid)), False, seconds=time.monotonic() - started)
+        stage = stage_dir(root, "load", f"{vid}-{os.getpid()}")
+        out = stage / "version"
+        out.mkdir(parents=True)
+        builder = _Builder(root, previous, {}, out, stage, ChangeOptions())
+        manifest = builder.build(vid, as_of, rebase_all=True)
+        publish(root, stage, out, manifest)
+    seconds = time.monotonic() - started
+    log.info("compacted %s into %s: %s written in full in %.1f s", previous.version, vid, ", ".join(builder.rebased),
+             seconds)
+    return DeltaResult(vid, manifest, True, builder.rebased, seconds)
+
+
+def rollback(root_dir: str | os.PathLike[str], to: str | None = None) -> tuple[str, str]:
+    """`quiver rollback`: CURRENT moved back to `to` (default: PREVIOUS) by one atomic write, once that
+    version's files pass their checksums; serialized with loads. Returns (the version CURRENT named, now)."""
+    root = SnapshotRoot(root_dir)
+    if not root.path.is_dir():
+        raise RootError(f"{root.path}: no such snapshot root")
+    with load_lock(root):
+        was = root.current()
+        target = to or root.previous()
+        if target is None:
+            raise RootError(f"{root.path}: no PREVIOUS version to roll back to; name one with --to "
+                            f"(quiver snapshots --root {root.path} lists them)")
+        if not root.manifest_path(target).is_file():
+            raise RootError(f"{root.path}: no published version {target!r} to roll back to (quiver snapshots "
+                            f"--root {root.path} lists them)")
+        try:
+            check_version(root, target, "full")
+        except ManifestError as e:
+            raise IntegrityError(f"{e}; CURRENT stays {was}") from None
+        root.set_current(target)
+    log.info("rollback: CURRENT moved from %s to %s", was, target)
+    return was or "", target

@@ -15,6 +15,8 @@ class SnapshotSummary:
     rows: dict[str, int]
     size_bytes: int
     current: bool
+    base: str = ""          # a delta version: the oldest version its delta groups stand on
+    delta_bytes: int = 0    # its delta files' bytes (online and offline)
 
 
 def list_snapshots(root_dir: str | os.PathLike[str]) -> list[SnapshotSummary]:
@@ -26,5 +28,6 @@ def list_snapshots(root_dir: str | os.PathLike[str]) -> list[SnapshotSummary]:
             m = Manifest.load(root.manifest_path(v))
         except ManifestError:
             continue
-        out.append(SnapshotSummary(v, m.created, m.as_of, m.rows(), m.size_bytes, v == current))
+        out.append(SnapshotSummary(v, m.created, m.as_of, m.rows(), m.size_bytes, v == current, m.base,
+                                   m.delta_bytes()))
     return out

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 from rocksdict import AccessType, Cache, Rdict
@@ -43,6 +44,7 @@ from rocksdict import AccessType, Cache, Rdict
 from quiver import wire_columns as wc
 from quiver.snapshot import Manifest, SnapshotRoot, decode_int64_key, rocks
 from quiver.snapshot.integrity import check_version
+from quiver.snapshot.manifest import DELETED, is_offline_delta
 from quiver.verify_columns import FloatBits, compare_view, offline_value, online_value, show
 
 __all__ = ["FloatBits", "Mismatch", "VerifyReport", "verify"]
@@ -149,11 +151,44 @@ class Chunk:
     rows: tuple[int, ...] | None = None   # a sample: row numbers within these row groups
 
 
+_DELTA_KEYS: dict[tuple[str, str, str], pa.Array] = {}
+
+
+def _delta_keys(root: SnapshotRoot, m: Manifest, view: str) -> pa.Array | None:
+    """Every key a view's offline delta changes (snapshot/FORMAT.md "Delta versions"), once per process."""
+    paths = _delta_paths(root, m, view)
+    if not paths:
+        return None
+    key = (str(root.path), m.version, view)
+    if key not in _DELTA_KEYS:
+        _DELTA_KEYS[key] = pa.chunked_array([pq.read_table(p, columns=[m.schema.entity.name]).column(0)
+                                             for p in paths]).combine_chunks()
+    return _DELTA_KEYS[key]
+
+
+def _delta_paths(root: SnapshotRoot, m: Manifest, view: str) -> list[str]:
+    return sorted(str(root.version_dir(m.version) / f.path) for f in m.files
+                  if f.path.startswith(f"offline/{view}/") and is_offline_delta(f.path) and f.path.endswith(".parquet"))
+
+
+def _served(root: SnapshotRoot, m: Manifest, view: str, path: str, table: pa.Table) -> pa.Table:
+    """The rows of one offline file the version serves: a base file's but those its delta changes; a delta
+    file's but the removed ones."""
+    if path in _delta_paths(root, m, view):
+        return table.filter(pc.invert(table.column(DELETED))).drop_columns([DELETED])
+    changed = _delta_keys(root, m, view)
+    if changed is None:
+        return table
+    return table.filter(pc.invert(pc.is_in(table.column(m.schema.entity.name), value_set=changed)))
+
+
 def _partition(root_dir: str, version: str, spill: str, bounds: np.ndarray, n: int, chunk: Chunk) -> None:
-    m = _manifest(SnapshotRoot(root_dir), version)
+    root = SnapshotRoot(root_dir)
+    m = _manifest(root, version)
     table = pq.ParquetFile(chunk.path).read_row_groups(list(chunk.row_groups))
     if chunk.rows is not None:
         table = table.take(pa.array(chunk.rows, pa.int64()))
+    table = _served(root, m, chunk.view, chunk.path, table)
     keys = _sortable(m.schema.entity.key_type, table.column(m.schema.entity.name).combine_chunks())
     ranges = np.searchsorted(bounds, keys, side="right")
     order = np.argsort(ranges, kind="stable")
@@ -306,6 +341,13 @@ def _chunks(root: SnapshotRoot, m: Manifest, sample: int | None, seed: int
                     group, rows = [], 0
         total = sum(n for _, _, n in spans)
         offline_rows[view.name] = total
+        changed = _delta_keys(root, m, view.name)
+        if changed is not None:   # the rows served: the base's but those changed, the delta's but those removed
+            delta = _delta_paths(root, m, view.name)
+            removed = sum(int(pc.sum(pq.read_table(p, columns=[DELETED]).column(0)).as_py() or 0) for p in delta)
+            replaced = sum(int(pc.sum(pc.is_in(pq.read_table(p, columns=[m.schema.entity.name]).column(0),
+                                               value_set=changed)).as_py() or 0) for p in paths if p not in delta)
+            offline_rows[view.name] = total - removed - replaced
         picks = None if sample is None or sample >= total else np.sort(rng.choice(total, sample, replace=False))
         base = 0
         for path, rgs, n in spans:
