@@ -45,6 +45,7 @@ from quiver.loader.errors import DataError, DefinitionError, SourceError
 from quiver.loader.ingest import ingest_task
 from quiver.loader.normalize import check_source_schema, normalize, normalized_schema
 from quiver.loader.partition import encoded_keys
+from quiver.loader.pause import pause_point
 from quiver.loader.publish import (
     checksums,
     clean_staging,
@@ -310,8 +311,10 @@ def load_changes(root_dir: str | os.PathLike[str], changes: dict[str, Change],
         stage = stage_dir(root, "load", f"{vid}-{os.getpid()}")
         out = stage / "version"
         out.mkdir(parents=True)
+        pause_point("changes")   # a test seam (loader/pause.py), inert unless a test names the stage
         builder = _Builder(root, previous, read, out, stage, opts)
         manifest = builder.build(vid, as_of)
+        pause_point("built")
         publish(root, stage, out, manifest)
     seconds = time.monotonic() - started
     log.info("delta %s on %s: %s in %.1f s", vid, previous.version,

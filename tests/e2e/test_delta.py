@@ -7,7 +7,10 @@ every group, and every offline row read for training, must be equal."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +18,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 from rocksdict import AccessType, Options, Rdict
 
 from quiver.loader.delta import ChangeOptions, load_changes
 from quiver.loader.generate import generate
 from quiver.loader.load import LoadOptions, load
+from quiver.loader.pause import PAUSE_AT, PAUSE_FILE
 from quiver.snapshot import Manifest, SnapshotRoot
 from quiver.training import training_frame
+from quiver.v1 import quiver_pb2 as pb
+from support.processes import QUIVER, ServerProcess, run_quiver, wait_for
 
 USERS = 3000
 AS_OF = "2026-11-01T00:00:00Z"
@@ -80,16 +87,18 @@ class Sources:
                        for v in _views(self.features)}
         self.rng = np.random.default_rng(seed)
 
-    def change(self, view: str, fraction: float, deleted: float = 0.0) -> pa.Table:
-        """Random rows of `view` for `fraction` of its keys, new values drawn from other rows of the view;
-        `deleted` of them marked removed. Applied to the merged tables."""
+    def change(self, view: str, fraction: float, deleted: float = 0.0, new: int = 0) -> pa.Table:
+        """Random rows of `view` for `fraction` of its keys and `new` keys it lacks, new values drawn from
+        other rows of the view; `deleted` of them marked removed. Applied to the merged tables."""
         t = self.tables[view]
         key = t.column_names[0] if "user_id" not in t.column_names else "user_id"
         keys = pc.unique(t.column(key)).to_numpy()
         chosen = self.rng.choice(keys, max(1, int(len(keys) * fraction)), replace=False)
+        chosen = np.concatenate([chosen, np.arange(new) + int(keys.max()) + 1])
         donors = t.take(pa.array(self.rng.integers(0, t.num_rows, len(chosen))))
         rows = donors.set_column(donors.column_names.index(key), key, pa.array(chosen, t.schema.field(key).type))
         gone = self.rng.random(len(chosen)) < deleted
+        gone[len(chosen) - new:] = False
         rest = t.filter(pc.invert(pc.is_in(t.column(key), value_set=pa.array(chosen))))
         self.tables[view] = pa.concat_tables([rest, rows.filter(pa.array(~gone))])
         return rows.append_column("_deleted", pa.array(gone))
@@ -159,3 +168,95 @@ def test_24_deltas_with_a_rebase_equal_a_full_load_of_the_merged_data(tmp_path: 
     assert any(g.delta is not None for g in m.groups.values()), "no group carries a delta at the end"
     assert len(rebased) == 1
     assert_equal_to_full_load(tmp_path, root, s, _as_of(24))
+
+
+def _rows(server: ServerProcess, ids: list[int], version: str = "") -> tuple[str, list[Any]]:
+    r = server.stub().GetFeatures(pb.GetFeaturesRequest(int64_ids=ids, version=version), timeout=10)
+    return r.version, list(r.rows)
+
+
+def test_a_server_swaps_to_a_delta_checks_only_the_delta_and_still_serves_the_pinned_base(tmp_path: Path) -> None:
+    """The delta version is read as any version: the server swaps to it, answers what a full load of the
+    merged data answers (served by another server), hashes none of the base files it already proved, and
+    still answers the base version when a call pins it."""
+    s = Sources(tmp_path, seed=3)
+    root, oracle = tmp_path / "root", tmp_path / "oracle"
+    load(s.features, root, LoadOptions(workers=2, as_of=_as_of(0)))
+    base = SnapshotRoot(root).current() or ""
+    change = s.change("activity", 0.02, deleted=0.2, new=5)
+    pq.write_table(change, tmp_path / "changes.parquet")
+    load(s.merged(tmp_path / "merged"), oracle, LoadOptions(workers=2, as_of=_as_of(0)))
+    ids = sorted({*change.column("user_id").to_pylist(), *range(1, 60)})
+    server = ServerProcess(root, tmp_path / "server.log", "--verify", "full")
+    want = ServerProcess(oracle, tmp_path / "oracle.log")
+    try:
+        server.wait_health()
+        want.wait_health()
+        before = _rows(server, ids)
+        assert before[0] == base
+        r = run_quiver("load", "--root", root, "--changes", f"activity={tmp_path / 'changes.parquet'}")
+        assert r.returncode == 0, r.stderr
+        delta = r.stdout.split()[-1]
+        assert f"published delta {delta} on {base}" in r.stderr, r.stderr
+        wait_for(lambda: _rows(server, [1])[0] == delta, timeout=60, what="the server to swap to the delta")
+        got = _rows(server, ids)
+        assert got[1] == _rows(want, ids)[1], "the delta version answers otherwise than a full load of the merged data"
+        assert got[1] != before[1]
+        assert _rows(server, ids, base) == before, "the pinned base version answers otherwise"
+        wait_for(lambda: f"version {delta}: hashed" in server.logs(), timeout=30, what="the check's log line")
+        line = next(x for x in server.logs().splitlines() if f"version {delta}: hashed" in x)
+        assert "hashed 0 online files" in line, line
+    finally:
+        server.stop()
+        want.stop()
+
+
+def test_a_replica_syncs_a_delta_by_downloading_only_what_changed(tmp_path: Path) -> None:
+    from quiver import distribution as dist
+
+    s = Sources(tmp_path, seed=4)
+    root, rep, store = tmp_path / "root", tmp_path / "replica", tmp_path / "store"
+    store.mkdir()
+    load(s.features, root, LoadOptions(workers=2, as_of=_as_of(0)))
+    dist.publish(root, store.as_uri())
+    dist.sync(store.as_uri(), rep)
+    r = load_changes(root, {"profile": s.change("profile", 0.01, deleted=0.1)}, ChangeOptions(as_of=_as_of(1)))
+    dist.publish(root, store.as_uri())
+    synced = dist.sync(store.as_uri(), rep)
+    assert SnapshotRoot(rep).current() == r.version
+    m = r.manifest
+    delta_files = {p for g in m.groups.values() if g.delta for p in g.delta.files}
+    big = {f.path for f in m.files if f.path.endswith((".sst", ".parquet"))}
+    downloaded = set(synced.downloaded)
+    # of the data files, only the delta's: the base's SSTs and Parquet are hard-linked from the version held
+    assert downloaded & big == delta_files | {f.path for f in m.files if "/delta/" in f.path}, downloaded & big
+    moved = sum(f.size for f in m.files if f.path in downloaded)
+    assert moved < 0.2 * m.size_bytes, (moved, m.size_bytes)
+    assert stored_pairs(rep) == stored_pairs(root)
+
+
+@pytest.mark.parametrize("stage", ["changes", "built"])
+def test_a_delta_killed_at_any_stage_publishes_nothing_and_the_next_one_cleans_up(tmp_path: Path, stage: str) -> None:
+    s = Sources(tmp_path, seed=5)
+    root = tmp_path / "root"
+    load(s.features, root, LoadOptions(workers=2, as_of=_as_of(0)))
+    snap = SnapshotRoot(root)
+    base, versions = snap.current(), snap.versions()
+    pq.write_table(s.change("profile", 0.05, deleted=0.1), tmp_path / "c.parquet")
+    paused = tmp_path / "paused"
+    env = {**os.environ, PAUSE_AT: stage, PAUSE_FILE: str(paused)}
+    with open(tmp_path / "delta.log", "wb") as log:
+        proc = subprocess.Popen([QUIVER, "load", "--root", str(root), "--changes", f"profile={tmp_path / 'c.parquet'}"],
+                                env=env, stdout=log, stderr=log)
+        try:
+            wait_for(lambda: paused.exists() or proc.poll() is not None, timeout=60, what=f"a pause at {stage}")
+            assert proc.poll() is None, (tmp_path / "delta.log").read_text()
+            assert list((root / "staging").glob("load-*")), "not mid-build: no staging folder"
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert snap.current() == base and snap.versions() == versions
+    assert sorted(p.name for p in (root / "versions").iterdir()) == versions, "a partial version is visible"
+    r = load_changes(root, {"profile": tmp_path / "c.parquet"})
+    assert snap.current() == r.version and not list((root / "staging").glob("load-*"))
+    assert_equal_to_full_load(tmp_path, root, s, _as_of(0))
