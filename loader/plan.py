@@ -136,7 +136,16 @@ def plan_against_current(root: SnapshotRoot, features: FeatureSet, sources: dict
     if not allow_regroup:
         check_grouping(current, features)
     reuse_from = current if reuse and current is not None and intact(root, current) else None
-    return current, reuse_from, plan_groups(features, sources, reuse_from)
+    groups = plan_groups(features, sources, reuse_from)
+    if current is not None:
+        for g in groups:
+            for v in g.encode:
+                old = current.views.get(v.name)
+                if old is not None and old.delta is not None:
+                    log.warning("view %s: re-read from its sources (changed, or its definition did), so the changes "
+                                "applied to it as deltas since its last full load are superseded by the sources",
+                                v.name)
+    return current, reuse_from, groups
 
 
 def intact(root: SnapshotRoot, current: Manifest) -> bool:

@@ -148,13 +148,18 @@ def test_a_delta_equals_a_full_load_of_the_merged_data(tmp_path: Path) -> None:
     assert_equal_to_full_load(tmp_path, root, s, _as_of(1))
 
 
-def test_24_deltas_with_a_rebase_equal_a_full_load_of_the_merged_data(tmp_path: Path) -> None:
+def test_24_deltas_with_a_rebase_and_a_full_load_equal_a_full_load_of_the_merged_data(tmp_path: Path) -> None:
     s = Sources(tmp_path, seed=7)
     root = tmp_path / "root"
     load(s.features, root, LoadOptions(workers=2, as_of=_as_of(0)))
     views = sorted(s.tables)
     rebased = []
-    for i in range(1, 25):
+    for i in range(1, 26):
+        if i == 6:   # a full load of unchanged sources keeps the changes: its views and groups are reused
+            full = load(s.features, root, LoadOptions(workers=2, as_of=_as_of(i)))
+            assert full.published and full.linked_groups and SnapshotRoot(root).current() == full.version
+            assert any(g.delta for g in full.manifest.groups.values())
+            continue
         view = views[int(s.rng.integers(0, len(views)))]
         # step 12 rebases whatever group it touches (a threshold below its delta); the others stay deltas
         opts = ChangeOptions(as_of=_as_of(i), rebase_fraction=0.001 if i == 12 else 0.9)
@@ -167,7 +172,7 @@ def test_24_deltas_with_a_rebase_equal_a_full_load_of_the_merged_data(tmp_path: 
     m = Manifest.load(SnapshotRoot(root).manifest_path(SnapshotRoot(root).current() or ""))
     assert any(g.delta is not None for g in m.groups.values()), "no group carries a delta at the end"
     assert len(rebased) == 1
-    assert_equal_to_full_load(tmp_path, root, s, _as_of(24))
+    assert_equal_to_full_load(tmp_path, root, s, _as_of(25))
 
 
 def _rows(server: ServerProcess, ids: list[int], version: str = "") -> tuple[str, list[Any]]:
@@ -260,3 +265,29 @@ def test_a_delta_killed_at_any_stage_publishes_nothing_and_the_next_one_cleans_u
     r = load_changes(root, {"profile": tmp_path / "c.parquet"})
     assert snap.current() == r.version and not list((root / "staging").glob("load-*"))
     assert_equal_to_full_load(tmp_path, root, s, _as_of(0))
+
+
+def test_a_delta_failing_its_checks_is_refused_and_row_checks_count_the_whole_version(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    generate(2000, src, 2, True)   # with checks: age in [0, 120]; min_rows 1000 per view
+    root = tmp_path / "root"
+    load(src / "features.yaml", root, LoadOptions(workers=2, as_of=_as_of(0)))
+    snap = SnapshotRoot(root)
+    base = snap.current()
+    profile = pq.read_table(list((src / "profile").glob("*.parquet"))).slice(0, 20)
+    bad = profile.set_column(profile.column_names.index("age"), "age", pa.array([130] * 20, pa.int32()))
+    pq.write_table(bad, tmp_path / "bad.parquet")
+    r = run_quiver("load", "--root", root, "--changes", f"profile={tmp_path / 'bad.parquet'}")
+    assert r.returncode == 13, r.stderr
+    assert "view 'profile', feature 'age': max failed" in r.stderr and "nothing was published" in r.stderr, r.stderr
+    assert snap.current() == base and len(snap.versions()) == 1
+    # 20 changed rows pass min_rows (1,000): the view's row count is the version's, not the delta's
+    pq.write_table(profile, tmp_path / "good.parquet")
+    ok = run_quiver("load", "--root", root, "--changes", f"profile={tmp_path / 'good.parquet'}")
+    assert ok.returncode == 0, ok.stderr
+    # removing 60% of a view's users trips max_row_change (0.5) against the version before
+    users = pq.read_table(list((src / "activity").glob("*.parquet")), columns=["user_id"]).column(0)
+    gone = pa.table({"user_id": users.slice(0, 1200), "_deleted": pa.array([True] * 1200)})
+    pq.write_table(gone, tmp_path / "gone.parquet")
+    r = run_quiver("load", "--root", root, "--changes", f"activity={tmp_path / 'gone.parquet'}")
+    assert r.returncode == 13 and "view 'activity': max_row_change failed" in r.stderr, r.stderr

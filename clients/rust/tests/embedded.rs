@@ -20,7 +20,7 @@ use quiver_client::{
     AnySource, EmbeddedOptions, EmbeddedReader, EntityId, Error, FeatureBatch, FeatureSource, Schema, SnapshotError,
     Value,
 };
-use support::server::{Server, USERS, dataset, load, quiver_bin, serial};
+use support::server::{Server, USERS, dataset, load, quiver_bin, run, serial};
 use support::source::{Definitions, expected_view, read_definitions};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -492,6 +492,155 @@ fn the_reader_never_writes_into_the_root() {
         assert_eq!(reader.refresh().unwrap(), None);
     }
     assert_eq!(tree(root), before, "files, sizes and times under the root are unchanged");
+}
+
+/// The changes file `quiver load --changes VIEW=PATH` takes, from a plan (JSON): `set` gives each
+/// target id the source row of another id (a target no view knows is a new entity), `removed` ids
+/// are written with `_deleted` true.
+const CHANGES: &str = r#"
+import glob, json, os, sys
+import pyarrow as pa, pyarrow.parquet as pq
+src, plan, out = sys.argv[1], sys.argv[2], sys.argv[3]
+p = json.load(open(plan))
+key = p["key"]
+source = pq.read_table(sorted(glob.glob(os.path.join(src, p["view"], "*.parquet"))))
+at = {k: i for i, k in enumerate(source.column(key).to_pylist())}
+def rows(ids, like, deleted):
+    part = source.take(pa.array([at[i] for i in like], pa.int64()))
+    part = part.set_column(part.schema.get_field_index(key), key, pa.array(ids, part.schema.field(key).type))
+    return part.append_column("_deleted", pa.array([deleted] * len(ids), pa.bool_()))
+pq.write_table(pa.concat_tables([
+    rows([target for target, _ in p["set"]], [like for _, like in p["set"]], False),
+    rows(p["removed"], p["removed"], True),
+]), out)
+"#;
+
+/// A delta version (`quiver load --changes`) of `activity`, alone in its storage group: the base's
+/// SST files plus one delta SST above them, holding other users' rows for changed users, new
+/// entities, and tombstones for removed users (in no other view of the group). The reader follows
+/// CURRENT to it and answers every view as the source Parquet with the changes applied; the base,
+/// pinned, still answers as before; a reader opened on the delta version answers the same.
+#[test]
+fn a_delta_version_reads_as_its_base_with_the_changes_applied() {
+    let _one_at_a_time = serial();
+    let (roots, exp) = (roots(), expected());
+    let root = copy_root(&roots.grouped, "root-delta");
+    let base = current(&root);
+    let n = USERS as i64;
+    let present: Vec<i64> = (0..n).filter(|id| exp.views["activity"].contains_key(id)).collect();
+    // (target, the user whose source row it gets): ~40 changed users, 3 ids no view knows
+    let mut set: Vec<(i64, i64)> = present
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 50 == 10)
+        .map(|(i, &id)| (id, present[present.len() - 1 - i]))
+        .collect();
+    let changed = set.len();
+    set.extend([(n + 3, present[1]), (n + 50, present[2]), (1 << 40, present[3])]);
+    let removed: Vec<i64> = present.iter().enumerate().filter(|(i, _)| i % 200 == 25).map(|(_, &id)| id).collect();
+    assert!(changed >= 30 && removed.len() >= 5, "{changed} changed, {} removed", removed.len());
+
+    let plan = root.with_file_name("delta-plan.json");
+    let changes = root.with_file_name("delta-activity.parquet");
+    let plan_json = serde_json::json!({"view": "activity", "key": exp.defs.entity, "set": set, "removed": removed});
+    std::fs::write(&plan, plan_json.to_string()).unwrap();
+    python(CHANGES, &[&dataset().dir, &plan, &changes]);
+
+    // the oracle: the source rows with the plan applied
+    let mut views = exp.views.clone();
+    let activity = views.get_mut("activity").unwrap();
+    for &(target, like) in &set {
+        let row = exp.views["activity"][&like].clone();
+        if let Some(old) = exp.views["activity"].get(&target) {
+            assert!(old.iter().zip(&row).any(|(a, b)| !a.bit_eq(b)), "user {target} would not change");
+        }
+        activity.insert(target, row);
+    }
+    for id in &removed {
+        activity.remove(id);
+    }
+    let after = Expected { defs: read_definitions(&dataset().features_yaml()), views };
+
+    let reader = EmbeddedReader::open(&root, options()).unwrap();
+    let out = run(&["load", "--root", root.to_str().unwrap(), "--changes", &format!("activity={}", changes.display())]);
+    let delta = out.lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap().to_owned();
+    assert_eq!(current(&root), delta);
+    assert_ne!(delta, base);
+
+    // a delta version indeed: activity's group stands on the base, the other group is linked whole
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("versions").join(&delta).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let group = &manifest["groups"]["activity"];
+    assert_eq!(group["delta"]["base"], base.as_str(), "{group}");
+    assert_eq!(group["delta"]["keys"], set.len() + removed.len(), "{group}");
+    assert!(manifest["groups"]["user"].get("delta").is_none(), "{}", manifest["groups"]["user"]);
+
+    let swapped = reader.refresh().unwrap_or_else(|e| panic!("the delta version {delta} was refused: {e}"));
+    assert_eq!(swapped.as_deref(), Some(delta.as_str()));
+    let stats = reader.stats();
+    assert_eq!((stats.current.as_str(), stats.previous.as_deref()), (delta.as_str(), Some(base.as_str())));
+    let fresh = EmbeddedReader::open(&root, EmbeddedOptions { verify_checksums: true, ..options() })
+        .unwrap_or_else(|e| panic!("opening the delta version {delta}: {e}"));
+
+    let mut ids = sample_ids(exp);
+    ids.extend(set.iter().map(|&(target, _)| target));
+    ids.extend(&removed);
+    for (reader, what) in [(&reader, "followed"), (&fresh, "opened")] {
+        let mut bad = Vec::new();
+        let mut totals = [0; 3];
+        for chunk in ids.chunks(64).chain(ids.iter().rev().take(20).map(std::slice::from_ref)) {
+            let batch = reader.get_features(&ids_of(chunk, false), &[]).unwrap();
+            assert_eq!(batch.version(), delta, "{what}");
+            let counts = compare_with_source(&batch, chunk, &after, &mut bad);
+            totals.iter_mut().zip(counts).for_each(|(t, c)| *t += c);
+        }
+        assert_none(&bad, &format!("delta version {delta}, {what}"));
+        assert!(totals[0] > 50_000 && totals[2] > 0, "{totals:?}");
+    }
+
+    // one of each, spelled out: a changed user, a new entity, a removed user, an untouched user
+    let untouched = present[5];
+    let probe = [set[0].0, n + 3, removed[0], untouched];
+    let batch = reader.get_features(&ids_of(&probe, false), &["activity", "profile"]).unwrap();
+    assert_eq!(batch.version(), delta);
+    let rows = batch.rows();
+    let activity = |i: usize| rows[i].view("activity").map(|v| v.values());
+    assert!(same(activity(0), exp.views["activity"].get(&set[0].1)), "changed: {:?}", activity(0));
+    assert!(same(activity(1), exp.views["activity"].get(&present[1])), "new: {:?}", activity(1));
+    assert!(!rows[1].found("profile"), "a new entity has no profile");
+    assert!(!rows[2].found("activity"), "a removed user's activity is gone");
+    assert!(rows[2].found("profile"), "a removed user keeps its profile");
+    assert!(same(activity(3), exp.views["activity"].get(&untouched)), "untouched: {:?}", activity(3));
+
+    // pinned to the base: the values before the changes
+    let mut bad = Vec::new();
+    for chunk in ids.chunks(64) {
+        let batch = reader.get_features_at(&ids_of(chunk, false), &[], &base).unwrap();
+        assert_eq!(batch.version(), base);
+        compare_with_source(&batch, chunk, exp, &mut bad);
+    }
+    assert_none(&bad, &format!("base {base}, pinned"));
+    let batch = reader.get_features_at(&ids_of(&probe, false), &["activity"], &base).unwrap();
+    let old = |i: usize| batch.rows()[i].view("activity").map(|v| v.values());
+    assert!(same(old(0), exp.views["activity"].get(&probe[0])), "changed, pinned to the base: {:?}", old(0));
+    assert!(old(1).is_none(), "new, pinned to the base: {:?}", old(1));
+    assert!(same(old(2), exp.views["activity"].get(&probe[2])), "removed, pinned to the base: {:?}", old(2));
+
+    drop((reader, fresh));
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_file(&plan);
+    let _ = std::fs::remove_file(&changes);
+}
+
+/// Whether a view's decoded values are `want`, value by value by their bits (both absent: true).
+fn same(got: Option<&[Value]>, want: Option<&Vec<Value>>) -> bool {
+    match (got, want) {
+        (None, None) => true,
+        (Some(g), Some(w)) => g.len() == w.len() && g.iter().zip(w).all(|(a, b)| a.bit_eq(b)),
+        _ => false,
+    }
 }
 
 #[cfg(feature = "loadgen")]
