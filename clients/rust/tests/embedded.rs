@@ -427,7 +427,7 @@ fn roots_that_cannot_be_served_are_typed_errors_naming_the_path() {
     *rows = serde_json::Value::from(rows.as_u64().unwrap() + 1);
     std::fs::write(&manifest_path, serde_json::to_vec(&json).unwrap()).unwrap();
     match open_err(&root, options()) {
-        SnapshotError::FilesMismatch { problems, .. } => assert!(problems[0].contains("keys"), "{problems:?}"),
+        SnapshotError::FilesMismatch { problems, .. } => assert!(problems[0].contains("entries"), "{problems:?}"),
         other => panic!("{other}"),
     }
     let _ = std::fs::remove_dir_all(&root);

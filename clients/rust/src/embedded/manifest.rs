@@ -29,7 +29,10 @@ pub struct FileEntry {
 pub struct GroupEntry {
     pub name: String,
     pub views: Vec<String>,
+    /// live entities: keys in at least one of the group's views
     pub rows: u64,
+    /// entries in the group's SST files: `rows`, or for a delta group the base's and the delta's
+    pub entries: u64,
 }
 
 #[derive(Debug)]
@@ -91,7 +94,9 @@ impl Manifest {
         for (view, group) in schema.views.iter().zip(&view_groups) {
             match groups.iter_mut().find(|g| &g.name == group) {
                 Some(g) => g.views.push(view.name.clone()),
-                None => groups.push(GroupEntry { name: group.clone(), views: vec![view.name.clone()], rows: 0 }),
+                None => {
+                    groups.push(GroupEntry { name: group.clone(), views: vec![view.name.clone()], rows: 0, entries: 0 })
+                }
             }
         }
         if listed.len() != groups.len() {
@@ -105,6 +110,18 @@ impl Manifest {
             }
             g.rows =
                 entry.get("rows").and_then(Json::as_u64).ok_or_else(|| bad(format!("group {}: no rows", g.name)))?;
+            // a delta group (FORMAT.md "Delta versions"): the base's entries and the delta's, tombstones included
+            g.entries = match entry.get("delta").filter(|d| !d.is_null()) {
+                None => g.rows,
+                Some(d) => {
+                    let n = |k: &str| {
+                        d.get(k)
+                            .and_then(Json::as_u64)
+                            .ok_or_else(|| bad(format!("group {}: delta has no {k}", g.name)))
+                    };
+                    n("base_rows")? + n("keys")?
+                }
+            };
         }
         Ok(Manifest {
             created: string(d, "created").map_err(&bad)?,

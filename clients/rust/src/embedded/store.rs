@@ -157,8 +157,11 @@ pub fn open_version(
             )]));
         }
         let entries: u64 = live.iter().map(|f| f.num_entries).sum();
-        if entries != g.rows {
-            return Err(mismatch(vec![format!("group {} holds {entries} keys, the manifest says {}", g.name, g.rows)]));
+        if entries != g.entries {
+            return Err(mismatch(vec![format!(
+                "group {} holds {entries} entries, the manifest says {}",
+                g.name, g.entries
+            )]));
         }
         groups.push(Group { path, db });
     }
