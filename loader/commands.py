@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="snapshot root folder; created if missing (required); or s3://bucket/prefix or "
                    "file:///dir: the version is built in --work-root, then published there as `quiver publish` does")
     p.add_argument("--workers", type=at_least(1), default=2,
-                   help="local engine: worker processes that encode and sort (default: 2)")
+                   help="local engine: worker processes that encode and sort; with --changes, threads that read and "
+                   "assemble the changed entities (default: 2)")
     p.add_argument("--engine", choices=["local", "spark"], default="local",
                    help="local: worker processes on this machine; spark: a Spark job (pip extra [spark], Java 17) "
                    "(default: local)")
@@ -131,7 +132,8 @@ def _load_changes(args: argparse.Namespace) -> int:
         raise UsageError("--changes names a view twice; give one VIEW=PATH per view (PATH may be a folder or glob)")
     r = load_changes(args.root, changes, ChangeOptions(as_of=args.as_of, rebase_fraction=args.rebase_fraction,
                                                       accept_failed_checks=args.accept_failed_checks,
-                                                      features=args.features, compression=args.compression))
+                                                      features=args.features, compression=args.compression,
+                                                      workers=args.workers))
     _print_checks(r.manifest.checks)
     if not r.published:
         print(f"already published; CURRENT points to it: {r.version}", file=sys.stderr)

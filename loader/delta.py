@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from rocksdict import AccessType, IngestExternalFileOptions, Options, Rdict, ReadOptions, SstFileWriter
+from rocksdict import AccessType, Cache, IngestExternalFileOptions, Options, Rdict, ReadOptions, SstFileWriter
 
 from quiver.base.errors import IntegrityError, RootError
 from quiver.loader import plan as planning
@@ -43,9 +44,9 @@ from quiver.loader.encode import ViewEncoder
 from quiver.loader.entity_row import assemble, split
 from quiver.loader.errors import DataError, DefinitionError, SourceError
 from quiver.loader.ingest import ingest_task
+from quiver.loader.load import Phases
 from quiver.loader.normalize import check_source_schema, normalize, normalized_schema
 from quiver.loader.partition import encoded_keys
-from quiver.loader.pause import pause_point
 from quiver.loader.publish import (
     checksums,
     clean_staging,
@@ -93,6 +94,7 @@ class ChangeOptions:
     accept_failed_checks: bool = False
     features: str | os.PathLike[str] | None = None   # a features.yaml the changes must agree with
     compression: str = rocks.DEFAULT_COMPRESSION
+    workers: int = 2       # threads reading and assembling the changed entities' values
 
 
 @dataclass
@@ -291,6 +293,9 @@ def load_changes(root_dir: str | os.PathLike[str], changes: dict[str, Change],
         raise RootError(f"{root.path}: no such snapshot root")
     with load_lock(root), staging_removed_on_failure(root):
         clean_staging(root)
+        # each stage's time in the log, and the test seam (loader/pause.py) after it: read, offline, online,
+        # checks, publish
+        phases = Phases()
         previous = _previous(root)
         unknown = [v for v in changes if v not in previous.schema.view_names]
         if unknown:
@@ -311,11 +316,11 @@ def load_changes(root_dir: str | os.PathLike[str], changes: dict[str, Change],
         stage = stage_dir(root, "load", f"{vid}-{os.getpid()}")
         out = stage / "version"
         out.mkdir(parents=True)
-        pause_point("changes")   # a test seam (loader/pause.py), inert unless a test names the stage
-        builder = _Builder(root, previous, read, out, stage, opts)
+        builder = _Builder(root, previous, read, out, stage, opts, phases)
+        phases.end("read")
         manifest = builder.build(vid, as_of)
-        pause_point("built")
         publish(root, stage, out, manifest)
+        builder.phases.end("publish")
     seconds = time.monotonic() - started
     log.info("delta %s on %s: %s in %.1f s", vid, previous.version,
              ", ".join(f"{v} +{c.rows.num_rows}/-{len(c.deleted)}" for v, c in read.items()), seconds)
@@ -326,11 +331,14 @@ class _Builder:
     """The new version's folder from the previous version and the changes."""
 
     def __init__(self, root: SnapshotRoot, previous: Manifest, read: dict[str, ViewChange], out: Path,
-                 stage: Path, opts: ChangeOptions) -> None:
+                 stage: Path, opts: ChangeOptions, phases: Phases) -> None:
         self.root, self.previous, self.read, self.out, self.stage, self.opts = root, previous, read, out, stage, opts
         self.schema = previous.schema
         self.linked: dict[str, str] = {}        # files hard-linked from the previous version -> checksum
         self.written: dict[str, str] = {}       # files this load wrote and hashed -> checksum
+        self.pending: dict[str, Future[str]] = {}   # files this load wrote, being hashed
+        self.hashing = ThreadPoolExecutor(2, thread_name_prefix="quiver-hash")
+        self.phases = phases
         self.rebased: list[str] = []
 
     def build(self, vid: str, as_of: datetime, rebase_all: bool = False) -> Manifest:
@@ -340,6 +348,7 @@ class _Builder:
         views: dict[str, ViewStats] = {}
         groups: dict[str, GroupStats] = {}
         offline = {name: self._offline_delta(name) for name in prev.views if name in self.read}
+        self.phases.end("offline")
         for gname, old in prev.groups.items():
             touched = any(v in self.read for v in old.views)
             if touched:
@@ -367,7 +376,11 @@ class _Builder:
             if name not in views:
                 self._link(f"offline/{name}/")
                 views[name] = stats
+        self.phases.end("online")
         summary = self._checks(views)
+        self.phases.end("checks")
+        with self.hashing:
+            self.written |= {p: f.result() for p, f in self.pending.items()}
         entries = checksums(lambda fn, items: [fn(i) for i in items], self.out, self.linked | self.written)
         record_proven(self.root, prev, self.out, entries, self.linked)
         changes = Changes(prev.version, {v: c.sources for v, c in self.read.items()},
@@ -380,7 +393,7 @@ class _Builder:
     def _forget(self, prefix: str) -> None:
         """A folder of the new version rewritten: its files' links and checksums no longer hold."""
         shutil.rmtree(self.out / prefix, ignore_errors=True)
-        for known in (self.linked, self.written):
+        for known in (self.linked, self.written, self.pending):
             for p in [p for p in known if p.startswith(prefix)]:
                 del known[p]
 
@@ -421,7 +434,7 @@ class _Builder:
         path.parent.mkdir(parents=True, exist_ok=True)
         with offline_writer(str(path), rows.schema) as w:
             w.write_table(rows, row_group_size=OFFLINE_ROW_GROUP)
-        self.written[rel] = file_checksum(path)
+        self.pending[rel] = self.hashing.submit(file_checksum, path)
 
     # -- linking -----------------------------------------------------------------------------------
     def _link(self, prefix: str, keep: Any = lambda path: True) -> None:
@@ -461,33 +474,21 @@ class _Builder:
         keys = encoded_keys(keys_typed)
         order = pc.sort_indices(keys)        # bytewise: RocksDB's order
         keys, keys_typed = keys.take(order), keys_typed.take(order)
-        before = _get(self.root.online_dir(self.previous.version, gname), keys)
-        present = before.is_valid().to_numpy(zero_copy_only=False)
-        parts = split(before.fill_null(_empty_row(len(names))), len(names))   # absent: every view null
-        counts: dict[str, int] = {}
-        for j, name in enumerate(names):
-            if name not in self.read:
-                continue
-            change = self.read[name]
-            was = parts[j].is_valid().to_numpy(zero_copy_only=False)
-            col = parts[j]
-            rows = change.rows
-            at = pc.index_in(keys_typed, value_set=rows.column(0)).fill_null(-1).to_numpy(
-                zero_copy_only=False).astype(np.int64)
-            encoded = ViewEncoder(change.view).encode(pa.RecordBatch.from_arrays(
-                [rows.column(i).combine_chunks() for i in range(rows.num_columns)], schema=rows.schema)) \
-                if rows.num_rows else pa.array([], pa.large_binary())
-            gone = pc.is_in(keys_typed, value_set=change.deleted).to_numpy(zero_copy_only=False)
-            up = at >= 0
-            new = encoded.take(pa.array(at, mask=~up))    # the new ViewRow; null where removed
-            col = pc.if_else(pa.array(~(up | gone)), col, new)
-            now = col.is_valid().to_numpy(zero_copy_only=False)
-            counts[name] = self.previous.views[name].rows + int(np.sum(now & ~was)) - int(np.sum(was & ~now))
-            parts[j] = col
-        alive = np.zeros(len(keys), bool)
-        for p in parts:
-            alive |= p.is_valid().to_numpy(zero_copy_only=False)
-        values = assemble(parts)
+        encoded = {name: _encoded(c) for name, c in self.read.items() if name in names}
+        db = _open(self.root.online_dir(self.previous.version, gname))
+        try:
+            # contiguous slices of the sorted keys on threads: RocksDB's multi-get and Arrow's kernels let
+            # go of the GIL (2 threads: 0.25 s against 0.41 s for the reads of 100,000 of 10M users)
+            step = max(1, -(-len(keys) // (4 * self.opts.workers)))
+            with ThreadPoolExecutor(self.opts.workers, thread_name_prefix="quiver-delta") as pool:
+                slices = list(pool.map(lambda i: self._values(db, names, encoded, keys_typed.slice(i, step),
+                                                              keys.slice(i, step)), range(0, len(keys), step)))
+        finally:
+            db.close()
+        values = pa.concat_arrays([v for v, *_ in slices]) if slices else pa.array([], pa.large_binary())
+        alive = np.concatenate([a for _, a, _, _ in slices]) if slices else np.zeros(0, bool)
+        present = np.concatenate([p for _, _, p, _ in slices]) if slices else np.zeros(0, bool)
+        counts = {name: self.previous.views[name].rows + sum(d[name] for *_, d in slices) for name in encoded}
         rows_now = old.rows + int(np.sum(alive & ~present)) - int(np.sum(present & ~alive))
         base = old.delta.base if old.delta else (old.reused_from or self.previous.version)
         base_rows = old.delta.base_rows if old.delta else old.rows
@@ -495,7 +496,8 @@ class _Builder:
         delta_sst = self.stage / "delta" / f"{gname}.sst"
         delta_sst.parent.mkdir(parents=True, exist_ok=True)
         _write_delta(delta_sst, keys, values, alive, self.opts.compression)
-        checksum = file_checksum(delta_sst)
+        # hashed on a thread (hashlib lets go of the GIL) while the base is linked and ingested
+        checksum = self.hashing.submit(file_checksum, delta_sst)
         base_files = _base_files(self.previous, gname)
         linked_dir = self.stage / "base" / gname
         linked_dir.mkdir(parents=True, exist_ok=True)
@@ -512,10 +514,35 @@ class _Builder:
             if ino in by_inode:
                 self.linked[rel] = by_inode[ino]
         delta_rel = f"online/{gname}/{name}"
-        self.written[delta_rel] = checksum
+        self.pending[delta_rel] = checksum
         stats = GroupStats(list(names), rows_now, old.definition, old.reused_from or self.previous.version,
                            GroupDelta(base, base_rows, [delta_rel], len(keys)))
         return stats, counts
+
+    def _values(self, db: Rdict, names: list[str], encoded: dict[str, tuple[pa.Array, pa.Array, pa.Array]],
+                typed: pa.Array, keys: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray, dict[str, int]]:
+        """For some of the sorted keys: the group's new values (null: nothing left, a tombstone), which are
+        alive, which the previous version held, and each changed view's change in entity count."""
+        before = _get(db, keys)
+        present = before.is_valid().to_numpy(zero_copy_only=False)
+        parts = split(before.fill_null(_empty_row(len(names))), len(names))   # absent: every view null
+        change: dict[str, int] = {}
+        for j, name in enumerate(names):
+            if name not in encoded:
+                continue
+            ids, rows, deleted = encoded[name]
+            was = parts[j].is_valid().to_numpy(zero_copy_only=False)
+            at = pc.index_in(typed, value_set=ids).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+            gone = pc.is_in(typed, value_set=deleted).to_numpy(zero_copy_only=False)
+            up = at >= 0
+            new = rows.take(pa.array(at, mask=~up))    # the new ViewRow; null where removed
+            parts[j] = pc.if_else(pa.array(~(up | gone)), parts[j], new)
+            now = parts[j].is_valid().to_numpy(zero_copy_only=False)
+            change[name] = int(np.sum(now & ~was)) - int(np.sum(was & ~now))
+        alive = np.zeros(len(keys), bool)
+        for p in parts:
+            alive |= p.is_valid().to_numpy(zero_copy_only=False)
+        return assemble(parts), alive, present, change
 
     # -- checks ------------------------------------------------------------------------------------
     def _checks(self, views: dict[str, ViewStats]) -> CheckSummary:
@@ -576,21 +603,47 @@ def _empty_row(views: int) -> bytes:
     return bytes(assemble([pa.nulls(1, pa.large_binary()) for _ in range(views)])[0].as_py())
 
 
-def _get(db_dir: Path, keys: pa.Array) -> pa.Array:
-    """The stored values of `keys` in a published group (null where absent)."""
-    opts = Options(raw_mode=True)
+def _open(db_dir: Path) -> Rdict:
+    """A published group, read-only with the server's read options (mmap, partitioned index and filters in a
+    small cache): 5x faster here than rocksdict's defaults, measured on 100,000 of 10M users."""
+    opts = rocks.reader_options(Cache(64 << 20))
     opts.set_db_log_dir(os.environ.get("TMPDIR", "/tmp"))   # never write into a published version
-    db = Rdict(str(db_dir), opts, access_type=AccessType.read_only())
     try:
-        out: list[bytes | None] = []
-        step = 1 << 16
-        for i in range(0, len(keys), step):
-            out += db.get(keys.slice(i, step).to_pylist())  # type: ignore[arg-type]
+        return Rdict(str(db_dir), opts, column_families={"default": opts}, access_type=AccessType.read_only())
     except Exception as e:   # RocksDB reports corruption as plain exceptions
-        raise SourceError(f"{db_dir}: cannot read the previous version's stored values: {e}") from None
-    finally:
-        db.close()
-    return pa.array(out, pa.large_binary())
+        raise SourceError(f"{db_dir}: cannot open the previous version's group: {e}") from None
+
+
+def _get(db: Rdict, keys: pa.Array) -> pa.Array:
+    """The stored values of `keys` (null where absent)."""
+    try:
+        values: list[bytes | None] = db.get(keys.to_pylist())  # type: ignore[arg-type, assignment]
+    except Exception as e:   # RocksDB reports corruption as plain exceptions
+        raise SourceError(f"{db.path()}: cannot read the previous version's stored values: {e}") from None
+    return as_binary(values)
+
+
+def _encoded(change: ViewChange) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """(upserted keys, their ViewRows, removed keys) of one view's change."""
+    rows = change.rows
+    if not rows.num_rows:
+        return rows.column(0).combine_chunks(), pa.array([], pa.large_binary()), change.deleted
+    batch = pa.RecordBatch.from_arrays([rows.column(i).combine_chunks() for i in range(rows.num_columns)],
+                                       schema=rows.schema)
+    return batch.column(0), ViewEncoder(change.view).encode(batch), change.deleted
+
+
+def as_binary(values: list[bytes | None]) -> pa.Array:
+    """A large_binary array of Python bytes (None: null), joined once: 4x faster than pa.array on 100,000
+    values of 1.2 KB."""
+    present = np.fromiter((v is not None for v in values), bool, len(values))
+    lengths = np.fromiter((len(v) if v is not None else 0 for v in values), np.int64, len(values))
+    offsets = np.zeros(len(values) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    data = b"".join(v for v in values if v is not None)
+    validity = None if present.all() else pa.array(present).buffers()[1]
+    return pa.Array.from_buffers(pa.large_binary(), len(values), [validity, pa.py_buffer(offsets), pa.py_buffer(data)],
+                                 null_count=int((~present).sum()))
 
 
 def _write_delta(path: Path, keys: pa.Array, values: pa.Array, alive: np.ndarray, compression: str) -> None:
@@ -685,7 +738,7 @@ def compact(root_dir: str | os.PathLike[str]) -> DeltaResult:
         stage = stage_dir(root, "load", f"{vid}-{os.getpid()}")
         out = stage / "version"
         out.mkdir(parents=True)
-        builder = _Builder(root, previous, {}, out, stage, ChangeOptions())
+        builder = _Builder(root, previous, {}, out, stage, ChangeOptions(), Phases())
         manifest = builder.build(vid, as_of, rebase_all=True)
         publish(root, stage, out, manifest)
     seconds = time.monotonic() - started

@@ -4,7 +4,7 @@ Only when the environment names the stage does anything happen; a load never set
 
     QUIVER_LOAD_PAUSE_AT=<stage>       the stage to stop at after it finished: "plan", "encode", "sort+sst",
                                        "ingest", "checksums" (the phase names of loader/load.py);
-                                       "changes", "built" (a delta's, loader/delta.py)
+                                       "read", "offline", "online", "checks", "publish" (a delta's, loader/delta.py)
     QUIVER_LOAD_PAUSE_FILE=<path>      written (with the loader's pid) once the load has stopped there
 
 The load then waits while that file exists: a test kills it, or deletes the file to let it go on.

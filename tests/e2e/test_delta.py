@@ -240,7 +240,7 @@ def test_a_replica_syncs_a_delta_by_downloading_only_what_changed(tmp_path: Path
     assert stored_pairs(rep) == stored_pairs(root)
 
 
-@pytest.mark.parametrize("stage", ["changes", "built"])
+@pytest.mark.parametrize("stage", ["read", "offline", "online", "checks"])
 def test_a_delta_killed_at_any_stage_publishes_nothing_and_the_next_one_cleans_up(tmp_path: Path, stage: str) -> None:
     s = Sources(tmp_path, seed=5)
     root = tmp_path / "root"
