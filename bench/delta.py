@@ -300,9 +300,8 @@ def equal(args: argparse.Namespace) -> dict[str, Any]:
         b.close()
         res["groups"][g] = {"pairs": n, "differ": diff, "unpaired": rest}
     got, want = training_frame(root, delta, [view]), training_frame(oracle, want_v, [view])
-    same = got.num_rows == want.num_rows and all(
-        got.column(c).to_pylist() == want.column(c).to_pylist() or _nan_equal(got.column(c), want.column(c))
-        for c in want.column_names)
+    same = got.schema == want.schema and got.num_rows == want.num_rows and all(
+        _same(got.column(c), want.column(c)) for c in want.column_names)
     res["offline"] = {"view": view, "rows": got.num_rows, "oracle_rows": want.num_rows, "equal": same}
     res["loadavg"] = loadavg()
     print(json.dumps({k: res[k] for k in ("groups", "offline")}), flush=True)
@@ -310,11 +309,16 @@ def equal(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
-def _nan_equal(x: pa.ChunkedArray, y: pa.ChunkedArray) -> bool:
-    if not pa.types.is_floating(x.type):
-        return False
-    a, b = x.to_numpy(zero_copy_only=False), y.to_numpy(zero_copy_only=False)
-    return bool(np.array_equal(a, b, equal_nan=True))
+def _same(x: pa.ChunkedArray, y: pa.ChunkedArray) -> bool:
+    """Equal values and nulls; floats by their bits (NaN equals the same NaN)."""
+    a, b = x.combine_chunks(), y.combine_chunks()
+    if not pa.types.is_floating(a.type):
+        return bool(a.equals(b))
+    valid = a.is_valid().to_numpy(zero_copy_only=False)
+    bits = np.uint32 if a.type == pa.float32() else np.uint64
+    return bool((valid == b.is_valid().to_numpy(zero_copy_only=False)).all() and (
+        a.fill_null(0).to_numpy(zero_copy_only=False).view(bits)[valid]
+        == b.fill_null(0).to_numpy(zero_copy_only=False).view(bits)[valid]).all())
 
 
 def main() -> int:

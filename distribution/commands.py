@@ -56,8 +56,8 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         print(f"LATEST at {args.uri} {'moved to' if moved else 'already'} {args.version}")
         return 0
     r = publish(args.root, args.uri, args.version)
-    print(f"published {r.version} to {args.uri}: {len(r.uploaded)} files uploaded, {len(r.copied)} copied "
-          f"from the previous version, "
+    print(f"published {r.version} to {args.uri}: {len(r.uploaded)} files uploaded, {len(r.referenced)} "
+          f"referenced in the previous version, "
           f"{len(r.skipped)} already there"
           + ("; LATEST moved" if r.latest_moved else "; LATEST unchanged"))
     return 0

@@ -2,19 +2,21 @@
 
 Order is the invariant: data files, then the manifest, then LATEST, so a reader that follows LATEST only
 ever finds complete versions. Objects already present with the manifest's size are skipped, so a rerun
-finishes an interrupted upload. A file the version LATEST names holds byte for byte (a view the loader
-reused) is copied inside the store instead of uploaded.
+finishes an interrupted upload. A file the version LATEST names holds byte for byte, under any name (a view
+the loader reused, a delta's base) is not uploaded or copied: refs.json, written before the manifest, names
+where it lies (distribution/store.py).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
 
 from quiver.distribution import transfer
 from quiver.distribution.errors import IntegrityError, LocalSnapshotError, ObjectNotFound
-from quiver.distribution.store import LATEST, MANIFEST, RemoteStore, open_store, remote_manifest
+from quiver.distribution.store import LATEST, MANIFEST, REFS, RemoteStore, open_store, remote_manifest
 from quiver.snapshot import FileEntry, Manifest, ManifestError, SnapshotRoot
 
 __all__ = ["PublishResult", "point_latest", "publish"]
@@ -26,7 +28,7 @@ log = logging.getLogger("quiver.distribution")
 class PublishResult:
     version: str
     uploaded: list[str] = field(default_factory=list)
-    copied: list[str] = field(default_factory=list)    # same file in the version LATEST named: copied there
+    referenced: list[str] = field(default_factory=list)   # held by the version LATEST named: referenced
     skipped: list[str] = field(default_factory=list)
     latest_moved: bool = False
 
@@ -58,25 +60,20 @@ def publish(root: str | os.PathLike[str], uri: str, version: str | None = None, 
     todo = [f for f in manifest.files if present.get(f.path) != f.size]
     result.skipped = [f.path for f in manifest.files if present.get(f.path) == f.size]
 
-    base, shared = _shared_with_latest(store, version, todo)
-    copied: set[str] = set()
+    shared = _shared_with_latest(store, version, todo)
+    refs = {f.path: shared[f.path] for f in todo if f.path in shared}
 
     def put(f: FileEntry) -> None:
-        dst = ("versions", version, *f.path.split("/"))
-        if f.path in shared:
-            try:
-                store.copy(("versions", base, *shared[f.path].split("/")), dst)
-                copied.add(f.path)
-                log.info("copied %s from %s (%d bytes)", f.path, base, f.size)
-                return
-            except ObjectNotFound:
-                pass  # pruned since it was listed: upload it
-        transfer.upload_file(store, vdir / f.path, *dst)
+        transfer.upload_file(store, vdir / f.path, "versions", version, *f.path.split("/"))
         log.info("uploaded %s (%d bytes)", f.path, f.size)
 
-    transfer.run_all(put, todo, workers)
-    result.copied = [f.path for f in todo if f.path in copied]
-    result.uploaded = [f.path for f in todo if f.path not in copied]
+    transfer.run_all(put, [f for f in todo if f.path not in refs], workers)
+    if refs:
+        store.write_bytes(json.dumps({"files": refs}, sort_keys=True).encode(), "versions", version, REFS)
+        log.info("referenced %d file(s) (%d bytes) already in the store", len(refs),
+                 sum(f.size for f in todo if f.path in refs))
+    result.referenced = [f.path for f in todo if f.path in refs]
+    result.uploaded = [f.path for f in todo if f.path not in refs]
     manifest_bytes = snap.manifest_path(version).read_bytes()
     if present.get(MANIFEST) != len(manifest_bytes):
         store.write_bytes(manifest_bytes, "versions", version, MANIFEST)
@@ -90,19 +87,20 @@ def publish(root: str | os.PathLike[str], uri: str, version: str | None = None, 
     return result
 
 
-def _shared_with_latest(store: RemoteStore, version: str, files: list[FileEntry]) -> tuple[str, dict[str, str]]:
-    """The version LATEST names, and which of `files` it holds byte for byte (same size and checksum in
-    its manifest, under any name: a delta version's base files may be named otherwise): path -> its path
-    there. Nothing when there is no usable LATEST."""
+def _shared_with_latest(store: RemoteStore, version: str, files: list[FileEntry]) -> dict[str, str]:
+    """Which of `files` the version LATEST names holds byte for byte (same size and checksum in its
+    manifest, under any name): path -> where that file lies in the store ("<id>/<path>", through LATEST's own
+    refs.json). Nothing when there is no usable LATEST."""
     try:
         base = store.latest()
         manifest, _ = remote_manifest(store, base)
     except (ObjectNotFound, IntegrityError):
-        return "", {}
+        return {}
     if base == version:
-        return "", {}
-    theirs = {(f.size, f.checksum): f.path for f in manifest.files}
-    return base, {f.path: theirs[(f.size, f.checksum)] for f in files if (f.size, f.checksum) in theirs}
+        return {}
+    theirs_refs = store.refs(base)
+    theirs = {(f.size, f.checksum): theirs_refs.get(f.path) or f"{base}/{f.path}" for f in manifest.files}
+    return {f.path: theirs[(f.size, f.checksum)] for f in files if (f.size, f.checksum) in theirs}
 
 
 def point_latest(uri: str, version: str, *, endpoint: str | None = None) -> bool:

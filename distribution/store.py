@@ -1,8 +1,14 @@
 """The remote side: one published tree under any pyarrow.fs URI (``s3://bucket/prefix``, ``file:///dir``).
 
     PREFIX/versions/<id>/<file>            data files, uploaded first
+    PREFIX/versions/<id>/refs.json         files stored under another version, by reference (optional):
+                                           {"files": {"<path>": "<other id>/<its path>"}}
     PREFIX/versions/<id>/manifest.json     uploaded after every file it lists
     PREFIX/LATEST                          the version replicas should serve, written last
+
+A version that shares files with an earlier one (a delta's base, a view a load reused) stores them once:
+refs.json names where each lies, always an object written in full under its own version, so a reader
+resolves a reference in one step. Nothing here deletes a version; one that another references must stay.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ from quiver.distribution.errors import BucketNotFound, IntegrityError, ObjectNot
 from quiver.snapshot import Manifest, ManifestError
 from quiver.snapshot.layout import VERSION_ID
 
-__all__ = ["ENDPOINT_ENV", "LATEST", "MANIFEST", "RemoteStore", "endpoint_from_env", "open_store",
+__all__ = ["ENDPOINT_ENV", "LATEST", "MANIFEST", "REFS", "RemoteStore", "endpoint_from_env", "open_store",
            "remote_manifest"]
 
 CHUNK = 8 << 20
 LATEST = "LATEST"
 MANIFEST = "manifest.json"
+REFS = "refs.json"
 ENDPOINT_ENV = ("QUIVER_S3_ENDPOINT", "AWS_ENDPOINT_URL")
 
 
@@ -118,6 +125,22 @@ class RemoteStore:
         with self.fs.open_output_stream(tmp) as out:
             fill(out)
         self.fs.move(tmp, path)
+
+    def refs(self, version: str) -> dict[str, str]:
+        """A version's files stored under another version: path -> "<id>/<path>" ({} if none)."""
+        try:
+            data = self.read_bytes("versions", version, REFS)
+        except ObjectNotFound:
+            return {}
+        try:
+            files: dict[str, str] = json.loads(data)["files"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise IntegrityError(f"{self.url('versions', version, REFS)}: unusable: {e}") from None
+        return files
+
+    def location(self, version: str, path: str, refs: dict[str, str]) -> tuple[str, ...]:
+        """Where a file of `version` is stored: under it, or where refs.json says."""
+        return ("versions", *(refs.get(path) or f"{version}/{path}").split("/"))
 
     def latest(self) -> str:
         try:

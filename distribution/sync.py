@@ -146,8 +146,10 @@ def _fetch(store: RemoteStore, snap: SnapshotRoot, version: str, files: list[Fil
         raise DiskFull(f"{snap.path}: version {version} needs {need} more bytes, {free} free; "
                        "free space or lower --keep")
 
+    refs = store.refs(version) if files else {}
+
     def get(f: FileEntry) -> None:
-        transfer.download_file(store, into / f.path, f, "versions", version, *f.path.split("/"))
+        transfer.download_file(store, into / f.path, f, *store.location(version, f.path, refs))
 
     transfer.run_all(get, files, workers)
     return [f.path for f in files]

@@ -126,10 +126,20 @@ class SnapshotFiles:
         kept = delta.filter(pc.invert(delta.column(DELETED))).drop_columns([DELETED])
         return pa.concat_tables([base, kept.cast(base.schema)])
 
+    def refs(self, version: str) -> dict[str, str]:
+        """A published store's references: files of `version` stored under another version (refs.json,
+        distribution/store.py); a snapshot root has none."""
+        try:
+            files: dict[str, str] = json.loads(self._read(f"versions/{version}/refs.json"))["files"]
+        except FileNotFoundError:
+            return {}
+        return files
+
     def _offline(self, m: Manifest, view: str, entity: str, files: list[str], ids: pa.Array | None,
                  extra: Sequence[str] = ()) -> pa.Table:
         version = m.version
-        paths = sorted(f"{self.base}/versions/{version}/{p}" for p in files)
+        refs = self.refs(version) if files else {}
+        paths = sorted(f"{self.base}/versions/{refs.get(p) or f'{version}/{p}'}" for p in files)
         vdef = m.schema.view(view)
         columns = [entity] + ([vdef.event_timestamp] if vdef.event_timestamp else []) + [f.name for f in
                                                                                           vdef.features]

@@ -238,6 +238,15 @@ def test_a_replica_syncs_a_delta_by_downloading_only_what_changed(tmp_path: Path
     moved = sum(f.size for f in m.files if f.path in downloaded)
     assert moved < 0.2 * m.size_bytes, (moved, m.size_bytes)
     assert stored_pairs(rep) == stored_pairs(root)
+    # the store holds the delta's files once: the base's are referenced, not copied
+    stored = sum(p.stat().st_size for p in (store / "versions" / r.version).rglob("*") if p.is_file())
+    assert stored < 0.2 * m.size_bytes, (stored, m.size_bytes)
+    # a replica that never had the base reads the references; training reads the store's delta version
+    fresh = tmp_path / "fresh"
+    dist.sync(store.as_uri(), fresh)
+    assert SnapshotRoot(fresh).current() == r.version and stored_pairs(fresh) == stored_pairs(root)
+    a, b = training_frame(store.as_uri()), frame(root)
+    assert a.num_rows == b.num_rows and all(same_values(a.column(c), b.column(c)) for c in b.column_names)
 
 
 @pytest.mark.parametrize("stage", ["read", "offline", "online", "checks"])
@@ -291,3 +300,41 @@ def test_a_delta_failing_its_checks_is_refused_and_row_checks_count_the_whole_ve
     pq.write_table(gone, tmp_path / "gone.parquet")
     r = run_quiver("load", "--root", root, "--changes", f"activity={tmp_path / 'gone.parquet'}")
     assert r.returncode == 13 and "view 'activity': max_row_change failed" in r.stderr, r.stderr
+
+
+def test_string_keys_and_a_view_in_its_own_group(tmp_path: Path) -> None:
+    """String entity keys sort bytewise in RocksDB; a change to one group leaves the other linked whole."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(11)
+    ids = [f"user-{i:05d}" for i in rng.permutation(500)] + ["é", "", "zz\x00"]
+    pq.write_table(pa.table({"uid": ids, "score": rng.random(len(ids)), "tag": [f"t{i % 7}" for i in range(len(ids))]}),
+                   src / "a.parquet")
+    pq.write_table(pa.table({"uid": ids[::2], "n": pa.array(range(len(ids[::2])), pa.int64())}), src / "b.parquet")
+    (src / "features.yaml").write_text(
+        "entity: {name: uid, key_type: string}\n"
+        "views:\n"
+        "  - {name: a, source: a.parquet, features: [{name: score, type: float64}, {name: tag, type: string}]}\n"
+        "  - {name: b, source: b.parquet, group: other, features: [{name: n, type: int64}]}\n")
+    root = tmp_path / "root"
+    load(src / "features.yaml", root, LoadOptions(workers=2, as_of=_as_of(0)))
+    base = Manifest.load(SnapshotRoot(root).manifest_path(SnapshotRoot(root).current() or ""))
+    change = pa.table({"uid": ["user-00003", "", "new-one", "user-00004"], "score": [1.0, 2.0, 3.0, None],
+                       "tag": ["x", "y", "z", None], "_deleted": [False, False, False, True]})
+    r = load_changes(root, {"a": change}, ChangeOptions(as_of=_as_of(1)))
+    assert r.manifest.groups["other"].delta is None and r.manifest.groups["default"].delta is not None
+    other = [f for f in r.manifest.files if f.path.startswith("online/other/") and f.path.endswith(".sst")]
+    assert other and all(
+        os.stat(SnapshotRoot(root).version_dir(r.version) / f.path).st_ino
+        == os.stat(SnapshotRoot(root).version_dir(base.version) / f.path).st_ino for f in other)
+    merged = pq.read_table(src / "a.parquet")
+    merged = merged.filter(pc.invert(pc.is_in(merged.column("uid"), value_set=change.column("uid"))))
+    merged = pa.concat_tables([merged, change.slice(0, 3).drop_columns(["_deleted"])])
+    oracle_src = tmp_path / "oracle-src"
+    shutil.copytree(src, oracle_src)
+    pq.write_table(merged, oracle_src / "a.parquet")
+    oracle = tmp_path / "oracle"
+    load(oracle_src / "features.yaml", oracle, LoadOptions(workers=2, as_of=_as_of(1)))
+    assert stored_pairs(root) == stored_pairs(oracle)
+    a, b = frame(root), frame(oracle)
+    assert a.num_rows == b.num_rows and all(same_values(a.column(c), b.column(c)) for c in b.column_names)
