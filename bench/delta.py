@@ -155,28 +155,35 @@ def reads(args: argparse.Namespace) -> dict[str, Any]:
         for label, version in (("delta", args.delta), ("rebased", args.rebased)):
             quiver("rollback", "--root", str(root), "--to", version)
             _warm(root, version)
-            procs = Processes()
-            try:
-                server = systems.serve_quiver(procs, root, 1, args.cache_mb, work, work / "serve.log", cpu=1)
-                loadgen_window(f"http://{server.target}", args.rate, 5, args.users, 1, work / "w.json")  # warm-up
-                g = loadgen_window(f"http://{server.target}", args.rate, args.seconds, args.users, 7 + rep,
-                                   work / "w.json")
-            finally:
-                procs.stop_all()
-            e = _embedded(generators.LOADGEN, root, args, work / "e.json", 7 + rep)
+            g: dict[str, Any] = {}
+            if not args.embedded_only:
+                procs = Processes()
+                try:
+                    server = systems.serve_quiver(procs, root, 1, args.cache_mb, work, work / "serve.log", cpu=1)
+                    loadgen_window(f"http://{server.target}", args.rate, 5, args.users, 1, work / "w.json")  # warm-up
+                    g = loadgen_window(f"http://{server.target}", args.rate, args.seconds, args.users, 7 + rep,
+                                       work / "w.json")
+                finally:
+                    procs.stop_all()
+            e = _embedded(generators.LOADGEN, root, args, work / "e.json", 7 + rep, args.rate)
+            keys = ("p50_us", "p99_us", "errors", "achieved_rate")
             row = {"version": label, "repeat": rep, "loadavg": loadavg(),
-                   "grpc": {k: g.get(k) for k in ("p50_us", "p99_us", "errors", "achieved_rate")},
-                   "embedded": {k: e.get(k) for k in ("p50_us", "p99_us", "errors", "achieved_rate")}}
+                   "grpc": {k: g.get(k) for k in keys}, "embedded": {k: e.get(k) for k in keys}}
+            if args.saturate:   # the reader's capacity on one core: its cost per call
+                sat = _embedded(generators.LOADGEN, root, args, work / "s.json", 9 + rep, args.saturate)
+                row["embedded_saturated"] = {k: sat.get(k) for k in keys}
             res["runs"].append(row)
             print(f"{label:>8} #{rep}: gRPC P50 {g.get('p50_us')} P99 {g.get('p99_us')} us; embedded P50 "
-                  f"{e.get('p50_us')} P99 {e.get('p99_us')} us (load {row['loadavg']})", flush=True)
+                  f"{e.get('p50_us')} P99 {e.get('p99_us')} us; saturated "
+                  f"{row.get('embedded_saturated', {}).get('achieved_rate')}/s (load {row['loadavg']})", flush=True)
     shutil.rmtree(work, ignore_errors=True)
     return res
 
 
-def _embedded(loadgen: Path, root: Path, args: argparse.Namespace, out: Path, seed: int) -> dict[str, Any]:
+def _embedded(loadgen: Path, root: Path, args: argparse.Namespace, out: Path, seed: int,
+              rate: float) -> dict[str, Any]:
     cmd = ["taskset", "-c", "0", str(loadgen), "--target", "embedded", "--root", str(root), "--pin-cpus", "1",
-           "--cache-mb", str(args.cache_mb), "--rate", str(args.rate), "--duration", str(args.seconds),
+           "--cache-mb", str(args.cache_mb), "--rate", str(rate), "--duration", str(args.seconds),
            "--warmup", "5", "--entities-per-request", "1", "--users", str(args.users), "--seed", str(seed),
            "--json-out", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -345,6 +352,8 @@ def main() -> int:
     s.add_argument("--seconds", type=float, default=30)
     s.add_argument("--repeats", type=int, default=3)
     s.add_argument("--cache-mb", type=int, default=256)
+    s.add_argument("--embedded-only", action="store_true", help="no gRPC runs")
+    s.add_argument("--saturate", type=float, default=0, help="also an embedded run at this rate: its capacity")
     s = sub.add_parser("fresh")
     s.add_argument("--root", required=True)
     s.add_argument("--store", required=True)
