@@ -288,8 +288,8 @@ def load(features_path: str | os.PathLike[str], root_or_uri: str | os.PathLike[s
     from quiver.distribution import publish as publish_remote
 
     r = publish_remote(build_root, uri, result.version, endpoint=endpoint)
-    log.info("published %s to %s: %d uploaded, %d copied, %d present", result.version, uri, len(r.uploaded),
-             len(r.copied), len(r.skipped))
+    log.info("published %s to %s: %d uploaded, %d referenced, %d present", result.version, uri, len(r.uploaded),
+             len(r.referenced), len(r.skipped))
     if work_root is None:
         shutil.rmtree(build_root, ignore_errors=True)
     return result
