@@ -26,7 +26,7 @@ from quiver.loader.generate import generate
 from quiver.loader.load import LoadOptions, load
 from quiver.loader.pause import PAUSE_AT, PAUSE_FILE
 from quiver.snapshot import Manifest, SnapshotRoot
-from quiver.training import training_frame
+from quiver.training import as_of_join, training_frame
 from quiver.v1 import quiver_pb2 as pb
 from support.processes import QUIVER, ServerProcess, run_quiver, wait_for
 
@@ -338,3 +338,35 @@ def test_string_keys_and_a_view_in_its_own_group(tmp_path: Path) -> None:
     assert stored_pairs(root) == stored_pairs(oracle)
     a, b = frame(root), frame(oracle)
     assert a.num_rows == b.num_rows and all(same_values(a.column(c), b.column(c)) for c in b.column_names)
+
+
+def test_as_of_join_reads_each_label_from_the_delta_version_of_its_time(tmp_path: Path) -> None:
+    """A label at or after a delta's as-of time gets the delta's row (a removed entity: nulls); one before
+    gets the base's."""
+    s = Sources(tmp_path, seed=9)
+    root = tmp_path / "root"
+    load(s.features, root, LoadOptions(workers=2, as_of=_as_of(0)))
+    base = frame(root)
+    change = s.change("activity", 0.01, deleted=0.5)
+    r = load_changes(root, {"activity": change}, ChangeOptions(as_of=_as_of(2)))
+    after = frame(root, r.version)
+    ids = change.column("user_id").to_pylist()
+    gone = set(change.filter(change.column("_deleted")).column("user_id").to_pylist())
+    assert gone and len(gone) < len(ids)
+    labels = pa.table({"user_id": ids * 2, "ts": pa.array([_as_of(1)] * len(ids) + [_as_of(3)] * len(ids),
+                                                          pa.timestamp("us", tz="UTC"))})
+    joined = as_of_join(labels, root, "user_id", "ts", views=["activity"])
+    col = next(c for c in joined.column_names if c.startswith("activity__"))
+
+    def value(t: pa.Table, uid: int) -> Any:
+        i = t.column("user_id").to_pylist().index(uid) if uid in t.column("user_id").to_pylist() else None
+        return None if i is None else t.column(col)[i].as_py()
+
+    got = joined.column(col).to_pylist()
+    for k, uid in enumerate(ids):
+        assert got[k] == value(base, uid), f"user {uid} before the delta"
+        want = None if uid in gone else value(after, uid)
+        assert got[len(ids) + k] == want, f"user {uid} after the delta"
+        if uid not in gone:
+            assert want == change.filter(pc.equal(change.column("user_id"), uid)).column(
+                col.split("__", 1)[1])[0].as_py()
