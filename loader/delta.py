@@ -524,8 +524,12 @@ class _Builder:
         by_inode: dict[int, str] = {}
         for f in base_files:
             target = linked_dir / Path(f.path).name
-            os.link(src / f.path, target)   # one filesystem: the new version's base is the same inode
-            by_inode[target.stat().st_ino] = f.checksum
+            try:
+                os.link(src / f.path, target)   # the new version's base is the same inode
+                by_inode[target.stat().st_ino] = f.checksum
+            except OSError as e:   # another filesystem: a copy, a new file hashed like any this load writes
+                log.warning("group %s: cannot hard-link %s into staging (%s): copying it", gname, f.path, e.strerror)
+                shutil.copy2(src / f.path, target)
         name = _ingest(db_dir, [str(linked_dir / Path(f.path).name) for f in base_files], str(delta_sst))
         for p in db_dir.iterdir():
             rel = p.relative_to(self.out).as_posix()

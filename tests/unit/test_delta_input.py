@@ -158,3 +158,23 @@ def test_compact_writes_the_delta_in_full_with_the_same_rows(root: Path, tmp_pat
     assert m.as_of == d.manifest.as_of
     assert training_frame(root).equals(before)
     assert training_frame(root).column("user_id").to_pylist() == [1, 5]
+
+
+def test_across_filesystems_the_base_is_copied_and_said_so(root: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    import errno
+    import os
+
+    from quiver.snapshot.integrity import check_version
+
+    def no_link(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    r = load_changes(root, {"v": pa.table({"user_id": ids(1), "x": pa.array([4.0])})},
+                     ChangeOptions(rebase_fraction=1.0))
+    assert "cannot hard-link" in caplog.text and "copying it" in caplog.text
+    snap = SnapshotRoot(root)
+    assert r.manifest.groups["default"].delta is not None
+    check_version(snap, r.version, "full")   # every copied file matches the manifest
+    assert training_frame(root).column("v__x").to_pylist() == [4.0, 1.5]
