@@ -122,6 +122,8 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
             print(f"{f:>6.1%} delta: {row['seconds']:6.2f} s, {row['delta_bytes'] >> 20} MiB of delta "
                   f"(load {row['loadavg']})", flush=True)
     quiver("rollback", "--root", str(root), "--to", base)
+    if args.no_rebase:
+        return res
     ten = _apply(root, changes_file(ch, 0.1), args.view)
     fifteen = _apply(root, changes_file(ch, 0.05), args.view)
     res["cumulative_15"] = {"10%": ten, "then 5%": fifteen}
@@ -343,6 +345,7 @@ def main() -> int:
     s.add_argument("--view", default="profile")
     s.add_argument("--repeats", type=int, default=3)
     s.add_argument("--full-load-json", default=None, help="a bench/load.sh result to quote beside")
+    s.add_argument("--no-rebase", action="store_true", help="only the deltas by size, not the 15% one and its rebase")
     s = sub.add_parser("reads")
     s.add_argument("--root", required=True)
     s.add_argument("--delta", required=True)

@@ -478,7 +478,7 @@ class _Builder:
         keys = encoded_keys(keys_typed)
         order = pc.sort_indices(keys)        # bytewise: RocksDB's order
         keys, keys_typed = keys.take(order), keys_typed.take(order)
-        encoded = {name: _encoded(c) for name, c in self.read.items() if name in names}
+        encoded = {name: _encoded(c, self.opts.workers) for name, c in self.read.items() if name in names}
         db_dir = self.out / "online" / gname
         delta_sst = self.stage / "delta" / f"{gname}.sst"
         delta_sst.parent.mkdir(parents=True, exist_ok=True)
@@ -646,14 +646,16 @@ def _get(db: Rdict, keys: pa.Array) -> pa.Array:
     return as_binary(values)
 
 
-def _encoded(change: ViewChange) -> tuple[pa.Array, pa.Array, pa.Array]:
-    """(upserted keys, their ViewRows, removed keys) of one view's change."""
+def _encoded(change: ViewChange, workers: int) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """(upserted keys, their ViewRows, removed keys) of one view's change, encoded in slices on threads."""
     rows = change.rows
     if not rows.num_rows:
         return rows.column(0).combine_chunks(), pa.array([], pa.large_binary()), change.deleted
-    batch = pa.RecordBatch.from_arrays([rows.column(i).combine_chunks() for i in range(rows.num_columns)],
-                                       schema=rows.schema)
-    return batch.column(0), ViewEncoder(change.view).encode(batch), change.deleted
+    encoder = ViewEncoder(change.view)
+    batches = rows.combine_chunks().to_batches(max_chunksize=SLICE_KEYS)
+    with ThreadPoolExecutor(workers, thread_name_prefix="quiver-encode") as pool:
+        parts = list(pool.map(encoder.encode, batches))
+    return rows.column(0).combine_chunks(), pa.concat_arrays(parts), change.deleted
 
 
 def as_binary(values: list[bytes | None]) -> pa.Array:
