@@ -370,3 +370,23 @@ def test_as_of_join_reads_each_label_from_the_delta_version_of_its_time(tmp_path
         if uid not in gone:
             assert want == change.filter(pc.equal(change.column("user_id"), uid)).column(
                 col.split("__", 1)[1])[0].as_py()
+
+
+def test_a_full_load_that_rebuilds_a_group_keeps_the_changes_of_its_other_views(tmp_path: Path) -> None:
+    """A delta to `activity`; then new sources for `ads` (same group) rebuild the group in full, `activity`'s
+    bytes cut from the delta version; then another delta to `activity`. Equal to a full load of it all."""
+    s = Sources(tmp_path, seed=13)
+    root = tmp_path / "root"
+    load(s.features, root, LoadOptions(workers=2, as_of=_as_of(0)))
+    load_changes(root, {"activity": s.change("activity", 0.03, deleted=0.2)}, ChangeOptions(as_of=_as_of(1)))
+    ads = s.tables["ads"]
+    s.tables["ads"] = ads.slice(0, ads.num_rows // 2)   # the extraction job rewrote ads
+    for old in (s.src / "ads").glob("*.parquet"):
+        old.unlink()
+    pq.write_table(s.tables["ads"], s.src / "ads" / "part-0.parquet")
+    full = load(s.features, root, LoadOptions(workers=2, as_of=_as_of(2)))
+    assert "activity" in full.reused_views and "default" not in full.linked_groups
+    assert full.manifest.views["activity"].delta is not None
+    assert all(g.delta is None for g in full.manifest.groups.values() if "activity" in g.views)
+    load_changes(root, {"activity": s.change("activity", 0.03, deleted=0.2)}, ChangeOptions(as_of=_as_of(3)))
+    assert_equal_to_full_load(tmp_path, root, s, _as_of(3))
