@@ -18,9 +18,7 @@ any other. Groups and views the changes do not touch are linked whole.
 
 from __future__ import annotations
 
-import glob
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -29,6 +27,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -57,11 +56,12 @@ from quiver.loader.publish import (
     record_proven,
     staging_removed_on_failure,
 )
+from quiver.loader.sources import matching
 from quiver.loader.spill import OFFLINE_ROW_GROUP, offline_writer
-from quiver.loader.sst import SST_ROLL_BYTES, SstFile, sorted_deduplicated
+from quiver.loader.sst import PUT_ROWS, RollingSstWriter, SstFile, sorted_deduplicated
 from quiver.quality import evaluate as quality
 from quiver.quality.checks import evaluate_view
-from quiver.quality.statistics import STATISTICS_FILE, ViewAccumulator
+from quiver.quality.statistics import ViewAccumulator, write_statistics
 from quiver.snapshot import rocks
 from quiver.snapshot.integrity import check_version
 from quiver.snapshot.layout import FORMAT_VERSION, SnapshotRoot
@@ -117,8 +117,8 @@ class ViewChange:
         """The change as offline delta rows: the upserts, then the removals (nulls but the key)."""
         schema = delta_schema(self.rows.schema)
         up = self.rows.append_column(DELETED, pa.array(np.zeros(self.rows.num_rows, bool)))
-        gone = pa.table([self.deleted] + [pa.nulls(len(self.deleted), f.type) for f in self.rows.schema][1:]
-                        + [pa.array(np.ones(len(self.deleted), bool))], schema=schema)
+        gone = pa.table([self.deleted, *(pa.nulls(len(self.deleted), f.type) for f in list(self.rows.schema)[1:]),
+                         pa.array(np.ones(len(self.deleted), bool))], schema=schema)
         return pa.concat_tables([up.cast(schema), gone])
 
 
@@ -141,12 +141,7 @@ class DeltaResult:
 
 def _resolve(view: ViewDef, spec: str) -> list[str]:
     """A file, a folder (its *.parquet) or a glob, as a view's source is named."""
-    if any(ch in spec for ch in "*?["):
-        found = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
-    elif os.path.isdir(spec):
-        found = sorted(str(p) for p in Path(spec).rglob("*.parquet"))
-    else:
-        found = [spec] if os.path.isfile(spec) else []
+    found = matching(spec)
     if not found:
         raise SourceError(f"view {view.name!r}: changes {spec!r} match no file")
     return found
@@ -362,10 +357,11 @@ class _Builder:
                         views[name] = self._view_stats(name, counts[name], offline[name])
             delta = groups[gname].delta if touched else old.delta
             over = touched and delta is not None and delta.keys > self.opts.rebase_fraction * max(groups[gname].rows, 1)
-            if over or (rebase_all and (delta is not None or any(_offline_delta_files(prev, v) for v in old.views))):
-                if over:
+            carries = delta is not None or any(prev.offline_files(v, delta=True) for v in old.views)
+            if over or (rebase_all and carries):
+                if over and delta is not None:
                     log.info("group %s: its delta holds %d of %d entities (over %.0f%%): rebasing it in full",
-                             gname, delta.keys, groups[gname].rows, 100 * self.opts.rebase_fraction)  # type: ignore[union-attr]
+                             gname, delta.keys, groups[gname].rows, 100 * self.opts.rebase_fraction)
                 source = self.out / "online" / gname if touched else self.root.online_dir(prev.version, gname)
                 groups[gname] = self._rebase_group(gname, source, groups.get(gname, old))
                 for name in old.views:
@@ -417,17 +413,16 @@ class _Builder:
         prefix = f"offline/{name}/"
         self._forget(prefix)
         src = self.root.version_dir(self.previous.version)
-        base = [f for f in self.previous.files if f.path.startswith(prefix) and not is_offline_delta(f.path)
-                and f.path.endswith(".parquet")]
+        base = self.previous.offline_files(name, delta=False)
         if delta is None or delta.num_rows == 0:
             self._link(prefix, lambda path: not is_offline_delta(path))
             return replace(stats, delta=replace(stats.delta, upserted=0, deleted=0) if stats.delta else None)
         changed = delta.column(0)
-        for f in base:
-            table = pq.read_table(src / f.path)
-            self._write_offline(f.path, table.filter(pc.invert(pc.is_in(table.column(0), value_set=changed))))
+        for path in base:
+            table = pq.read_table(src / path)
+            self._write_offline(path, table.filter(pc.invert(pc.is_in(table.column(0), value_set=changed))))
         kept = delta.filter(pc.invert(delta.column(DELETED))).drop_columns([DELETED])
-        names = {Path(f.path).name for f in base}
+        names = {Path(path).name for path in base}
         part = next(f"part-r{i:05d}.parquet" for i in range(len(names) + 1) if f"part-r{i:05d}.parquet" not in names)
         self._write_offline(prefix + part, kept)
         assert stats.delta is not None
@@ -588,8 +583,7 @@ class _Builder:
         summary = quality.verdict(results, self.opts.accept_failed_checks)
         carried = {v: dict(before.get(v) or {"features": {}, "missing": True}, rows=views[v].rows)
                    for v in views}
-        (self.out / STATISTICS_FILE).write_text(json.dumps({"views": carried, "delta": changed}, allow_nan=False,
-                                                           sort_keys=True) + "\n")
+        write_statistics(self.out, carried, changed)
         return summary
 
 
@@ -597,14 +591,9 @@ def offline_key_type(entity: EntityDef) -> pa.DataType:
     return pa.int64() if entity.key_type == "int64" else pa.string()
 
 
-def _offline_delta_files(manifest: Manifest, view: str) -> list[str]:
-    return [f.path for f in manifest.files
-            if f.path.startswith(f"offline/{view}/") and is_offline_delta(f.path) and f.path.endswith(".parquet")]
-
-
 def previous_delta(version_dir: Path, manifest: Manifest, view: str) -> pa.Table | None:
     """A version's cumulative offline delta of one view, or None."""
-    paths = [version_dir / p for p in _offline_delta_files(manifest, view)]
+    paths = [version_dir / p for p in manifest.offline_files(view, delta=True)]
     if not paths:
         return None
     return pa.concat_tables([pq.read_table(p) for p in sorted(paths)])
@@ -686,36 +675,19 @@ def _rewrite(source: Path, into: Path, compression: str) -> list[SstFile]:
     opts = Options(raw_mode=True)
     opts.set_db_log_dir(os.environ.get("TMPDIR", "/tmp"))
     db = Rdict(str(source), opts, access_type=AccessType.read_only())
-    out: list[SstFile] = []
-    writer: SstFileWriter | None = None
-    path, first, last = "", b"", b""
-
-    def finish(w: SstFileWriter) -> None:
-        w.finish()
-        out.append(SstFile(path, first, last, os.path.getsize(path), file_checksum(path)))
-
+    out = RollingSstWriter(into, "r", 5, compression)
     try:
         ro = ReadOptions()
         ro.fill_cache(False)  # type: ignore[call-arg]  # the stub lacks its argument; a bulk scan
         ro.set_readahead_size(2 << 20)
-        for k, v in db.items(read_opt=ro):
-            if writer is None:
-                path = str(into / f"r{len(out):05d}.sst")
-                writer = SstFileWriter(rocks.writer_options(compression))
-                writer.open(path)
-                first = k  # type: ignore[assignment]
-            writer[k] = v
-            last = k  # type: ignore[assignment]
-            if writer.file_size() > SST_ROLL_BYTES:
-                finish(writer)
-                writer = None
-        if writer is not None:
-            finish(writer)
+        rows = db.items(read_opt=ro)
+        while batch := list(islice(rows, PUT_ROWS)):
+            out.add([k for k, _ in batch], [v for _, v in batch])
     except Exception as e:  # RocksDB reports corruption as plain exceptions
         raise SourceError(f"{source}: cannot read the stored values to rebase them: {e}") from None
     finally:
         db.close()
-    return out
+    return out.finish()
 
 
 def _ingest(db_dir: Path, base: list[str], delta: str) -> str:
@@ -748,7 +720,7 @@ def compact(root_dir: str | os.PathLike[str]) -> DeltaResult:
         clean_staging(root)
         previous = _previous(root)
         if not any(g.delta for g in previous.groups.values()) and not any(
-                _offline_delta_files(previous, v) for v in previous.views):
+                previous.offline_files(v, delta=True) for v in previous.views):
             return DeltaResult(previous.version, previous, False, seconds=time.monotonic() - started)
         as_of = datetime.fromisoformat(previous.as_of.replace("Z", "+00:00"))
         vid = delta_version_id(previous.version, {}, as_of)

@@ -21,14 +21,18 @@ class SourceFile:
     row_groups: int
 
 
+def matching(pattern: str) -> list[str]:
+    """The files a source names: a file, a folder (its *.parquet, recursively) or a glob; sorted."""
+    if any(ch in pattern for ch in "*?["):
+        return sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+    if os.path.isdir(pattern):
+        return sorted(str(p) for p in Path(pattern).rglob("*.parquet"))
+    return [pattern] if os.path.isfile(pattern) else []
+
+
 def resolve(view: ViewDef, base_dir: Path) -> list[str]:
     pattern = view.source if os.path.isabs(view.source) else str(base_dir / view.source)
-    if any(ch in pattern for ch in "*?["):
-        found = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
-    elif os.path.isdir(pattern):
-        found = sorted(str(p) for p in Path(pattern).rglob("*.parquet"))
-    else:
-        found = [pattern] if os.path.isfile(pattern) else []
+    found = matching(pattern)
     if not found:
         raise SourceError(f"view {view.name!r}: source {view.source!r} matches no file (looked for {pattern})")
     return found

@@ -247,32 +247,47 @@ def write_range(t: PartitionTask, rows: Callable[[ViewDef], list[pa.Table]]) -> 
     return result
 
 
+class RollingSstWriter:
+    """Sorted (key, value) rows into SST files of up to SST_ROLL_BYTES each, `<folder>/<prefix>NNN.sst`
+    (`digits` wide), checked for the roll after each batch of rows; `finish()` -> the files written."""
+
+    def __init__(self, folder: str | Path, prefix: str, digits: int, compression: str) -> None:
+        self.folder, self.prefix, self.digits = Path(folder), prefix, digits
+        self.opts = rocks.writer_options(compression)
+        self.files: list[SstFile] = []
+        self.writer: SstFileWriter | None = None
+        self.path, self.first, self.last = "", b"", b""
+
+    def add(self, keys: list[bytes], values: list[bytes]) -> None:
+        if not keys:
+            return
+        if self.writer is None:
+            self.path = str(self.folder / f"{self.prefix}{len(self.files):0{self.digits}d}.sst")
+            self.writer = SstFileWriter(self.opts)
+            self.writer.open(self.path)
+            self.first = keys[0]
+        for k, v in zip(keys, values, strict=True):
+            self.writer[k] = v
+        self.last = keys[-1]
+        if self.writer.file_size() > SST_ROLL_BYTES:
+            self._close()
+
+    def _close(self) -> None:
+        assert self.writer is not None
+        self.writer.finish()
+        self.writer = None
+        self.files.append(SstFile(self.path, self.first, self.last, os.path.getsize(self.path),
+                                  file_checksum(self.path)))
+
+    def finish(self) -> list[SstFile]:
+        if self.writer is not None:
+            self._close()
+        return self.files
+
+
 def _write_ssts(t: PartitionTask, keys: pa.Array, values: pa.Array) -> list[SstFile]:
     """Sorted (key, value) rows into SST files of up to SST_ROLL_BYTES each."""
-    out: list[SstFile] = []
-    opts = rocks.writer_options(t.compression)
-    part = f"p{t.index:05d}"
-    writer: SstFileWriter | None = None
-    path, first, last = "", b"", b""
-
-    def finish(w: SstFileWriter) -> None:
-        w.finish()
-        out.append(SstFile(path, first, last, os.path.getsize(path), file_checksum(path)))
-
+    out = RollingSstWriter(t.sst_dir, f"p{t.index:05d}-", 3, t.compression)
     for start in range(0, len(keys), PUT_ROWS):
-        ks = keys.slice(start, PUT_ROWS).to_pylist()
-        vs = values.slice(start, PUT_ROWS).to_pylist()
-        if writer is None:
-            path = str(Path(t.sst_dir) / f"{part}-{len(out):03d}.sst")
-            writer = SstFileWriter(opts)
-            writer.open(path)
-            first = ks[0]
-        for k, v in zip(ks, vs, strict=True):
-            writer[k] = v
-        last = ks[-1]
-        if writer.file_size() > SST_ROLL_BYTES:
-            finish(writer)
-            writer = None
-    if writer is not None:
-        finish(writer)
-    return out
+        out.add(keys.slice(start, PUT_ROWS).to_pylist(), values.slice(start, PUT_ROWS).to_pylist())
+    return out.finish()

@@ -403,8 +403,11 @@ class StatisticsMissing(FileNotFoundError):
     """A version without recorded statistics (loaded before they were, or not a version)."""
 
 
-def write_statistics(version_dir: Path, views: dict[str, dict[str, Any]]) -> None:
-    (version_dir / STATISTICS_FILE).write_text(json.dumps({"views": views}, allow_nan=False, sort_keys=True) + "\n")
+def write_statistics(version_dir: Path, views: dict[str, dict[str, Any]],
+                     delta: dict[str, dict[str, Any]] | None = None) -> None:
+    """`delta`: a delta version's statistics of each changed view's changed rows (loader/delta.py)."""
+    data: dict[str, Any] = {"views": views} if delta is None else {"views": views, "delta": delta}
+    (version_dir / STATISTICS_FILE).write_text(json.dumps(data, allow_nan=False, sort_keys=True) + "\n")
 
 
 def read_statistics(root: SnapshotRoot, version: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from quiver.snapshot import FeatureDef, Manifest, ManifestError, ViewDef
-from quiver.snapshot.manifest import DELETED, is_offline_delta
+from quiver.snapshot.manifest import DELETED
 
 __all__ = ["SEPARATOR", "SnapshotFiles", "TrainingDataError", "arrow_type", "as_of_join", "column_name",
            "training_frame"]
@@ -115,10 +115,8 @@ class SnapshotFiles:
         A delta version's: the base's rows but those its delta changes, then the delta's rows but the
         removed ones (snapshot/FORMAT.md "Delta versions")."""
         m = self.manifest(version)
-        prefix = f"offline/{view}/"
-        files = [f.path for f in m.files if f.path.startswith(prefix) and f.path.endswith(".parquet")]
-        base = self._offline(m, view, entity, [p for p in files if not is_offline_delta(p)], ids)
-        deltas = [p for p in files if is_offline_delta(p)]
+        base = self._offline(m, view, entity, m.offline_files(view, delta=False), ids)
+        deltas = m.offline_files(view, delta=True)
         if not deltas:
             return base
         delta = self._offline(m, view, entity, deltas, ids, [DELETED])

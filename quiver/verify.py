@@ -44,7 +44,7 @@ from rocksdict import AccessType, Cache, Rdict
 from quiver import wire_columns as wc
 from quiver.snapshot import Manifest, SnapshotRoot, decode_int64_key, rocks
 from quiver.snapshot.integrity import check_version
-from quiver.snapshot.manifest import DELETED, is_offline_delta
+from quiver.snapshot.manifest import DELETED
 from quiver.verify_columns import FloatBits, compare_view, offline_value, online_value, show
 
 __all__ = ["FloatBits", "Mismatch", "VerifyReport", "verify"]
@@ -167,8 +167,7 @@ def _delta_keys(root: SnapshotRoot, m: Manifest, view: str) -> pa.Array | None:
 
 
 def _delta_paths(root: SnapshotRoot, m: Manifest, view: str) -> list[str]:
-    return sorted(str(root.version_dir(m.version) / f.path) for f in m.files
-                  if f.path.startswith(f"offline/{view}/") and is_offline_delta(f.path) and f.path.endswith(".parquet"))
+    return [str(root.version_dir(m.version) / p) for p in m.offline_files(view, delta=True)]
 
 
 def _served(root: SnapshotRoot, m: Manifest, view: str, path: str, table: pa.Table) -> pa.Table:

@@ -243,6 +243,11 @@ class Manifest:
         """The oldest version whose full group files a delta group of this version stands on ("" if none)."""
         return min((g.delta.base for g in self.groups.values() if g.delta is not None), default="")
 
+    def offline_files(self, view: str, delta: bool) -> list[str]:
+        """A view's offline Parquet files, in path order: its delta's (delta) or its base's (FORMAT.md)."""
+        return sorted(f.path for f in self.files if f.path.startswith(f"offline/{view}/")
+                      and f.path.endswith(".parquet") and is_offline_delta(f.path) == delta)
+
     def delta_bytes(self) -> int:
         """Bytes of the delta's files: the groups' delta SSTs and the views' offline delta files."""
         online = {p for g in self.groups.values() if g.delta is not None for p in g.delta.files}
