@@ -100,6 +100,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same data (default: 0)")
     p.add_argument("--with-checks", action="store_true",
                    help="declare about one check per feature in features.yaml (default: no checks)")
+    p.add_argument("--events-per-user", type=float, default=10.0, metavar="N",
+                   help="also write events/, about N click and view events per user over the 30 days before "
+                   "--events-end, and the computed features over it (view engagement, profile.is_mobile); 0: "
+                   "none (default: 10)")
+    p.add_argument("--events-end", type=_as_of, default=None,
+                   help="the end of the events' 30 days, ISO 8601 (default: today's midnight, UTC)")
     p.set_defaults(handler=_generate)
 
 
@@ -239,5 +245,5 @@ def _snapshots(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    print(generate(args.users, args.out, args.seed, args.with_checks))
+    print(generate(args.users, args.out, args.seed, args.with_checks, args.events_per_user, args.events_end))
     return 0

@@ -3,8 +3,14 @@
 Four views over `user_id` (int64), about 200 features: profile scalars (categorical strings,
 bools, some nulls, an event timestamp), 120 float32 activity counters, a 64-dim embedding, and ad
 interaction integers with a variable-length list. Vectorised: columns come from numpy in chunks.
+
+With `events_per_user` (the CLI's default: 10), also an event table, events/ (clicks and views with
+timestamps, items and prices over the 30 days before `events_end`), and a fifth view computed from it,
+`engagement` (window aggregations, in its own storage group), plus an expression feature of `profile`
+(README "Computed features").
 """
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +54,55 @@ def definitions() -> dict[str, Any]:
             {"name": "ads", "source": "ads/*.parquet", "features": ads},
         ],
     }
+
+
+EVENTS_GROUP = "events"
+EVENT_DAYS = 30
+EVENT_TYPES = np.array(["click", "view"])
+
+
+def computed_definitions(doc: dict[str, Any]) -> dict[str, Any]:
+    """The generated definitions with the computed features: `engagement` over events/, `is_mobile`."""
+    doc["views"][0]["features"].append(
+        {"name": "is_mobile", "type": "bool", "expr": "coalesce(device in ('ios', 'android'), false)"})
+    doc["views"].append({
+        "name": "engagement", "group": EVENTS_GROUP,
+        "source": {"path": "events/*.parquet", "timestamp": "event_ts"},
+        "filter": "event_type = 'click'",
+        "features": [
+            {"name": "clicks_7d", "type": "int64", "agg": {"fn": "count", "window": "7d"}},
+            {"name": "clicks_30d", "type": "int32", "agg": {"fn": "count", "window": "30d"}},
+            {"name": "spend_30d", "type": "float64", "agg": {"fn": "sum", "of": "price * qty", "window": "30d"}},
+            {"name": "avg_price_7d", "type": "float64", "agg": {"fn": "avg", "of": "price", "window": "7d"}},
+            {"name": "last_item", "type": "int64", "agg": {"fn": "last", "of": "item_id", "window": "30d"}},
+            {"name": "items_30d", "type": "int64", "agg": {"fn": "count_distinct", "of": "item_id", "window": "30d"}},
+        ]})
+    return doc
+
+
+def default_events_end() -> datetime:
+    """Today's midnight, UTC: a load with the default as-of time (now) sees the whole 30 days."""
+    return datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def events(rng: np.random.Generator, ids: np.ndarray, per_user: float, end: datetime) -> pa.Table:
+    """About `per_user` events per user (Poisson; some users have none) in the 30 days before `end`, in
+    time order; 80% clicks. Prices in cents, some missing; a user's items come from a small range."""
+    counts = rng.poisson(per_user, len(ids))
+    users = np.repeat(ids, counts)
+    n = len(users)
+    span = EVENT_DAYS * 86_400_000_000
+    start = np.datetime64(end.replace(tzinfo=None) - timedelta(days=EVENT_DAYS), "us")
+    offsets = np.sort(rng.integers(1, span + 1, n))    # (end - 30d, end]
+    price = np.round(rng.exponential(20.0, n), 2)
+    return pa.table({
+        "user_id": users[rng.permutation(n)],
+        "event_ts": pa.array(start + offsets.astype("timedelta64[us]"), pa.timestamp("us", tz="UTC")),
+        "event_type": pa.array(EVENT_TYPES[(rng.random(n) < 0.2).astype(np.int64)]),
+        "item_id": rng.integers(0, 500, n) + (users % 1000) * 100,
+        "price": pa.array(price, mask=_nulls(rng, n, 0.05)),
+        "qty": rng.integers(1, 4, n).astype(np.int32),
+    })
 
 
 def _nulls(rng: np.random.Generator, n: int, rate: float) -> np.ndarray:
@@ -133,6 +188,9 @@ def checks(users: int) -> dict[str, dict[str, Any]]:
     out |= {f"ad_{i:02d}": {"min": 0, "max": 100_000} for i in range(AD_COUNTS)}
     view = {"min_rows": users // 2, "max_row_change": 0.5, "max_null_fraction_change": 0.1}
     out |= {v: dict(view) for v in VIEWS}
+    out |= {"is_mobile": {"max_null_fraction": 0}, "clicks_7d": {"min": 0}, "clicks_30d": {"min": 0},
+            "spend_30d": {"min": 0}, "avg_price_7d": {"min": 0}, "last_item": {"min": 0}, "items_30d": {"min": 0},
+            "engagement": {"min_rows": users // 2, "max_row_change": 0.5}}
     return out
 
 
@@ -145,11 +203,14 @@ def with_checks(doc: dict[str, Any], users: int) -> dict[str, Any]:
     return doc
 
 
-def generate(users: int, out: str | Path, seed: int = 0, checked: bool = False) -> Path:
-    """Writes OUT/features.yaml (with checks() when checked) and OUT/<view>/part-*.parquet; returns the
+def generate(users: int, out: str | Path, seed: int = 0, checked: bool = False, events_per_user: float = 0,
+             events_end: datetime | None = None) -> Path:
+    """Writes OUT/features.yaml (with checks() when checked) and OUT/<view>/part-*.parquet; with
+    `events_per_user`, also OUT/events/part-*.parquet and the computed features over it; returns the
     features.yaml path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    end = events_end or default_events_end()
     for chunk, start in enumerate(range(0, users, CHUNK)):
         rng = np.random.default_rng([seed, chunk])
         ids = np.arange(start, min(users, start + CHUNK), dtype=np.int64)
@@ -160,6 +221,12 @@ def generate(users: int, out: str | Path, seed: int = 0, checked: bool = False) 
             (out / name).mkdir(exist_ok=True)
             pq.write_table(table, out / name / f"part-{chunk:05d}.parquet", row_group_size=ROW_GROUP,
                            compression="zstd")
+        if events_per_user:
+            (out / "events").mkdir(exist_ok=True)
+            pq.write_table(events(np.random.default_rng([seed, chunk, 1]), ids, events_per_user, end),
+                           out / "events" / f"part-{chunk:05d}.parquet", row_group_size=ROW_GROUP,
+                           compression="zstd")
+    doc = computed_definitions(definitions()) if events_per_user else definitions()
     path = out / "features.yaml"
-    path.write_text(yaml.safe_dump(with_checks(definitions(), users) if checked else definitions(), sort_keys=False))
+    path.write_text(yaml.safe_dump(with_checks(doc, users) if checked else doc, sort_keys=False))
     return path

@@ -2,7 +2,10 @@
 features.yaml. This module is the one orchestration, for both engines; each stage is a module:
 
     plan     (plan.py)      the sources and their checksums, the version id, per storage group what to
-                            re-encode, keep from the current version or link; key ranges
+                            re-encode, keep from the current version or link
+    derive   (derive.py)    computed views (features.yaml expr, filter, agg): their rows, by the
+                            engine's SQL (DuckDB here, Spark SQL on Spark), become their sources
+                            key ranges (plan.py)
     spill    (spill.py)     read, normalize, encode ViewRows, by key range            engine's workers
     sst      (sst.py)       per group and key range: sort, dedup, cut the kept views out of the current
                             version, assemble EntityRows, write SST files and offline  engine's workers
@@ -29,7 +32,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,8 +40,11 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Self, TypeVar
 
+import pyarrow as pa
+
 from quiver.loader import plan as planning
 from quiver.loader.definitions import load_definitions
+from quiver.loader.derive import ComputeJob, anchored, derive, duckdb_compute
 from quiver.loader.ingest import ingest_group
 from quiver.loader.pause import pause_point
 from quiver.loader.plan import GroupPlan
@@ -164,6 +170,10 @@ class Engine:
     def samples(self, jobs: list[planning.SampleJob]) -> list[planning.Sample]:
         return self.map(planning.sample, jobs)
 
+    def compute(self, job: ComputeJob) -> Iterator[pa.RecordBatch]:
+        """A computed view's raw rows (derive.py), by the engine's SQL."""
+        raise NotImplementedError
+
     def build(self, job: BuildJob, phases: Phases) -> dict[str, GroupOutput]:
         """The spill and sst stages for every group of job.groups; raises the first error in the local
         engine's order (every group's encode tasks first, then key ranges)."""
@@ -249,6 +259,9 @@ class LocalEngine(Engine):
 
     map_here = map
 
+    def compute(self, job: ComputeJob) -> Iterator[pa.RecordBatch]:
+        return duckdb_compute(job, self.workers)
+
     def build(self, job: BuildJob, phases: Phases) -> dict[str, GroupOutput]:
         outputs = {g.name: GroupOutput() for g in job.groups}
         tasks = [(g.name, t) for g in job.groups for v in g.encode for t in job.encode_tasks(g, v)]
@@ -300,7 +313,8 @@ def run(engine: Engine, features_path: str | os.PathLike[str], root: SnapshotRoo
     """The load, on an engine."""
     started = time.monotonic()
     features_path = Path(features_path)
-    features = load_definitions(features_path)
+    as_of = opts.as_of or datetime.now(UTC).replace(microsecond=0)
+    features = anchored(load_definitions(features_path), as_of)
     phases = Phases()
     files = engine.inputs(features, features_path.parent)   # bad sources cost no lock and no processes
     with load_lock(root), staging_removed_on_failure(root), engine:
@@ -308,7 +322,6 @@ def run(engine: Engine, features_path: str | os.PathLike[str], root: SnapshotRoo
         # plan
         sources = _sources(engine, features, files)
         late = any(f.size < 0 for fs in files.values() for f in fs)   # identified once read
-        as_of = opts.as_of or datetime.now(UTC).replace(microsecond=0)
         # the changes a reused view carries are part of its data (loader/delta.py)
         deltas = planning.kept_deltas(planning.current_manifest(root), features, sources) if opts.reuse else {}
         vid = planning.version_id(features, sources, as_of, deltas)
@@ -319,6 +332,10 @@ def run(engine: Engine, features_path: str | os.PathLike[str], root: SnapshotRoo
         out.mkdir(parents=True)
         current, reuse_from, groups = planning.plan_against_current(root, features, sources, opts.reuse,
                                                                     opts.allow_type_change, opts.allow_regroup)
+        computed = [v for g in groups if not g.linked for v in g.encode if v.computed]
+        if computed:   # their rows, computed, are the sources the spill stage reads
+            files = files | derive(engine.compute, features.entity, computed, files, as_of, stage)
+            phases.end("derive")
         groups = planning.draw_boundaries(engine.samples, root, reuse_from, features.entity, groups, files,
                                           opts.partition_bytes, opts.workers)
         phases.end("plan")

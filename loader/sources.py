@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 
 from quiver.loader.errors import SourceError
 from quiver.loader.normalize import check_source_schema
+from quiver.loader.transform import check_source
 from quiver.snapshot.schema import EntityDef, ViewDef
 
 
@@ -52,7 +53,10 @@ def inspect(entity: EntityDef, view: ViewDef, base_dir: Path) -> list[SourceFile
     out = []
     for path in resolve(view, base_dir):
         pf = open_parquet(path, view)
-        check_source_schema(entity, view, pf.schema_arrow, path)
+        if view.computed:
+            check_source(entity, view, pf.schema_arrow, path)
+        else:
+            check_source_schema(entity, view, pf.schema_arrow, path)
         md = pf.metadata
         out.append(SourceFile(path, os.path.getsize(path), md.num_rows, md.num_row_groups))
     if sum(s.rows for s in out) == 0:

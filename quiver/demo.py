@@ -86,7 +86,7 @@ def main() -> int:
     if not marker.exists():
         shutil.rmtree(source, ignore_errors=True)
         t = time.monotonic()
-        generate(args.users, source, seed=1)
+        generate(args.users, source, seed=1, events_per_user=10)
         marker.touch()
         print(f"   {time.monotonic() - t:.1f} s", flush=True)
     else:

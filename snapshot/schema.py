@@ -21,6 +21,19 @@ DEFAULT_GROUP = "default"   # the storage group of every view that names none
 
 
 @dataclass(frozen=True)
+class Aggregation:
+    """A feature computed over a view's events in the window (T - window, T], T the version's as-of time
+    (loader/transform.py)."""
+
+    fn: str            # count, sum, min, max, avg, last, count_distinct
+    of: str            # a SQL expression over one event; "" for count: the events themselves
+    window: str        # a duration: 7d, 12h, 90m, 2w
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fn": self.fn, **({"of": self.of} if self.of else {}), "window": self.window}
+
+
+@dataclass(frozen=True)
 class FeatureDef:
     name: str
     type: str
@@ -29,6 +42,12 @@ class FeatureDef:
     source_column: str = ""    # Parquet column; defaults to the feature's name
     # what good values look like (quality/checks.py); not part of the encoding, so a new check reuses the data
     checks: dict[str, Any] = field(default_factory=dict, hash=False)
+    expr: str = ""             # computed: a SQL expression over one source row
+    agg: Aggregation | None = None   # computed: an aggregation over the view's events in a window
+
+    @property
+    def computed(self) -> bool:
+        return bool(self.expr) or self.agg is not None
 
     @property
     def column(self) -> str:
@@ -47,6 +66,10 @@ class FeatureDef:
             out["default"] = self.default
         if self.source_column:
             out["source_column"] = self.source_column
+        if self.expr:
+            out["expr"] = self.expr
+        if self.agg is not None:
+            out["agg"] = self.agg.to_json()
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -54,8 +77,10 @@ class FeatureDef:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "FeatureDef":
+        agg = d.get("agg")
         return cls(d["name"], d["type"], d.get("length", 0), d.get("default"), d.get("source_column", ""),
-                   d.get("checks") or {})
+                   d.get("checks") or {}, d.get("expr", ""),
+                   Aggregation(agg["fn"], agg.get("of", ""), agg["window"]) if agg else None)
 
 
 @dataclass(frozen=True)
@@ -67,6 +92,19 @@ class ViewDef:
     entity_column: str = ""             # source column of the entity key; defaults to the entity's name
     group: str = DEFAULT_GROUP          # storage group: one RocksDB, one stored value per entity for all its views
     checks: dict[str, Any] = field(default_factory=dict, hash=False)  # view checks: min_rows, max_row_change...
+    filter: str = ""                    # computed: a SQL boolean; source rows it is not true for are not read
+    time_column: str = ""               # an event table's time column: the windows of its `agg` features
+    window_end: str = ""                # an aggregated view: the as-of time its windows end at (set by the load)
+
+    @property
+    def computed(self) -> bool:
+        """Its rows are computed from its source (loader/derive.py) before they are encoded."""
+        return bool(self.filter) or any(f.computed for f in self.features)
+
+    @property
+    def aggregated(self) -> bool:
+        """One row per entity, aggregated over the events of the source."""
+        return any(f.agg is not None for f in self.features)
 
     def feature(self, name: str) -> FeatureDef:
         for f in self.features:
@@ -86,12 +124,16 @@ class ViewDef:
 
     def definition_json(self) -> dict[str, Any]:
         """What decides the encoded bytes of this view: equal JSON means reusable data."""
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "event_timestamp": self.event_timestamp,
             "entity_column": self.entity_column,
             "features": [f.definition_json() for f in self.features],
         }
+        for k in ("filter", "time_column", "window_end"):
+            if getattr(self, k):
+                out[k] = getattr(self, k)
+        return out
 
     def to_json(self) -> dict[str, Any]:
         """definition_json plus where the rows come from, the storage group and the checks they must pass."""
@@ -111,6 +153,9 @@ class ViewDef:
             d.get("entity_column", ""),
             d.get("group", DEFAULT_GROUP),
             d.get("checks") or {},
+            d.get("filter", ""),
+            d.get("time_column", ""),
+            d.get("window_end", ""),
         )
 
 

@@ -11,22 +11,25 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from quiver.base.errors import QuiverError
 from quiver.loader import load as engine
 from quiver.loader import plan as planning
-from quiver.loader.errors import DefinitionError, SourceError
+from quiver.loader.derive import BATCH_ROWS, ComputeJob
+from quiver.loader.errors import DataError, DefinitionError, SourceError
 from quiver.loader.normalize import check_source_schema
 from quiver.loader.sources import SourceFile, inspect
 from quiver.loader.spark import stages
 from quiver.loader.spill import source_columns, spills_all_columns
+from quiver.loader.transform import FILE, ROW
 from quiver.snapshot import rocks
 from quiver.snapshot.schema import FeatureSet
 
@@ -34,6 +37,10 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 FRAME_ORDER = 1 << 20   # a DataFrame's errors sort after every file task of its group
+# what a computed view's query runs under (loader/transform.py pins the rest in its SQL): ANSI mode (an
+# overflow is an error, as on DuckDB) and the times Parquet holds as microseconds
+COMPUTE_CONF = {"spark.sql.ansi.enabled": "true", "spark.sql.session.timeZone": "UTC",
+                "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS"}
 
 
 def load(spark: SparkSession, features_path: str | os.PathLike[str], root_or_uri: str | os.PathLike[str],
@@ -103,6 +110,9 @@ class SparkEngine(engine.Engine):
                                   f"define; it defines {features.view_names}")
         files = {}
         for v in features.views:
+            if v.name in self.frames and v.computed:
+                raise DefinitionError(f"{features.source_file}: view {v.name!r} is computed (expr, filter or agg) "
+                                      f"from its source files; frames_by_view gives a view's rows as they are")
             if v.name not in self.frames:
                 files[v.name] = inspect(features.entity, v, base_dir)
                 continue
@@ -113,6 +123,43 @@ class SparkEngine(engine.Engine):
                 raise SourceError(f"view {v.name!r}: {_where(v.name)} has no rows")
             files[v.name] = [SourceFile(f"spark:dataframe/{v.name}", -1, rows, 0)]
         return files
+
+    def compute(self, job: ComputeJob) -> Iterator[pa.RecordBatch]:
+        """The view's query on Spark SQL (ANSI mode), written by the executors, sorted, to the job's folder
+        and read back part by part. A per-row view's files are read one DataFrame each, so each row carries
+        its file's index in load order (FILE) and its row index in the file (ROW)."""
+        from functools import reduce
+
+        from py4j.protocol import Py4JJavaError
+        from pyspark.errors import PySparkException
+        from pyspark.sql import functions as F
+
+        if job.view.aggregated:
+            df = self.spark.read.parquet(*job.paths)
+        else:
+            df = reduce(lambda a, b: a.unionByName(b), [
+                self.spark.read.parquet(p).select("*", F.lit(i).cast("long").alias(FILE),
+                                                  F.col("_metadata.row_index").alias(ROW))
+                for i, p in enumerate(job.paths)])
+        name = f"quiver_source_{job.view.name}"
+        df.createOrReplaceTempView(name)
+        before = {k: self.spark.conf.get(k, None) for k in COMPUTE_CONF}
+        try:
+            for k, v in COMPUTE_CONF.items():
+                self.spark.conf.set(k, v)
+            self.spark.sql(job.sql("spark", name)).write.mode("overwrite").parquet(job.work)
+        except (PySparkException, Py4JJavaError) as e:
+            raise DataError(f"view {job.view.name!r}: computing its features failed (Spark): "
+                            f"{str(e).strip().splitlines()[0]}") from None
+        finally:
+            for k, old in before.items():
+                if old is None:
+                    self.spark.conf.unset(k)
+                else:
+                    self.spark.conf.set(k, old)
+            self.spark.catalog.dropTempView(name)
+        for part in sorted(Path(job.work).glob("part-*.parquet")):   # a global sort: in part order
+            yield from pq.ParquetFile(part).iter_batches(BATCH_ROWS)
 
     def samples(self, jobs: list[planning.SampleJob]) -> list[planning.Sample]:
         """Files' samples as Spark tasks; a DataFrame's by Spark's own sample, on the driver."""
