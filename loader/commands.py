@@ -1,5 +1,5 @@
-"""CLI: `quiver load` (in full, or `--changes`: a delta version), `quiver compact`, `quiver rollback`,
-`quiver snapshots`, `quiver generate` (thin wrappers over the Python API)."""
+"""CLI: `quiver load` (in full, or `--changes`: a delta version), `quiver validate`, `quiver compact`,
+`quiver rollback`, `quiver snapshots`, `quiver generate` (thin wrappers over the Python API)."""
 
 import argparse
 import sys
@@ -8,10 +8,12 @@ from pathlib import Path
 
 from quiver.base.args import at_least
 from quiver.base.errors import RootError, UsageError
+from quiver.loader.definitions import load_definitions
 from quiver.loader.delta import REBASE_FRACTION, ChangeOptions, compact, load_changes, rollback
 from quiver.loader.errors import LoadDiskFull, disk_full
 from quiver.loader.generate import generate
 from quiver.loader.listing import list_snapshots
+from quiver.loader.sources import inspect
 from quiver.loader.load import LoadOptions, LoadResult, load
 from quiver.snapshot import rocks
 from quiver.snapshot.manifest import CheckSummary
@@ -77,6 +79,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="publish even if features.yaml checks fail, recording it in the manifest (default: a "
                         "failing version is not published and the load exits 13)")
     p.set_defaults(handler=_load)
+
+    p = sub.add_parser("validate", help="check features.yaml without loading: every definition, every computed "
+                       "feature's SQL against the allow-list, and (unless --no-sources) each view's source files' "
+                       "columns; prints the views and what each computes")
+    p.add_argument("--features", required=True, help="features.yaml to check (required)")
+    p.add_argument("--no-sources", action="store_true",
+                   help="do not open the sources (default: read each source file's footer, no data)")
+    p.set_defaults(handler=_validate)
 
     p = sub.add_parser("compact", help="write every group and view of CURRENT that carries a delta in full, as a "
                        "new version (the same rows), while CURRENT serves")
@@ -241,6 +251,19 @@ def _snapshots(args: argparse.Namespace) -> int:
         views = ", ".join(f"{k}={v}" for k, v in s.rows.items())
         print(f"{'*' if s.current else ' ':2}{s.version:<32}{s.created:<22}{s.as_of:<22}{s.size_bytes:>12}  "
               f"{s.base or '-':<31}{s.delta_bytes:>11}  {views}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    path = Path(args.features)
+    features = load_definitions(path)
+    for view in features.views:
+        if not args.no_sources:
+            inspect(features.entity, view, path.parent)
+        kinds = {"agg": sum(f.agg is not None for f in view.features), "expr": sum(bool(f.expr) for f in view.features)}
+        computed = ", ".join(f"{n} {k}" for k, n in kinds.items() if n) + (", a filter" if view.filter else "")
+        print(f"view {view.name}: {len(view.features)} features" + (f" ({computed})" if computed else ""))
+    print(f"{path}: valid" + (" (sources not opened)" if args.no_sources else ""))
     return 0
 
 
