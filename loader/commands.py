@@ -7,14 +7,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from quiver.base.args import at_least
-from quiver.base.errors import RootError, UsageError
+from quiver.base.errors import QuiverError, RootError, UsageError
 from quiver.loader.definitions import load_definitions
 from quiver.loader.delta import REBASE_FRACTION, ChangeOptions, compact, load_changes, rollback
 from quiver.loader.errors import LoadDiskFull, disk_full
 from quiver.loader.generate import generate
 from quiver.loader.listing import list_snapshots
-from quiver.loader.sources import inspect
 from quiver.loader.load import LoadOptions, LoadResult, load
+from quiver.loader.sources import inspect
 from quiver.snapshot import rocks
 from quiver.snapshot.manifest import CheckSummary
 
@@ -256,10 +256,15 @@ def _snapshots(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     path = Path(args.features)
-    features = load_definitions(path)
+    try:
+        features = load_definitions(path)
+        for view in features.views:
+            if not args.no_sources:
+                inspect(features.entity, view, path.parent)
+    except QuiverError as e:
+        e.note = ""   # a load's note ("nothing was published"): no load ran
+        raise
     for view in features.views:
-        if not args.no_sources:
-            inspect(features.entity, view, path.parent)
         kinds = {"agg": sum(f.agg is not None for f in view.features), "expr": sum(bool(f.expr) for f in view.features)}
         computed = ", ".join(f"{n} {k}" for k, n in kinds.items() if n) + (", a filter" if view.filter else "")
         print(f"view {view.name}: {len(view.features)} features" + (f" ({computed})" if computed else ""))

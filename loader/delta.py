@@ -268,7 +268,9 @@ def _agree(features_path: str | os.PathLike[str], previous: Manifest, views: lis
     for name in views:
         if name not in declared.view_names:
             raise DefinitionError(f"{features_path}: declares no view {name!r}, which the changes name")
-        new, old = declared.view(name), previous.schema.view(name)
+        # an aggregated view's windows end where CURRENT's do: its changes are corrections of those values
+        old = previous.schema.view(name)
+        new = replace(declared.view(name), window_end=old.window_end)
         if planning.definition_hash(new) != planning.definition_hash(old) or new.group != old.group:
             raise DefinitionError(
                 f"{features_path}: view {name!r} is declared differently from CURRENT ({previous.version}): its "

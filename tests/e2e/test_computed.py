@@ -104,7 +104,8 @@ def test_a_result_that_does_not_fit_is_refused_naming_view_feature_and_key(tmp_p
     example = next(r for r in data.rows if r["country"] != "XX" and r["age"] and r["age"] * 100000000 > 2**31 - 1)
     assert "view 'profile', feature 'huge'" in str(e.value) and "does not fit int32" in str(e.value)
     assert f"(key {example['user_id']})" in str(e.value)
-    r = run_quiver("load", "--features", data.features_path, "--root", tmp_path / "root", "--as-of", "2026-11-01T00:00:00Z")
+    r = run_quiver("load", "--features", data.features_path, "--root", tmp_path / "root",
+                   "--as-of", "2026-11-01T00:00:00Z")
     assert r.returncode == 4 and "feature 'huge'" in r.stderr
     assert not SnapshotRoot(tmp_path / "root").current()
 

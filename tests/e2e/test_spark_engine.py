@@ -34,7 +34,7 @@ from quiver.loader.load import LoadOptions, LoadResult, load
 from quiver.loader.pause import PAUSE_AT, PAUSE_FILE
 from quiver.quality.statistics import STATISTICS_FILE
 from quiver.snapshot import Manifest, SnapshotRoot
-from support import canon, datasets, stored
+from support import canon, computed, datasets, stored
 from support.processes import QUIVER, run_quiver, wait_for
 
 pyspark = pytest.importorskip("pyspark", reason="the [spark] extra is not installed")
@@ -205,6 +205,32 @@ def test_equal_timestamps_keep_the_row_the_local_engine_keeps(spark: Any, tmp_pa
     on_spark = spark_load_(spark, d / "features.yaml", tmp_path / "spark")
     assert on_spark.dropped == local.dropped == {"v": 3 * n - 700}
     assert_same_version(tmp_path / "local", tmp_path / "spark", local.version)
+
+
+def test_computed_features_are_the_same_version_on_both_engines(spark: Any, tmp_path: Path) -> None:
+    """Window aggregations (every fn, both window edges, empty windows, ties, nulls, a filter) and row
+    expressions of each allowed kind: DuckDB locally, Spark SQL here, from the same features.yaml; the same
+    version byte for byte, and both equal to the plain-Python oracle."""
+    data = computed.write(tmp_path / "src")
+    local = local_load(data.features_path, tmp_path / "local", as_of=computed.T)
+    on_spark = spark_load_(spark, data.features_path, tmp_path / "spark", as_of=computed.T)
+    assert on_spark.version == local.version and on_spark.published
+    assert_same_version(tmp_path / "local", tmp_path / "spark", local.version)
+    assert computed.differences(data.expected_activity, stored.read_offline(tmp_path / "spark", "activity")[0]) == []
+    assert computed.differences(data.expected_profile, stored.read_offline(tmp_path / "spark", "profile")[0]) == []
+
+
+def test_a_computed_value_that_does_not_fit_is_refused_as_locally(spark: Any, tmp_path: Path) -> None:
+    data = computed.write(tmp_path / "src", users=300)
+    doc = yaml.safe_load(data.features_path.read_text())
+    doc["views"][1]["features"].append({"name": "huge", "type": "int32", "expr": "cast(age as bigint) * 100000000"})
+    data.features_path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(QuiverError) as local:
+        local_load(data.features_path, tmp_path / "local", as_of=computed.T)
+    with pytest.raises(QuiverError) as on_spark:
+        spark_load_(spark, data.features_path, tmp_path / "spark", as_of=computed.T)
+    assert str(on_spark.value) == str(local.value) and "feature 'huge'" in str(local.value)
+    assert on_spark.value.exit_code == local.value.exit_code == 4
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,8 +29,9 @@ REFUSED = [
      ["feature 'f'", "'price *'", "does not parse"]),
     ("a subquery", [{"name": "f", "type": "int64", "agg": {"fn": "max", "of": "(select 1)", "window": "7d"}}], {},
      ["feature 'f'", "not allowed"]),
-    ("an unknown function", [{"name": "f", "type": "float64", "agg": {"fn": "sum", "of": "foo(price)", "window": "1d"}}],
-     {}, ["unknown function foo()", "'foo(price)'"]),
+    ("an unknown function",
+     [{"name": "f", "type": "float64", "agg": {"fn": "sum", "of": "foo(price)", "window": "1d"}}], {},
+     ["unknown function foo()", "'foo(price)'"]),
     ("a function outside the list", [{"name": "f", "type": "string", "expr": "substring(country, 1, 2)"}],
      {"source": "p/*.parquet"}, ["function SUBSTRING is not allowed", "feature 'f'"]),
     ("an aggregate inside an expression", [{"name": "f", "type": "float64", "expr": "sum(price)"}],
@@ -39,8 +40,9 @@ REFUSED = [
      ["t.price", "without a table"]),
     ("a cast to a date", [{"name": "f", "type": "string", "expr": "cast(x as date)"}], {"source": "p/*.parquet"},
      ["CAST to DATE is not allowed"]),
-    ("expr and agg on one feature", [{"name": "f", "type": "int64", "expr": "1", "agg": {"fn": "count", "window": "1d"}}],
-     {}, ["feature 'f'", "both 'expr' and 'agg'"]),
+    ("expr and agg on one feature",
+     [{"name": "f", "type": "int64", "expr": "1", "agg": {"fn": "count", "window": "1d"}}], {},
+     ["feature 'f'", "both 'expr' and 'agg'"]),
     ("a window that is not a duration", [{"name": "f", "type": "int64", "agg": {"fn": "count", "window": "7 days"}}],
      {}, ["feature 'f'", "'7 days' is not a duration"]),
     ("a zero window", [{"name": "f", "type": "int64", "agg": {"fn": "count", "window": "0d"}}], {},
@@ -108,6 +110,7 @@ def test_validate_and_load_refuse_an_unknown_column_before_any_work(tmp_path: Pa
         assert r.returncode == 2, r.stderr
         assert "view 'activity', feature 'spend'" in r.stderr and "unknown column(s) ['qty']" in r.stderr
         assert "'price * qty'" in r.stderr and "a.parquet" in r.stderr
+        assert ("nothing was published" in r.stderr) == (cmd[0] == "load")
     assert not (tmp_path / "root" / "versions").exists() or not any((tmp_path / "root" / "versions").iterdir())
     # without the sources: the definitions alone are valid
     r = run_quiver("validate", "--features", features, "--no-sources")
