@@ -87,10 +87,13 @@ def output_schema(entity: EntityDef, view: ViewDef) -> pa.Schema:
 
 
 def finish(entity: EntityDef, view: ViewDef, batches: Iterator[pa.RecordBatch], path: str) -> int:
-    """The engine's raw batches -> the view's rows in their declared types, written to `path`; the rows."""
+    """The engine's raw batches -> the view's rows in their declared types, written to `path` in row groups
+    of ROW_GROUP rows whatever the engine's batches were (the spill stage's tasks are cut by row group, so
+    both engines' rows must fall into the same ones); the rows."""
     schema = output_schema(entity, view)
     key = view.entity_column or entity.name
     rows = 0
+    pending: list[pa.RecordBatch] = []
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
         for raw in batches:
             if raw.num_rows == 0:
@@ -101,8 +104,15 @@ def finish(entity: EntityDef, view: ViewDef, batches: Iterator[pa.RecordBatch], 
                 cols.append(raw.column(view.event_timestamp).cast(schema.field(1).type))
             for f in view.features:
                 cols.append(_typed(_value(raw, f), f, keys, view))
-            writer.write_batch(pa.RecordBatch.from_arrays(cols, schema=schema), row_group_size=ROW_GROUP)
+            pending.append(pa.RecordBatch.from_arrays(cols, schema=schema))
             rows += raw.num_rows
+            if sum(b.num_rows for b in pending) >= ROW_GROUP:
+                table = pa.Table.from_batches(pending, schema)
+                whole = table.num_rows - table.num_rows % ROW_GROUP
+                writer.write_table(table.slice(0, whole), row_group_size=ROW_GROUP)
+                pending = table.slice(whole).to_batches()
+        if pending:
+            writer.write_table(pa.Table.from_batches(pending, schema), row_group_size=ROW_GROUP)
     return rows
 
 
