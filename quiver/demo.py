@@ -81,7 +81,7 @@ def main() -> int:
     args = p.parse_args()
     base = Path(args.dir)
     source, root = base / "source", base / "snapshots"
-    marker = source / f".users-{args.users}"
+    marker = source / f".users-{args.users}-events"   # a source from before the event table is written again
     print(f"== 1. generate {args.users:,} users into {source}", flush=True)
     if not marker.exists():
         shutil.rmtree(source, ignore_errors=True)
@@ -118,10 +118,15 @@ def main() -> int:
                 if prof is None:
                     print(f"   user {uid}: not found in any view")
                     continue
-                print(f"   user {uid}: country={prof['country']} device={prof['device']} age={prof['age']} "
+                eng = row.get("engagement")
+                print(f"   user {uid}: country={prof['country']} device={prof['device']} "
+                      f"is_mobile={prof['is_mobile']} (computed) age={prof['age']} "
                       f"premium={prof['is_premium']} act_000={act and act['act_000']} "
                       f"embedding[:3]={emb and [round(x, 3) for x in emb['user_embedding'][:3]]} "
                       f"ads={'not found' if ads is None else ads['recent_ad_ids']}")
+                print("      engagement (computed from events/): " + ("no events" if eng is None else
+                      f"clicks_7d={eng['clicks_7d']} clicks_30d={eng['clicks_30d']} spend_30d={eng['spend_30d']} "
+                      f"last_item={eng['last_item']} items_30d={eng['items_30d']}"))
         binary = find_ghz()
         if binary is None:
             print("== 5. ghz not found (run `make tools`); skipping the load run")

@@ -114,7 +114,7 @@ def as_of(n: int) -> str:
 def loaded(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     """Versions 1..3 built once by the real loader (as-of times an hour apart), to copy into roots."""
     work = tmp_path_factory.mktemp("loaded")
-    run_quiver("generate", "--users", "2000", "--out", work / "data", "--seed", "7", check=True)
+    run_quiver("generate", "--events-per-user", "0", "--users", "2000", "--out", work / "data", "--seed", "7", check=True)
     root = SnapshotRoot(work / "root")
     out = {}
     for n in range(1, 4):
@@ -248,7 +248,7 @@ def test_changing_one_view_moves_only_its_files(store: str, s3_endpoint: str, re
         (tmp_path / "remote").mkdir()
         uri = (tmp_path / "remote").as_uri()
     data = tmp_path / "data"
-    run_quiver("generate", "--users", "1500", "--out", data, "--seed", "3", check=True)
+    run_quiver("generate", "--events-per-user", "0", "--users", "1500", "--out", data, "--seed", "3", check=True)
     features = data / "features.yaml"
     spec = yaml.safe_load(features.read_text())
     ads = next(v for v in spec["views"] if v["name"] == "ads")

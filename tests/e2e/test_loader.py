@@ -319,8 +319,8 @@ def _kill_load_after(stage: str, features: Path, root: Path, log_path: Path) -> 
 def test_sigkill_mid_build_leaves_no_partial_version(tmp_path: Path) -> None:
     """The load stops at each stage through the loader's pause point (loader/pause.py), so the kill lands
     mid-build every time, with the workers alive and staging half written, never after the load finished."""
-    small = quiver("generate", "--users", "2000", "--out", tmp_path / "small")
-    big = quiver("generate", "--users", "20000", "--out", tmp_path / "big", "--seed", "1")
+    small = quiver("generate", "--events-per-user", "0", "--users", "2000", "--out", tmp_path / "small")
+    big = quiver("generate", "--events-per-user", "0", "--users", "20000", "--out", tmp_path / "big", "--seed", "1")
     assert small.returncode == 0 and big.returncode == 0, small.stderr + big.stderr
     root = tmp_path / "root"
     first = load(tmp_path / "small" / "features.yaml", root, "--as-of", AS_OF)

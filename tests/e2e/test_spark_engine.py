@@ -170,7 +170,7 @@ def test_storage_groups_and_linked_groups(spark: Any, shared: Any, tmp_path: Pat
     from test_groups import GROUPINGS, changed_ads, write_features
 
     src = tmp_path / "src"
-    run_quiver("generate", "--users", "1200", "--out", src, "--seed", "5", check=True)
+    run_quiver("generate", "--events-per-user", "0", "--users", "1200", "--out", src, "--seed", "5", check=True)
     features = write_features(src, GROUPINGS["mixed"], "mixed")
     local = local_load(features, tmp_path / "local")
     on_spark = spark_load_(spark, features, tmp_path / "spark")
@@ -362,7 +362,7 @@ def test_checks_refuse_and_accept_as_the_local_engine_does(spark: Any, tmp_path:
     from test_load_checks import CHECKS_FAILED, break_data
 
     good, bad = tmp_path / "good", tmp_path / "bad"
-    run_quiver("generate", "--users", "2000", "--out", good, "--seed", "7", "--with-checks", check=True)
+    run_quiver("generate", "--events-per-user", "0", "--users", "2000", "--out", good, "--seed", "7", "--with-checks", check=True)
     break_data(good, bad)
     roots = {engine: tmp_path / engine for engine in ("local", "spark")}
     first = local_load(good / "features.yaml", roots["local"])

@@ -29,7 +29,7 @@ fn expected_of(dir: &Path) -> Expected {
 fn other_data(data: &Dataset) -> PathBuf {
     let dir = data.dir.with_file_name("source-seed8");
     if !dir.join("features.yaml").is_file() {
-        run(&["generate", "--users", &USERS.to_string(), "--out", dir.to_str().unwrap(), "--seed", "8"]);
+        run(&["generate", "--events-per-user", "0", "--users", &USERS.to_string(), "--out", dir.to_str().unwrap(), "--seed", "8"]);
     }
     dir
 }

@@ -62,7 +62,7 @@ pub fn dataset() -> &'static Dataset {
         let dir = base.join("source");
         let root = base.join("root");
         std::fs::create_dir_all(&base).unwrap();
-        run(&["generate", "--users", &USERS.to_string(), "--out", dir.to_str().unwrap(), "--seed", &SEED.to_string()]);
+        run(&["generate", "--events-per-user", "0", "--users", &USERS.to_string(), "--out", dir.to_str().unwrap(), "--seed", &SEED.to_string()]);
         let version = load(&dir.join("features.yaml"), &root);
         Dataset { dir, root, version }
     })
@@ -70,7 +70,7 @@ pub fn dataset() -> &'static Dataset {
 
 /// `quiver generate --users USERS` into `dir`.
 pub fn generate(dir: &Path, seed: u64) {
-    run(&["generate", "--users", &USERS.to_string(), "--out", dir.to_str().unwrap(), "--seed", &seed.to_string()]);
+    run(&["generate", "--events-per-user", "0", "--users", &USERS.to_string(), "--out", dir.to_str().unwrap(), "--seed", &seed.to_string()]);
 }
 
 /// `quiver load`; returns the version id it published.
