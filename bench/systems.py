@@ -32,7 +32,8 @@ def dataset(work: Path, users: int, seed: int = 1) -> tuple[Path, dict[str, Any]
     shutil.rmtree(source, ignore_errors=True)
     source.parent.mkdir(parents=True, exist_ok=True)
     t = time.monotonic()
-    subprocess.run([QUIVER, "generate", "--events-per-user", "0", "--users", str(users), "--out", str(source), "--seed", str(seed)],
+    subprocess.run([QUIVER, "generate", "--events-per-user", "0",
+                    "--users", str(users), "--out", str(source), "--seed", str(seed)],
                    check=True, stdout=subprocess.DEVNULL, timeout=3600)
     done.touch()
     return source, {"generated": True, "generate_s": time.monotonic() - t}

@@ -39,7 +39,8 @@ def users(tmp_path_factory: pytest.TempPathFactory) -> UsersSnapshots:
     sources, versions = {}, []
     for seed, as_of in ((7, "2026-01-01T00:00:00Z"), (8, "2026-01-02T00:00:00Z")):
         src = base / f"src-{seed}"
-        run_quiver("generate", "--events-per-user", "0", "--users", "2000", "--out", src, "--seed", str(seed), check=True, timeout=60)
+        run_quiver("generate", "--events-per-user", "0",
+            "--users", "2000", "--out", src, "--seed", str(seed), check=True, timeout=60)
         v = quiver_load(src, template, as_of)
         sources[v] = src
         versions.append(v)

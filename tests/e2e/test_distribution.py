@@ -114,7 +114,8 @@ def as_of(n: int) -> str:
 def loaded(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     """Versions 1..3 built once by the real loader (as-of times an hour apart), to copy into roots."""
     work = tmp_path_factory.mktemp("loaded")
-    run_quiver("generate", "--events-per-user", "0", "--users", "2000", "--out", work / "data", "--seed", "7", check=True)
+    run_quiver("generate", "--events-per-user", "0",
+        "--users", "2000", "--out", work / "data", "--seed", "7", check=True)
     root = SnapshotRoot(work / "root")
     out = {}
     for n in range(1, 4):

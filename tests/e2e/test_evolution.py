@@ -121,7 +121,8 @@ class Store:
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     base = tmp_path_factory.mktemp("evolution")
     src, root = base / "src", base / "root"
-    run_quiver("generate", "--events-per-user", "0", "--users", "2000", "--out", src, "--seed", "7", check=True, timeout=60)
+    run_quiver("generate", "--events-per-user", "0",
+        "--users", "2000", "--out", src, "--seed", "7", check=True, timeout=60)
     server = ServerProcess(root, base / "serve.log")
     s = Store(src, root, server, FeatureClient(server.target))
     try:

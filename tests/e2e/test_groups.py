@@ -61,7 +61,8 @@ def load_cli(features: Path, root: Path, as_of: str, *flags: str, run: Callable[
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = tmp_path_factory.mktemp("groups") / "src"
-    run_quiver("generate", "--events-per-user", "0", "--users", "1500", "--out", src, "--seed", "11", check=True, timeout=60)
+    run_quiver("generate", "--events-per-user", "0",
+        "--users", "1500", "--out", src, "--seed", "11", check=True, timeout=60)
     return src
 
 

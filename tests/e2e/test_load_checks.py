@@ -57,7 +57,8 @@ def break_data(src: Path, dest: Path) -> None:
 def sources(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("checks")
     good = base / "good"
-    run_quiver("generate", "--events-per-user", "0", "--users", str(USERS), "--out", good, "--seed", "7", "--with-checks", check=True)
+    run_quiver("generate", "--events-per-user", "0",
+        "--users", str(USERS), "--out", good, "--seed", "7", "--with-checks", check=True)
     bad = base / "bad"
     break_data(good, bad)
     return good, bad

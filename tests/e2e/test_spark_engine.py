@@ -362,7 +362,8 @@ def test_checks_refuse_and_accept_as_the_local_engine_does(spark: Any, tmp_path:
     from test_load_checks import CHECKS_FAILED, break_data
 
     good, bad = tmp_path / "good", tmp_path / "bad"
-    run_quiver("generate", "--events-per-user", "0", "--users", "2000", "--out", good, "--seed", "7", "--with-checks", check=True)
+    run_quiver("generate", "--events-per-user", "0",
+        "--users", "2000", "--out", good, "--seed", "7", "--with-checks", check=True)
     break_data(good, bad)
     roots = {engine: tmp_path / engine for engine in ("local", "spark")}
     first = local_load(good / "features.yaml", roots["local"])
