@@ -206,7 +206,7 @@ def duckdb_compute(job: ComputeJob, threads: int) -> Iterator[pa.RecordBatch]:
             relation = (f"(SELECT *, CASE filename {which} END AS {FILE}, file_row_number AS {ROW} "
                         f"FROM read_parquet({files}, filename = true, file_row_number = true))")
         try:
-            reader = con.execute(job.sql("duckdb", relation)).fetch_record_batch(BATCH_ROWS)
+            reader = con.execute(job.sql("duckdb", relation)).to_arrow_reader(BATCH_ROWS)
             yield from reader
         except duckdb.Error as e:
             raise DataError(f"view {job.view.name!r}: computing its features failed (DuckDB): "
