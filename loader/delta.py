@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, BinaryIO, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -80,6 +80,7 @@ from quiver.snapshot.manifest import (
     ViewStats,
     file_checksum,
     is_offline_delta,
+    stream_checksum,
 )
 from quiver.snapshot.schema import EntityDef, ViewDef
 
@@ -512,8 +513,9 @@ class _Builder:
         rows_now = old.rows + int(np.sum(alive & ~present)) - int(np.sum(present & ~alive))
         base = old.delta.base if old.delta else (old.reused_from or self.previous.version)
         base_rows = old.delta.base_rows if old.delta else old.rows
-        # hashed on a thread (hashlib lets go of the GIL) while the base is linked and ingested
-        checksum = self.hashing.submit(file_checksum, delta_sst)
+        # hashed on a thread (hashlib lets go of the GIL) while the base is linked and ingested; opened here,
+        # before the ingestion moves the file out of staging (the thread may start after it has)
+        checksum = self.hashing.submit(_closing_checksum, open(delta_sst, "rb"))  # noqa: SIM115
         base_files = _base_files(self.previous, gname)
         linked_dir = self.stage / "base" / gname
         linked_dir.mkdir(parents=True, exist_ok=True)
@@ -690,6 +692,11 @@ def _rewrite(source: Path, into: Path, compression: str) -> list[SstFile]:
     finally:
         db.close()
     return out.finish()
+
+
+def _closing_checksum(f: BinaryIO) -> str:
+    with f:
+        return stream_checksum(f)
 
 
 def _ingest(db_dir: Path, base: list[str], delta: str) -> str:

@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from quiver.snapshot.layout import FORMAT_VERSION
 from quiver.snapshot.schema import FeatureSet
@@ -30,10 +30,15 @@ class ManifestError(ValueError):
 
 
 def file_checksum(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
+        return stream_checksum(f)
+
+
+def stream_checksum(f: BinaryIO) -> str:
+    """The checksum of an open file, read from where it stands to its end."""
+    h = hashlib.sha256()
+    while chunk := f.read(_CHUNK):
+        h.update(chunk)
     return "sha256:" + h.hexdigest()
 
 
