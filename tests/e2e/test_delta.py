@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from quiver.loader.delta import ChangeOptions, load_changes
 from quiver.loader.generate import generate
 from quiver.loader.load import LoadOptions, load
 from quiver.loader.pause import PAUSE_AT, PAUSE_FILE
-from quiver.snapshot import Manifest, SnapshotRoot
+from quiver.snapshot import Manifest, SnapshotRoot, file_checksum
 from quiver.training import as_of_join, training_frame
 from quiver.v1 import quiver_pb2 as pb
 from support.processes import QUIVER, ServerProcess, run_quiver, wait_for
@@ -145,6 +146,50 @@ def test_a_delta_equals_a_full_load_of_the_merged_data(tmp_path: Path) -> None:
     assert r.published and SnapshotRoot(root).current() == r.version != base
     m = r.manifest
     assert m.changes is not None and m.changes.previous == base
+    assert_equal_to_full_load(tmp_path, root, s, _as_of(1))
+
+
+class _LateFuture(Future[Any]):
+    def __init__(self, fn: Any) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def result(self, timeout: float | None = None) -> Any:
+        if not self.done():
+            try:
+                self.set_result(self.fn())
+            except Exception as e:   # noqa: BLE001 - the future carries it, as a thread's would
+                self.set_exception(e)
+        return super().result(timeout)
+
+
+class _LateHashing(ThreadPoolExecutor):
+    """A hashing pool whose work starts only when its result is asked for: a thread that starts late."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return _LateFuture(lambda: fn(*args, **kwargs))
+
+
+def test_a_delta_whose_hashing_starts_late_still_hashes_the_delta_sst(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The delta SST is hashed on a thread while the ingestion moves it out of staging; a thread that
+    starts after the move must still hash it (CI once failed here with a FileNotFoundError)."""
+    import quiver.loader.delta as delta
+
+    real = delta.ThreadPoolExecutor
+    monkeypatch.setattr(delta, "ThreadPoolExecutor", lambda n, thread_name_prefix="": (
+        _LateHashing(n) if thread_name_prefix == "quiver-hash" else real(n, thread_name_prefix=thread_name_prefix)))
+    s = Sources(tmp_path)
+    root = tmp_path / "root"
+    load(s.features, root, LoadOptions(workers=2, as_of=_as_of(0)))
+    r = load_changes(root, {"activity": s.change("activity", 0.02)}, ChangeOptions(as_of=_as_of(1)))
+    assert r.published and r.manifest.groups
+    delta_files = [f for g in r.manifest.groups.values() if g.delta for f in g.delta.files]
+    assert delta_files
+    recorded = {f.path: f.checksum for f in r.manifest.files}
+    vdir = SnapshotRoot(root).version_dir(r.version)
+    for f in delta_files:   # recorded, and the checksum of the file as it stands in the version
+        assert recorded[f] == file_checksum(vdir / f), f
     assert_equal_to_full_load(tmp_path, root, s, _as_of(1))
 
 
