@@ -9,6 +9,8 @@ from typing import Any
 
 from quiver.snapshot.leases import FRESH_SECONDS, REFRESH_SECONDS
 
+VERIFY_MODES = ("full", "size", "background")
+
 
 def _help(text: str) -> dict[str, Any]:
     return {"help": text}
@@ -34,7 +36,9 @@ class ServeConfig:
         "more queued work than this ahead of a call, in ms: RESOURCE_EXHAUSTED at once; 0: off"))
     verify: str = field(default="full", metadata=_help(
         "checks before a version is swapped in: full (every file's checksum not already proven: README, "
-        "Trust model) or size (sizes and row counts)"))
+        "Trust model), size (sizes and row counts), or background (full, except that the version a worker "
+        "starts with is served after the size check while its full check runs at background priority; a "
+        "failure then refuses it, as a full check would have)"))
     warm_mb: int = field(default=-1, metadata=_help(
         "before a new version takes traffic, read up to this many MB of its online files not shared with the "
         "served one into the page cache, at background priority; -1: their filter and index tails, plus half "
@@ -55,8 +59,8 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not self.listen and not self.uds:
             raise ValueError("nothing to listen on: give --listen HOST:PORT and/or --uds PATH")
-        if self.verify not in ("full", "size"):
-            raise ValueError(f"verify {self.verify!r}: expected full or size")
+        if self.verify not in VERIFY_MODES:
+            raise ValueError(f"verify {self.verify!r}: expected {', '.join(VERIFY_MODES)}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("TLS needs both --tls-cert and --tls-key")
         if self.tls_client_ca and not self.tls_cert:

@@ -4,11 +4,18 @@ and rollback. Follows ROOT/CURRENT and swaps without dropping a request.
 Fallback at start: a worker that has nothing to serve yet and finds CURRENT's version refused serves
 the newest version that passes its checks, PREVIOUS first, rather than nothing; it says so loudly (an
 error log line, `on_fallback(True)`, the `quiver_snapshot_fallback` gauge) until CURRENT names a
-version that passes, which is swapped in as usual. Health stays NOT_SERVING only when none passes."""
+version that passes, which is swapped in as usual. Health stays NOT_SERVING only when none passes.
+
+`--verify background`: the version a worker starts with (nothing served yet) is opened after the size
+check and served at once; its full check runs on a background thread. If that check fails, the next
+refresh refuses the version as a full check would have: the fallback above, from the version served, or
+nothing served (NOT_SERVING) when no version passes. Every later swap is checked in full first, off the
+serving path, while the served version answers."""
 
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from rocksdict import Cache
@@ -16,7 +23,9 @@ from rocksdict import Cache
 from quiver.base.process import background_thread
 from quiver.service.errors import NotReady, VersionNotLoaded, VersionRefused
 from quiver.service.store import LoadedVersion, open_version
+from quiver.snapshot.integrity import check_version
 from quiver.snapshot.layout import SnapshotRoot
+from quiver.snapshot.manifest import ManifestError
 
 log = logging.getLogger("quiver.snapshots")
 
@@ -27,7 +36,8 @@ class Snapshots:
                  on_refused: Callable[[str, str], None] = lambda v, why: None,
                  on_fallback: Callable[[bool], None] = lambda serving_fallback: None,
                  opener: Callable[[SnapshotRoot, str, Cache, str], LoadedVersion] = open_version,
-                 prepare: Callable[[str, LoadedVersion], None] = lambda version, served: None) -> None:
+                 prepare: Callable[[str, LoadedVersion], None] = lambda version, served: None,
+                 full_check: Callable[[SnapshotRoot, str], None] | None = None) -> None:
         self.root = root
         self.cache = cache
         self.verify = verify
@@ -44,6 +54,10 @@ class Snapshots:
         self._refused: str | None = None
         # the refused CURRENT while serving a fallback instead of it, else None
         self.fallback_from: str | None = None
+        # --verify background: the full check of a version served after its size check (raises ManifestError),
+        # and what it found wrong, (version, why), for the next refresh to act on
+        self._full_check = full_check or _full_check
+        self._late: tuple[str, str] | None = None
 
     def reading(self, pin: str) -> LoadedVersion:
         """The version `pin` names (empty: the current one), retained for reading until the `with` ends:
@@ -73,6 +87,10 @@ class Snapshots:
 
     async def refresh(self) -> bool:
         """Follows CURRENT once; True when the served version changed."""
+        if self._late is not None:
+            late, self._late = self._late, None
+            if await self._refuse_served(*late):
+                return True
         target = self.root.current()
         cur = self.current
         if cur is not None and target == cur.version:
@@ -122,7 +140,7 @@ class Snapshots:
                 except Exception:  # a version that cannot be warmed is served cold, never refused for it
                     log.exception("preparing %s failed; it is opened as it is", version)
             try:
-                opened = self._opener(self.root, version, self.cache, self.verify)
+                opened = self._opener(self.root, version, self.cache, self._level(served))
             except BaseException as e:  # handed to the awaiting coroutine, which raises it
                 loop.call_soon_threadsafe(hand_over, None, e)
                 return
@@ -130,6 +148,45 @@ class Snapshots:
 
         threading.Thread(target=run, name=f"quiver-open-{version}", daemon=True).start()
         return await done
+
+    def _level(self, served: LoadedVersion | None) -> str:
+        """The check a version gets before it is served: --verify's, but only the size check for the
+        version a worker starts with under --verify background (its full check follows, _check_later)."""
+        if self.verify != "background":
+            return self.verify
+        return "size" if served is None else "full"
+
+    def _check_later(self, version: str) -> None:
+        """The full check of a version served after its size check, at background priority."""
+        def run() -> None:
+            background_thread()
+            try:
+                self._full_check(self.root, version)
+            except ManifestError as e:
+                self._late = (version, str(e))   # acted on by the next refresh, on the event loop
+            except Exception as e:   # noqa: BLE001 - a check that cannot run refuses, as at open
+                self._late = (version, f"version {version}: cannot check: {e}")
+
+        threading.Thread(target=run, name=f"quiver-check-{version}", daemon=True).start()
+
+    async def _refuse_served(self, version: str, why: str) -> bool:
+        """A version served after its size check failed its full check: refused, and the fallback serves
+        the newest version that passes, or nothing. True when what is served changed."""
+        self._on_refused(version, why)
+        bad = self.current
+        if bad is None or bad.version != version:
+            log.error("refused %s (its full check, in the background); no longer served", why)
+            return False
+        log.error("refused %s; it was served after its size check (--verify background) and is no longer "
+                  "served", why)
+        if self.root.current() == version:
+            self._refused = version
+        if not await self._fall_back(version):
+            self.current = None
+        if self.previous is not None and self.previous.version == version:
+            self.previous = None
+        bad.retire()
+        return True
 
     def _swap(self, new: LoadedVersion) -> None:
         cur = self.current
@@ -142,6 +199,8 @@ class Snapshots:
         if old_previous is not None and old_previous is not new:
             old_previous.retire()
         log.info("serving %s (previous: %s)", new.version, cur.version if cur else "none")
+        if cur is None and self.verify == "background":
+            self._check_later(new.version)
         self._on_swap(new, cur)
 
     def fallback_candidates(self, refused: str) -> list[str]:
@@ -179,3 +238,14 @@ class Snapshots:
         for v in self.loaded():
             v.retire()
         self.current = self.previous = None
+
+
+def _full_check(root: SnapshotRoot, version: str) -> None:
+    started, hashed = time.monotonic(), [0, 0]
+
+    def count(files: int, size: int) -> None:
+        hashed[:] = [files, size]
+
+    check_version(root, version, "full", prefix="online/", on_hashed=count)
+    log.info("version %s: its full check passed in the background: hashed %d online files (%.1f MB) in %.1f s; "
+             "the others were proven before", version, hashed[0], hashed[1] / 1e6, time.monotonic() - started)

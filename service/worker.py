@@ -152,8 +152,10 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
                 await snapshots.refresh()
             except Exception:
                 log.exception("refresh failed; serving continues on the loaded version")
-            if snapshots.current is not None:
-                await _set_health(hs, health_pb2.HealthCheckResponse.SERVING)
+            # NOT_SERVING again when a version served after its size check fails its full check and no
+            # other passes (--verify background)
+            await _set_health(hs, health_pb2.HealthCheckResponse.SERVING if snapshots.current is not None
+                              else health_pb2.HealthCheckResponse.NOT_SERVING)
             metrics.flush(reader.counts, snapshots.current)
             lease.refresh()
             try:

@@ -4,11 +4,16 @@ usual once CURRENT names a good version. With no good version at all it stays NO
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
 
-from quiver.snapshot import SnapshotRoot
+import grpc
+import pytest
+
+from quiver.snapshot import Manifest, SnapshotRoot
+from quiver.snapshot.manifest import RECORD
 from quiver.v1 import quiver_pb2 as pb
 from support.processes import NOT_SERVING, SERVING, UsersSnapshots, quiver_load, wait_for
 
@@ -85,3 +90,60 @@ def test_no_version_passes_stays_not_serving(start_server: Any, users: UsersSnap
     assert s.health() == NOT_SERVING
     assert s.metric("quiver_snapshot_fallback") == 0
     assert s.metric("quiver_snapshot_refused_total") == 2
+
+
+# --verify background: the version a server starts with is served after its size check, its full check
+# follows on a background thread, and a failure refuses it as a full check would have.
+
+
+def test_background_check_serves_at_once_then_refuses_a_corrupt_current_and_falls_back(
+        start_server: Any, users: UsersSnapshots, tmp_path: Path) -> None:
+    root = users.root(tmp_path / "root", current=users.v1)
+    SnapshotRoot(root).set_current(users.v2)  # PREVIOUS = v1
+    sst = corrupt(root, users.v2)   # same size: the size check passes, the full one does not
+    s = start_server(root, "--verify", "background", metrics=True)
+    s.wait_health(SERVING)
+    wait_for(lambda: served(s) == users.v1, what="the fallback after the background check")
+    log = s.logs()
+    assert f"serving {users.v2} (previous: none)" in log, log   # served first, after its size check
+    assert f"refused version {users.v2}" in log and sst.name in log and "served after its size check" in log, log
+    assert log.index(f"serving {users.v2}") < log.index(f"refused version {users.v2}") < log.index(
+        f"serving {users.v1}"), log
+    resp = s.stub().GetFeatures(pb.GetFeaturesRequest(int64_ids=[1, 2, 3]), timeout=10)
+    assert resp.version == users.v1 and all(all(r.found[:3]) for r in resp.rows)
+    assert s.metric("quiver_snapshot_refused_total") == 1
+    assert s.metric("quiver_snapshot_fallback") == 1
+    time.sleep(1)   # CURRENT's refusal holds: it is not opened again on every poll
+    assert s.logs().count("refused version") == 1 and served(s) == users.v1
+    assert s.health() == SERVING
+
+
+def test_background_check_with_no_good_version_ends_not_serving(start_server: Any, users: UsersSnapshots,
+                                                                 tmp_path: Path) -> None:
+    root = users.root(tmp_path / "root", current=users.v1)
+    SnapshotRoot(root).set_current(users.v2)
+    corrupt(root, users.v1)
+    corrupt(root, users.v2)
+    s = start_server(root, "--verify", "background", metrics=True)
+    wait_for(lambda: "no published version passes its checks" in s.logs(), what="the fallback to give up")
+    wait_for(lambda: s.health() == NOT_SERVING, what="health to say NOT_SERVING")
+    assert f"serving {users.v2} (previous: none)" in s.logs()
+    assert s.metric("quiver_snapshot_refused_total") == 2   # CURRENT in the background, then PREVIOUS in full
+    with pytest.raises(grpc.RpcError) as e:
+        s.stub().GetFeatures(pb.GetFeaturesRequest(int64_ids=[1]), timeout=10)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_background_check_of_a_good_unproven_version_hashes_it_and_keeps_serving(
+        start_server: Any, users: UsersSnapshots, tmp_path: Path) -> None:
+    root = users.root(tmp_path / "root", current=users.v1)
+    (SnapshotRoot(root).version_dir(users.v1) / RECORD).unlink()   # nothing proves its files: all are hashed
+    s = start_server(root, "--verify", "background", metrics=True)
+    s.wait_health(SERVING)
+    wait_for(lambda: "its full check passed in the background" in s.logs(), what="the background check")
+    m = re.search(rf"version {users.v1}: its full check passed in the background: hashed (\d+) online files",
+                  s.logs())
+    online = [f for f in Manifest.load(SnapshotRoot(root).manifest_path(users.v1)).files
+              if f.path.startswith("online/")]
+    assert m and int(m.group(1)) == len(online) > 0, s.logs()
+    assert served(s) == users.v1 and s.metric("quiver_snapshot_refused_total") == 0

@@ -127,10 +127,13 @@ def truncate(path: Path) -> None:
         f.truncate(path.stat().st_size - 100)
 
 
-@pytest.mark.parametrize("verify,damage", [("full", flip_bytes), ("size", truncate), ("full", truncate)],
-                         ids=["full-flipped", "size-truncated", "full-truncated"])
+@pytest.mark.parametrize("verify,damage", [("full", flip_bytes), ("size", truncate), ("full", truncate),
+                                           ("background", flip_bytes)],
+                         ids=["full-flipped", "size-truncated", "full-truncated", "background-flipped"])
 def test_corrupted_version_is_refused(start_server: Any, users: UsersSnapshots, tmp_path: Path, verify: str,
                                       damage: Any) -> None:
+    """A swap is checked before the new version answers; under --verify background too (only the version a
+    worker starts with is served before its full check)."""
     root = users.root(tmp_path / "root")
     s = start_server(root, "--verify", verify, metrics=True)
     s.wait_health(SERVING)

@@ -40,6 +40,7 @@ def test_flags_win_over_environment_which_wins_over_defaults() -> None:
     assert c.max_entities == ServeConfig.max_entities
     c = from_sources(parse("--root", "/flag-root", "--verify", "full"), env=env)
     assert (c.root, c.workers, c.verify) == ("/flag-root", 3, "full")
+    assert from_sources(parse("--root", "/r", "--verify", "background"), env={}).verify == "background"
 
 
 def test_the_lease_refresh_interval_comes_from_the_flag_or_the_environment() -> None:
