@@ -174,7 +174,11 @@ class Snapshots:
         the newest version that passes, or nothing. True when what is served changed."""
         self._on_refused(version, why)
         bad = self.current
-        if bad is None or bad.version != version:
+        if bad is None or bad.version != version:   # swapped out since: not kept for pinned reads either
+            prev = self.previous
+            if prev is not None and prev.version == version:
+                self.previous = None
+                prev.retire()
             log.error("refused %s (its full check, in the background); no longer served", why)
             return False
         log.error("refused %s; it was served after its size check (--verify background) and is no longer "

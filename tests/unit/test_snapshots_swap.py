@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ from quiver.service.errors import NotReady, VersionNotLoaded, VersionRefused
 from quiver.service.snapshots import Snapshots
 from quiver.service.store import LoadedVersion
 from quiver.snapshot import FeatureSet, Manifest, SnapshotRoot
+from quiver.snapshot.manifest import ManifestError
 
 SCHEMA = FeatureSet.from_json({"entity": {"name": "user_id", "key_type": "int64"},
                                "views": [{"name": "v", "source": "v.parquet",
@@ -434,3 +437,87 @@ def test_a_version_retired_between_pick_and_retain_is_never_read(world: World, p
         with world.snapshots.reading("") as v:
             assert v is world.opened(C)
     assert world.served() == (C, B) and a.closed
+
+
+# --verify background: the first version is opened after its size check and checked in full afterwards
+
+
+@dataclass
+class FullCheck:
+    """Stands in for the background full check: records its calls, fails for `bad`, and waits for `gate`."""
+
+    bad: set[str] = field(default_factory=set)
+    gate: threading.Event = field(default_factory=threading.Event)
+    calls: list[str] = field(default_factory=list)
+
+    def __call__(self, root: SnapshotRoot, version: str) -> None:
+        self.calls.append(version)
+        assert self.gate.wait(10)
+        if version in self.bad:
+            raise ManifestError(f"version {version}: online/default/000001.sst: checksum differs from the manifest")
+
+
+def background_world(tmp_path: Path, check: FullCheck) -> World:
+    root = SnapshotRoot(tmp_path / "root")
+    root.ensure()
+    w = World(root, FakeOpener(), cast(Snapshots, None), Cache(1 << 20))
+    w.snapshots = Snapshots(root, w.cache, "background", on_refused=lambda v, why: w.refused.append((v, why)),
+                            on_fallback=w.fallback.append, opener=w.opener, full_check=check)
+    return w
+
+
+def wait_late(w: World) -> None:
+    for _ in range(500):
+        if w.snapshots._late is not None:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the background check did not report")
+
+
+def test_background_opens_the_first_version_at_size_then_checks_it_and_later_versions_in_full(
+        tmp_path: Path) -> None:
+    check = FullCheck()
+    w = background_world(tmp_path, check)
+    w.publish(A, B)
+    w.serve(A)
+    assert w.served() == (A, None) and w.opener.args[-1][2] == "size"
+    check.gate.set()
+    for _ in range(500):
+        if check.calls:
+            break
+        time.sleep(0.01)
+    assert check.calls == [A]
+    w.serve(B)   # a swap: checked in full before it is served, never in the background
+    assert w.served() == (B, A) and w.opener.args[-1][2] == "full"
+    time.sleep(0.1)
+    assert check.calls == [A] and w.refused == []
+
+
+def test_a_first_version_failing_its_background_check_is_refused_and_the_fallback_serves(tmp_path: Path) -> None:
+    check = FullCheck(bad={B})
+    w = background_world(tmp_path, check)
+    w.publish(A, B)
+    w.root.set_current(A)
+    w.root.set_current(B)   # PREVIOUS = A
+    w.refresh()
+    assert w.served() == (B, None)
+    check.gate.set()
+    wait_late(w)
+    assert w.refresh() is True
+    assert w.served() == (A, None) and w.opened(B).retired == 1
+    assert [v for v, _ in w.refused] == [B] and w.fallback == [True]
+    assert w.opener.args[-1][2] == "full"   # the fallback candidate was checked in full while B was served
+    assert w.refresh() is False and w.served() == (A, None)   # CURRENT (B) is not opened again
+
+
+def test_a_late_refusal_of_a_version_swapped_out_drops_it_from_previous(tmp_path: Path) -> None:
+    check = FullCheck(bad={A})
+    w = background_world(tmp_path, check)
+    w.publish(A, B)
+    w.serve(A, B)   # B is served before A's background check ends
+    assert w.served() == (B, A)
+    check.gate.set()
+    wait_late(w)
+    assert w.refresh() is False
+    assert w.served() == (B, None) and w.opened(A).retired == 1 and w.opened(A).closed
+    assert [v for v, _ in w.refused] == [A] and w.fallback == []
