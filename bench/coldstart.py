@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -104,7 +103,7 @@ def main() -> int:
         for v in args.modes.split(",") for p in (True, False)}
     args.json.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res["median_first_answer_s"]))
-    subprocess.run(["rm", "-f", str(log)], check=False)
+    log.unlink(missing_ok=True)
     return 0
 
 
