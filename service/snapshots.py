@@ -175,22 +175,25 @@ class Snapshots:
         self._on_refused(version, why)
         bad = self.current
         if bad is None or bad.version != version:   # swapped out since: not kept for pinned reads either
-            prev = self.previous
-            if prev is not None and prev.version == version:
-                self.previous = None
-                prev.retire()
             log.error("refused %s (its full check, in the background); no longer served", why)
+            self._drop_previous(version)
             return False
         log.error("refused %s; it was served after its size check (--verify background) and is no longer "
                   "served", why)
         if self.root.current() == version:
             self._refused = version
-        if not await self._fall_back(version):
+        if await self._fall_back(version):
+            self._drop_previous(version)   # the fallback's swap made it PREVIOUS
+        else:
             self.current = None
-        if self.previous is not None and self.previous.version == version:
-            self.previous = None
-        bad.retire()
+            bad.retire()
         return True
+
+    def _drop_previous(self, version: str) -> None:
+        prev = self.previous
+        if prev is not None and prev.version == version:
+            self.previous = None
+            prev.retire()
 
     def _swap(self, new: LoadedVersion) -> None:
         cur = self.current
