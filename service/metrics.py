@@ -1,9 +1,11 @@
 """Prometheus metrics. Workers write them through prometheus_client's multiprocess mode (files in
 PROMETHEUS_MULTIPROC_DIR, set by the supervisor before any worker starts); the supervisor serves
-the sum over workers on --metrics-port. Per-request counts are flushed once a second, not per call."""
+the sum over workers on --metrics-port. Per-request counts and latencies are counted in plain ints on the hot
+path and flushed once a second, not per call."""
 
 import calendar
 import time
+from bisect import bisect_left
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -41,6 +43,25 @@ ACCEPTED_FAILURES = Gauge("quiver_snapshot_accepted_failed_checks",
 GET_FEATURES_LATENCY = RPC_LATENCY.labels("GetFeatures")
 
 
+class Latencies:
+    """GetFeatures latencies, counted into LATENCY_BUCKETS on the hot path and added to the histogram by
+    `flush`. A Histogram.observe in multiprocess mode takes a lock, two getpid calls and two writes to the
+    mmap'd file per call, about 4 us of the one core."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)   # the last: above every bucket (+Inf)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1   # le: the first bound >= seconds
+        self.total += seconds
+
+    def take(self) -> tuple[list[int], float]:
+        counts, total = self.counts, self.total
+        self.counts, self.total = [0] * len(counts), 0.0
+        return counts, total
+
+
 def as_of_seconds(version: LoadedVersion) -> float:
     return calendar.timegm(time.strptime(version.manifest.as_of, "%Y-%m-%dT%H:%M:%SZ"))
 
@@ -57,7 +78,16 @@ def on_swap(version: LoadedVersion, previous: LoadedVersion | None) -> None:
     SWAPS.inc()
 
 
-def flush(counts: RequestCounts, current: LoadedVersion | None) -> None:
+def flush(counts: RequestCounts, latencies: Latencies, current: LoadedVersion | None) -> None:
+    # latencies first: once a call's entity counts are visible, so is its latency
+    buckets, total = latencies.take()
+    if any(buckets):
+        # prometheus_client 0.26 stores a histogram as per-bucket counts and a sum, and has no call that
+        # adds many observations at once: add to those values as observe() does, one call per bucket
+        for value, n in zip(GET_FEATURES_LATENCY._buckets, buckets, strict=True):
+            if n:
+                value.inc(n)
+        GET_FEATURES_LATENCY._sum.inc(total)
     if current is not None:
         SNAPSHOT_AGE.set(time.time() - as_of_seconds(current))
     requested, found = counts.take()

@@ -55,6 +55,7 @@ class FeatureStoreServicer:
         self.max_queue = max_queue      # seconds of queued work a call may wait behind; 0: no limit
         self.service_time = 0.0         # recent mean seconds a call spends reading and packing
         self._schemas: dict[str, pb.GetSchemaResponse] = {}
+        self.latencies = metrics.Latencies()   # flushed into the histogram by metrics.flush
         # GetFeatures calls started so far and running now: the drain waits for both to settle
         self.started = 0
         self.active = 0
@@ -75,7 +76,7 @@ class FeatureStoreServicer:
             await abort_with(context, "GetFeatures", e)
         finally:
             self.active -= 1
-        metrics.GET_FEATURES_LATENCY.observe(time.perf_counter() - started)
+        self.latencies.observe(time.perf_counter() - started)
         return body
 
     def _admit(self, context: grpc.aio.ServicerContext) -> None:

@@ -156,7 +156,7 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
             # other passes (--verify background)
             await _set_health(hs, health_pb2.HealthCheckResponse.SERVING if snapshots.current is not None
                               else health_pb2.HealthCheckResponse.NOT_SERVING)
-            metrics.flush(reader.counts, snapshots.current)
+            metrics.flush(reader.counts, servicer.latencies, snapshots.current)
             lease.refresh()
             try:
                 await asyncio.wait_for(stop.wait(), config.poll_seconds)
@@ -171,7 +171,7 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
     await _settle(servicer, deadline - config.drain_seconds / 2)
     await server.stop(max(deadline - asyncio.get_running_loop().time(), 0.1))
     follower.cancel()
-    metrics.flush(reader.counts, None)
+    metrics.flush(reader.counts, servicer.latencies, None)
     snapshots.close()
     lease.release()
 
