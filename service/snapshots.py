@@ -37,6 +37,7 @@ class Snapshots:
                  on_fallback: Callable[[bool], None] = lambda serving_fallback: None,
                  opener: Callable[[SnapshotRoot, str, Cache, str], LoadedVersion] = open_version,
                  prepare: Callable[[str, LoadedVersion], None] = lambda version, served: None,
+                 ready: Callable[[LoadedVersion], None] = lambda version: None,
                  full_check: Callable[[SnapshotRoot, str], None] | None = None) -> None:
         self.root = root
         self.cache = cache
@@ -51,6 +52,9 @@ class Snapshots:
         # RocksDB's open holds the GIL (rocksdict) while it reads each SST's footer, index and filter, so
         # those reads should hit the page cache. Not at start, when serving at once beats serving warm.
         self._prepare = prepare
+        # readies an opened version's mappings (blocking; warm.map_resident): before it takes traffic, or, for
+        # the version a worker starts with, while it answers
+        self._ready = ready
         self._refused: str | None = None
         # the refused CURRENT while serving a fallback instead of it, else None
         self.fallback_from: str | None = None
@@ -144,10 +148,20 @@ class Snapshots:
             except BaseException as e:  # handed to the awaiting coroutine, which raises it
                 loop.call_soon_threadsafe(hand_over, None, e)
                 return
+            if served is not None:
+                self._make_ready(opened)
             loop.call_soon_threadsafe(hand_over, opened, None)
+            if served is None:
+                self._make_ready(opened)
 
         threading.Thread(target=run, name=f"quiver-open-{version}", daemon=True).start()
         return await done
+
+    def _make_ready(self, version: LoadedVersion) -> None:
+        try:
+            self._ready(version)
+        except Exception:  # a version whose mappings cannot be filled is served as it is, never refused for it
+            log.exception("readying %s failed; it is served as it is", version.version)
 
     def _level(self, served: LoadedVersion | None) -> str:
         """The check a version gets before it is served: --verify's, but only the size check for the

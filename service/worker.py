@@ -134,10 +134,17 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
                  "with %s left as they are", version, w.bytes / 1e6, w.files, w.seconds, w.budget / 1e6,
                  w.shared, served.version)
 
+    def ready(version: LoadedVersion) -> None:
+        if config.warm_mb == 0:
+            return
+        m = warm.map_resident(root.version_dir(version.version) / "online")
+        log.info("version %s: mapped %.1f MB of its online files already in the page cache (%d files) in %.1f s",
+                 version.version, m.bytes / 1e6, m.files, m.seconds)
+
     snapshots = Snapshots(root, Cache(config.cache_bytes_per_worker), config.verify,
                           on_swap=on_swap, on_refused=lambda v, why: metrics.REFUSED.inc(),
                           on_fallback=lambda serving_fallback: metrics.FALLBACK.set(int(serving_fallback)),
-                          prepare=prepare)
+                          prepare=prepare, ready=ready)
     reader = FeatureReader(snapshots, config.max_entities)
     servicer = FeatureStoreServicer(reader, snapshots, config.max_concurrent, config.max_queue_ms / 1000)
     server, hs, port = create_server(config, servicer, worker)

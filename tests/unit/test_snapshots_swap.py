@@ -521,3 +521,41 @@ def test_a_late_refusal_of_a_version_swapped_out_drops_it_from_previous(tmp_path
     assert w.refresh() is False
     assert w.served() == (B, None) and w.opened(A).retired == 1 and w.opened(A).closed
     assert [v for v, _ in w.refused] == [A] and w.fallback == []
+
+
+def test_a_new_version_is_readied_before_it_takes_traffic_and_the_first_while_it_answers(tmp_path: Path) -> None:
+    root = SnapshotRoot(tmp_path / "root")
+    root.ensure()
+    seen: list[tuple[str, str | None]] = []   # (version readied, what was served then)
+    first_readied = threading.Event()
+    holder: list[Snapshots] = []
+
+    def ready(version: LoadedVersion) -> None:
+        s = holder[0]
+        if version.version == A:   # the first: served without waiting for this (a wait here would block it)
+            assert first_readied.wait(10), "the first version waited for its mappings to be filled"
+        seen.append((version.version, s.current.version if s.current else None))
+        if version.version == C:
+            raise OSError("cannot map")   # served as it is, not refused
+
+    s = Snapshots(root, Cache(1 << 20), "size", opener=FakeOpener(), ready=ready)
+    holder.append(s)
+    w = World(root, cast(FakeOpener, s._opener), s, s.cache)
+    w.publish(A, B, C)
+    root.set_current(A)
+
+    async def first() -> None:
+        assert await s.refresh()
+        assert s.current is not None and s.current.version == A   # served before its mappings are filled
+        first_readied.set()
+        for _ in range(200):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(first())
+    assert seen == [(A, A)]
+    w.serve(B)
+    assert seen[-1] == (B, A)   # B readied while A still answered
+    w.serve(C)
+    assert seen[-1] == (C, B) and w.served() == (C, B)

@@ -2,6 +2,8 @@
 files dropped from the cache first: tails first, then whole files up to the budget, never a file the
 served version shares."""
 
+import ctypes
+import mmap
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -67,3 +69,45 @@ def test_the_default_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(warm, "available_bytes", lambda: 4 * MB)    # less than the served version: tails only
     w = warm.warm(tmp_path / "v2", new, tmp_path / "v1", served)
     assert w.budget == w.bytes == 2 * tail
+
+
+def present(address: int, pages: int) -> list[bool]:
+    """Whether each page from `address` is mapped into this process now: bit 63 of its /proc/self/pagemap
+    entry (the kernel's page table, independent of what map_resident looked at)."""
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(address // PAGE * 8)
+        raw = f.read(pages * 8)
+    return [bool(int.from_bytes(raw[i * 8:i * 8 + 8], "little") >> 63) for i in range(pages)]
+
+
+def test_map_resident_maps_the_cached_pages_of_the_versions_mappings_and_reads_nothing(tmp_path: Path) -> None:
+    pages = 1024
+    sst, other = tmp_path / "v" / "online" / "g" / "1.sst", tmp_path / "w" / "online" / "g" / "1.sst"
+    for p in (sst, other):
+        p.parent.mkdir(parents=True)
+        p.write_bytes(os.urandom(pages * PAGE))
+    evict([sst, other])
+    half = pages // 2 * PAGE
+    for p in (sst, other):   # the first half of each is in the page cache, the second is not
+        fd = os.open(p, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)   # no readahead past the half
+        os.pread(fd, half, 0)
+        os.close(fd)
+    assert resident([sst, other]) == [half, half]
+    with open(sst, "rb") as f, open(other, "rb") as g:
+        # ACCESS_COPY: a private mapping ctypes can take the address of; read-only as far as this test goes
+        mine, theirs = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY), mmap.mmap(g.fileno(), 0,
+                                                                                    access=mmap.ACCESS_COPY)
+    try:
+        at = ctypes.addressof(ctypes.c_char.from_buffer(mine))
+        elsewhere = ctypes.addressof(ctypes.c_char.from_buffer(theirs))
+        assert not any(present(at, pages))   # nothing mapped before (the control: reads would fault)
+        m = warm.map_resident(tmp_path / "v" / "online")
+        assert (m.files, m.bytes) == (1, half)
+        assert present(at, pages) == [True] * (pages // 2) + [False] * (pages // 2)
+        assert resident([sst]) == [half]            # nothing read from the disk
+        assert not any(present(elsewhere, pages))   # another version's mapping is left alone
+    finally:
+        del at, elsewhere
+        mine.close()
+        theirs.close()
