@@ -43,7 +43,7 @@ class ServeConfig:
         "before a new version takes traffic, read up to this many MB of its online files not shared with the "
         "served one into the page cache, at background priority; -1: their filter and index tails, plus half "
         "the memory available then (the machine's or the memory cgroup's) beyond the served version's online "
-        "files; 0: off"))
+        "files; then the page tables of its files' cached pages are filled (no disk reads); 0: neither"))
     poll_seconds: float = field(default=1.0, metadata=_help("how often each worker reads CURRENT, in seconds"))
     drain_seconds: float = field(default=10.0, metadata=_help(
         "after SIGTERM, how long in-flight calls may finish, in seconds"))
