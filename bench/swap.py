@@ -2,6 +2,7 @@
 open, and how long the worker takes to answer from it.
 
     flock bench/.lock .venv/bin/python bench/swap.py --root ROOT --from V1 --to V2 --json out.json
+    .venv/bin/python bench/swap.py --plot out.png LABEL=out.json [LABEL=other.json ...]
 
 The reference layout: `quiver serve --workers 1` (default --verify full) on core 1, quiver-loadgen on core 0
 at --rate calls of 1 entity a second in back-to-back --window second runs; V1's online files are read
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -80,10 +82,51 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         res["windows"] = windows
         log = (work / "serve.log").read_text(errors="replace")
         res["hashed"] = re.findall(r"version \S+: hashed .*", log)
+        res["warmed"] = re.findall(r"version \S+: warmed .*", log)
+        res["mapped"] = re.findall(r"version \S+: mapped .*", log)
+        res["summary"] = summary(res, args.window)
         res["machine"]["loadavg_end"] = Path("/proc/loadavg").read_text().strip()
     finally:
         procs.stop_all()
     return res
+
+
+def summary(res: dict[str, Any], window: float) -> dict[str, Any]:
+    """Issue 23's test: the P99 of each window in the 60 s after CURRENT moves against the steady P99 before
+    it (the median of the windows before the move, the first one left out: it starts with the worker)."""
+    moved = res["moved_at"]
+    ok = [w for w in res["windows"] if w.get("p99_us") is not None]
+    before = sorted(w["p99_us"] for w in ok[1:] if w["t"] + window <= moved)
+    after = [w["p99_us"] for w in ok if w["t"] + window > moved and w["t"] < moved + 60]
+    steady = before[len(before) // 2] if before else None
+    return {"steady_p99_us": steady, "windows_after": len(after), "max_p99_after_us": max(after, default=None),
+            "median_p99_after_us": sorted(after)[len(after) // 2] if after else None,
+            "windows_after_over_2x_steady": sum(p > 2 * steady for p in after) if steady else None,
+            "errors_after": sum(w.get("errors") or 0 for w in ok if w["t"] + window > moved)}
+
+
+def plot(results: list[tuple[str, dict[str, Any]]], path: Path) -> None:
+    """P99 per window against seconds since CURRENT moved, one line per result; a dot marks the swap."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for label, r in results:
+        window = r["args"]["window"]
+        w = [x for x in r["windows"] if x.get("p99_us") is not None]
+        t = [x["t"] + window - r["moved_at"] for x in w]
+        line, = ax.plot(t, [x["p99_us"] / 1000 for x in w], ".-", label=f"{label} (swap after {r['swap_seconds']} s)")
+        if r["swap_seconds"] is not None:
+            ax.axvline(r["swap_seconds"], color=line.get_color(), linestyle=":", linewidth=0.8)
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds since CURRENT moved (dotted: the worker answers from the new version)")
+    ax.set_ylabel("P99 per 2 s window, ms")
+    ax.set_title("1 entity @1,000/s, 10M users, one worker on core 1: a swap to a version not yet read")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
 
 
 def main() -> int:
@@ -99,6 +142,10 @@ def main() -> int:
     p.add_argument("--after", type=float, default=60, help="seconds of load after CURRENT moves (and the limit)")
     p.add_argument("--verify", default="full")
     p.add_argument("--cache-mb", type=int, default=256)
+    if "--plot" in sys.argv[1:2]:   # bench/swap.py --plot OUT.png LABEL=RESULT.json ...
+        out, *pairs = sys.argv[2:]
+        plot([(label, json.loads(Path(f).read_text())) for label, f in (x.split("=", 1) for x in pairs)], Path(out))
+        return 0
     args = p.parse_args()
     res = run(args)
     Path(args.json).write_text(json.dumps(res, indent=1))
@@ -106,6 +153,7 @@ def main() -> int:
     for w in res["windows"]:
         mark = " <- CURRENT moved" if w["t"] <= res["moved_at"] < w["t"] + args.window else ""
         print(f"  t={w['t']:6.1f}s p50 {w['p50_us']} us p99 {w['p99_us']} us errors {w['errors']}{mark}")
+    print(f"{res['summary']}\n{res['warmed']}\n{res['mapped']}")
     return 0
 
 
