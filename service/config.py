@@ -44,6 +44,9 @@ class ServeConfig:
         "served one into the page cache, at background priority; -1: their filter and index tails, plus half "
         "the memory available then (the machine's or the memory cgroup's) beyond the served version's online "
         "files; then the page tables of its files' cached pages are filled (no disk reads); 0: neither"))
+    warm_mb_per_s: float = field(default=100.0, metadata=_help(
+        "pace warming's reads from the disk to this many MB a second (their IO completions run on the serving "
+        "core); what the page cache already holds is not paced; 0: unpaced"))
     poll_seconds: float = field(default=1.0, metadata=_help("how often each worker reads CURRENT, in seconds"))
     drain_seconds: float = field(default=10.0, metadata=_help(
         "after SIGTERM, how long in-flight calls may finish, in seconds"))
@@ -69,6 +72,8 @@ class ServeConfig:
             raise ValueError("workers, max-entities, max-concurrent and cache-mb must be positive")
         if self.warm_mb < -1:
             raise ValueError(f"warm-mb {self.warm_mb}: expected -1 (the default budget), 0 (off) or MB")
+        if not self.warm_mb_per_s >= 0:
+            raise ValueError(f"warm-mb-per-s {self.warm_mb_per_s}: must not be negative (0: unpaced)")
         if not self.poll_seconds > 0:  # 0 would spin the follow loop; `not >` also refuses NaN
             raise ValueError(f"poll-seconds {self.poll_seconds}: must be positive")
         if not self.max_queue_ms >= 0:

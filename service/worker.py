@@ -129,10 +129,10 @@ async def serve(config: ServeConfig, worker: int = 0, stop: asyncio.Event | None
         except ManifestError:
             return   # the check that follows refuses it, naming what is wrong
         w = warm.warm(root.version_dir(version), manifest, root.version_dir(served.version), served.manifest,
-                      None if config.warm_mb < 0 else config.warm_mb << 20)
-        log.info("version %s: warmed %.1f MB of %d online files in %.1f s (budget %.0f MB); %d files shared "
-                 "with %s left as they are", version, w.bytes / 1e6, w.files, w.seconds, w.budget / 1e6,
-                 w.shared, served.version)
+                      None if config.warm_mb < 0 else config.warm_mb << 20, warm.Pacer(config.warm_mb_per_s * 1e6))
+        log.info("version %s: warmed %.1f MB of %d online files in %.1f s (budget %.0f MB; %.1f MB from the disk, "
+                 "paced at %g MB/s); %d files shared with %s left as they are", version, w.bytes / 1e6, w.files,
+                 w.seconds, w.budget / 1e6, w.disk_bytes / 1e6, config.warm_mb_per_s, w.shared, served.version)
 
     def ready(version: LoadedVersion) -> None:
         if config.warm_mb == 0:

@@ -111,3 +111,35 @@ def test_map_resident_maps_the_cached_pages_of_the_versions_mappings_and_reads_n
         del at, elsewhere
         mine.close()
         theirs.close()
+
+
+def test_reads_from_the_disk_are_paced_and_reads_from_the_page_cache_are_not(tmp_path: Path) -> None:
+    m = version(tmp_path, {f"online/g/{i}.sst": 8 * MB for i in range(2)})
+    files = evict([tmp_path / f"online/g/{i}.sst" for i in range(2)])
+    slept: list[float] = []
+    cold = warm.Pacer(64 * MB, sleep=slept.append)
+    w = warm.warm(tmp_path, m, None, None, budget=16 * MB, pacer=cold)
+    assert w.bytes == 16 * MB and resident(files) == [8 * MB, 8 * MB]
+    assert abs(w.disk_bytes - 16 * MB) <= 2 * PAGE and cold.disk_bytes == w.disk_bytes   # every byte came from disk
+    # 16 MB at 64 MB/s: the last read waits until a quarter of a second after the first began, less what the
+    # reads took (the fake sleep never sleeps, so each wait counts from the first read, not the one before)
+    assert 0.25 - w.seconds <= slept[-1] <= 0.25 + 1e-6, (slept, w.seconds)
+    # the same files again, now cached (a sync that wrote them leaves them so): nothing paced
+    slept.clear()
+    again = warm.warm(tmp_path, m, None, None, budget=16 * MB, pacer=warm.Pacer(64 * MB, sleep=slept.append))
+    assert again.bytes == 16 * MB and again.disk_bytes == 0 and slept == []
+    # half cached: the other half is what is paced
+    evict([files[1]])
+    half = warm.warm(tmp_path, m, None, None, budget=16 * MB, pacer=warm.Pacer(0))
+    assert abs(half.disk_bytes - 8 * MB) <= 2 * PAGE and resident(files) == [8 * MB, 8 * MB]
+
+
+def test_the_pacer_spaces_reads_to_its_rate_across_gaps() -> None:
+    slept: list[float] = []
+    p = warm.Pacer(10 * MB, sleep=slept.append)
+    p.read(5 * MB)
+    assert 0.49 < slept[-1] <= 0.5   # 5 MB at 10 MB/s
+    p.read(MB)
+    # the first read's half second was never slept here (a fake sleep): the second waits for both
+    assert 0.59 < slept[-1] <= 0.6
+    assert warm.Pacer(0, sleep=slept.append).read(MB) is None and len(slept) == 2   # 0: unpaced
