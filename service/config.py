@@ -44,9 +44,10 @@ class ServeConfig:
         "served one into the page cache, at background priority; -1: their filter and index tails, plus half "
         "the memory available then (the machine's or the memory cgroup's) beyond the served version's online "
         "files; then the page tables of its files' cached pages are filled (no disk reads); 0: neither"))
-    warm_mb_per_s: float = field(default=100.0, metadata=_help(
-        "pace warming's reads from the disk to this many MB a second (their IO completions run on the serving "
-        "core); what the page cache already holds is not paced; 0: unpaced"))
+    warm_mb_per_s: float = field(default=0.0, metadata=_help(
+        "pace warming's reads from the disk to this many MB a second: their IO completions run on the serving "
+        "core, so a lower rate means a lower P99 while warming, for longer (bench/README.md); what the page "
+        "cache already holds is not read; 0: unpaced"))
     poll_seconds: float = field(default=1.0, metadata=_help("how often each worker reads CURRENT, in seconds"))
     drain_seconds: float = field(default=10.0, metadata=_help(
         "after SIGTERM, how long in-flight calls may finish, in seconds"))

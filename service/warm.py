@@ -12,10 +12,11 @@ The budget (--warm-mb) defaults to every tail, plus half of the memory available
 machine's, or the memory cgroup's limit when that is less) beyond the served version's online files, so that
 warming the next version does not push the served one's pages out while it still answers. A budget smaller
 than the version warms part of it; the rest comes from the disk on first read, as without warming.
-Reads that go to the disk are paced (--warm-mb-per-s): their IO completions run on the core that submitted
-them, the serving core, at normal priority whatever the warming thread's, and unpaced (~330 MB/s here) they
-held the served version's P99 at 4.4-5.1 ms for the whole warm (bench/README.md, "Mapped before it answers").
-A chunk already in the page cache (a sync that just wrote it) is not paced.
+Reads that go to the disk may be paced (--warm-mb-per-s; default unpaced): their IO completions run on the
+core that submitted them, the serving core, at normal priority whatever the warming thread's. Unpaced
+(~300 MB/s here) they held the served version's P99 at 4.3-5.8 ms for the ~22 s of a 10M-user warm; paced
+at 100 MB/s, at 1.5-4.6 ms (median ~2.6) for ~90 s (bench/README.md, "Mapped before it answers"). A chunk
+already in the page cache (a sync that just wrote it) is not read at all.
 
 Then, once RocksDB has opened the version, its mappings are filled (`map_resident`): a page in the page cache
 is still not mapped into this process until a read faults on it, and at 10M users a lookup that faults costs
@@ -27,6 +28,7 @@ enough holds anyway, one fault at a time."""
 import ctypes
 import errno
 import logging
+import mmap
 import os
 import re
 import time
@@ -47,6 +49,10 @@ _ODD = bytes(i & 1 for i in range(256))   # mincore: bit 0 of each page's byte s
 _libc = ctypes.CDLL(None, use_errno=True)   # CDLL calls release the GIL while they run
 _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 @dataclass
@@ -179,8 +185,9 @@ def warm(version_dir: Path, manifest: Manifest, served_dir: Path | None, served:
 
 
 def _read(path: Path, offset: int, length: int, buf: bytearray, pacer: Pacer) -> int:
-    """Reads `length` bytes at `offset` into the page cache (and a scratch buffer); returns bytes read. What
-    the page cache already holds is copied at once (RWF_NOWAIT); the rest is read and paced."""
+    """Brings `length` bytes at `offset` into the page cache; returns the bytes now there. A chunk the page
+    cache already holds is not read; one that misses is read whole (one large IO), and its missing bytes
+    paced."""
     done = 0
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -190,34 +197,50 @@ def _read(path: Path, offset: int, length: int, buf: bytearray, pacer: Pacer) ->
         # no readahead past what is asked for: the budget is what the page cache gets
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         view = memoryview(buf)
-        while done < length:
-            chunk = view[:min(_CHUNK, length - done)]
-            cached = _cached_prefix(fd, chunk, offset + done)
-            if cached < len(chunk):
-                n = os.preadv(fd, [chunk[cached:]], offset + done + cached)
-                if n > 0:
-                    pacer.read(n)
-                n = max(n, 0) + cached
-            else:
-                n = cached
-            if n <= 0:
-                break
-            done += n
+        with _Residency(fd, os.fstat(fd).st_size) as cached:
+            while done < length:
+                want = min(_CHUNK, length - done)
+                missing = cached.missing(offset + done, want)
+                if missing:
+                    n = os.preadv(fd, [view[:want]], offset + done)
+                    if n <= 0:
+                        break
+                    pacer.read(min(missing, n))
+                else:
+                    n = want
+                done += n
     finally:
         os.close(fd)
     return done
 
 
-def _cached_prefix(fd: int, chunk: memoryview, offset: int) -> int:
-    """Reads what of `chunk` the page cache holds from its start, without waiting on the disk: bytes read."""
-    try:
-        return os.preadv(fd, [chunk], offset, os.RWF_NOWAIT)
-    except BlockingIOError:   # its first page is not cached
-        return 0
-    except OSError as e:
-        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):   # a file system without RWF_NOWAIT: all paced
-            return 0
-        raise
+class _Residency:
+    """Which pages of a file the page cache holds: mincore over a mapping of it that is never read. (Asking
+    with a read, RWF_NOWAIT, was tried first: its paced swaps measured worse than unpaced ones, perhaps
+    because a miss starts the kernel's readahead in small pieces; bench/README.md.)"""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.size = size
+        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0) if size else None
+        self.addr: int | None = None if addr in (None, _MAP_FAILED) else addr
+
+    def __enter__(self) -> "_Residency":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.addr is not None:
+            _libc.munmap(self.addr, self.size)
+
+    def missing(self, offset: int, length: int) -> int:
+        """Bytes of the range not in the page cache (all of them when it cannot tell)."""
+        if self.addr is None:
+            return length
+        first = offset - offset % _PAGE
+        pages = (offset + length - first + _PAGE - 1) // _PAGE
+        vec = ctypes.create_string_buffer(pages)
+        if _libc.mincore(self.addr + first, pages * _PAGE, vec) != 0:
+            return length
+        return min(length, (pages - vec.raw.translate(_ODD).count(1)) * _PAGE)
 
 
 def map_resident(online_dir: Path) -> Mapped:
