@@ -237,10 +237,10 @@ class _Residency:
             return length
         first = offset - offset % _PAGE
         pages = (offset + length - first + _PAGE - 1) // _PAGE
-        vec = ctypes.create_string_buffer(pages)
-        if _libc.mincore(self.addr + first, pages * _PAGE, vec) != 0:
+        resident = _resident(self.addr + first, pages)
+        if resident is None:
             return length
-        return min(length, (pages - vec.raw.translate(_ODD).count(1)) * _PAGE)
+        return min(length, (pages - resident.count(1)) * _PAGE)
 
 
 def map_resident(online_dir: Path) -> Mapped:
@@ -250,11 +250,11 @@ def map_resident(online_dir: Path) -> Mapped:
     started = time.monotonic()
     out = Mapped()
     for start, end in _mappings(os.path.realpath(online_dir) + os.sep):
-        vec = ctypes.create_string_buffer((end - start) // _PAGE)
-        if _libc.mincore(start, end - start, vec) != 0:
+        pages = _resident(start, (end - start) // _PAGE)
+        if pages is None:
             continue   # unmapped since: the version closed under us, nothing left to map
         out.files += 1
-        for run in _RESIDENT.finditer(vec.raw.translate(_ODD)):
+        for run in _RESIDENT.finditer(pages):
             begin, length = start + run.start() * _PAGE, (run.end() - run.start()) * _PAGE
             if _libc.madvise(begin, length, MADV_POPULATE_READ) != 0:
                 e = ctypes.get_errno()
@@ -264,6 +264,15 @@ def map_resident(online_dir: Path) -> Mapped:
             out.bytes += length
     out.seconds = time.monotonic() - started
     return out
+
+
+def _resident(address: int, pages: int) -> bytes | None:
+    """One byte per page of the mapping at `address`: 1 where the page cache holds it, else 0 (mincore);
+    None when the range is not mapped."""
+    vec = ctypes.create_string_buffer(pages)
+    if _libc.mincore(address, pages * _PAGE, vec) != 0:
+        return None
+    return vec.raw.translate(_ODD)
 
 
 def _mappings(prefix: str) -> list[tuple[int, int]]:

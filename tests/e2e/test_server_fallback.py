@@ -15,7 +15,7 @@ import pytest
 from quiver.snapshot import Manifest, SnapshotRoot
 from quiver.snapshot.manifest import RECORD
 from quiver.v1 import quiver_pb2 as pb
-from support.processes import NOT_SERVING, SERVING, UsersSnapshots, quiver_load, wait_for
+from support.processes import NOT_SERVING, SERVING, ServerProcess, UsersSnapshots, quiver_load, wait_for
 
 
 def corrupt(root: Path, version: str) -> Path:
@@ -80,13 +80,20 @@ def test_fallback_skips_a_bad_previous_for_the_newest_good_version(start_server:
     assert s.metric("quiver_snapshot_refused_total") == 2  # CURRENT, then PREVIOUS
 
 
-def test_no_version_passes_stays_not_serving(start_server: Any, users: UsersSnapshots, tmp_path: Path) -> None:
+def nothing_passes(start_server: Any, users: UsersSnapshots, tmp_path: Path, verify: str) -> ServerProcess:
+    """A server started on a root whose CURRENT (v2) and PREVIOUS (v1) are both corrupt, once its fallback
+    has given up."""
     root = users.root(tmp_path / "root", current=users.v1)
     SnapshotRoot(root).set_current(users.v2)
     corrupt(root, users.v1)
     corrupt(root, users.v2)
-    s = start_server(root, "--verify", "full", metrics=True)
+    s: ServerProcess = start_server(root, "--verify", verify, metrics=True)
     wait_for(lambda: "no published version passes its checks" in s.logs(), what="the fallback to give up")
+    return s
+
+
+def test_no_version_passes_stays_not_serving(start_server: Any, users: UsersSnapshots, tmp_path: Path) -> None:
+    s = nothing_passes(start_server, users, tmp_path, "full")
     assert s.health() == NOT_SERVING
     assert s.metric("quiver_snapshot_fallback") == 0
     assert s.metric("quiver_snapshot_refused_total") == 2
@@ -120,12 +127,7 @@ def test_background_check_serves_at_once_then_refuses_a_corrupt_current_and_fall
 
 def test_background_check_with_no_good_version_ends_not_serving(start_server: Any, users: UsersSnapshots,
                                                                  tmp_path: Path) -> None:
-    root = users.root(tmp_path / "root", current=users.v1)
-    SnapshotRoot(root).set_current(users.v2)
-    corrupt(root, users.v1)
-    corrupt(root, users.v2)
-    s = start_server(root, "--verify", "background", metrics=True)
-    wait_for(lambda: "no published version passes its checks" in s.logs(), what="the fallback to give up")
+    s = nothing_passes(start_server, users, tmp_path, "background")
     wait_for(lambda: s.health() == NOT_SERVING, what="health to say NOT_SERVING")
     assert f"serving {users.v2} (previous: none)" in s.logs()
     assert s.metric("quiver_snapshot_refused_total") == 2   # CURRENT in the background, then PREVIOUS in full
